@@ -1,0 +1,53 @@
+//! System call numbers of the AIO calls per architecture.
+
+/// The six AIO system call numbers of one architecture.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct Numbers {
+    /// `io_setup`
+    pub io_setup: i64,
+    /// `io_destroy`
+    pub io_destroy: i64,
+    /// `io_submit`
+    pub io_submit: i64,
+    /// `io_cancel`
+    pub io_cancel: i64,
+    /// `io_getevents`
+    pub io_getevents: i64,
+    /// `io_pgetevents`
+    pub io_pgetevents: i64,
+}
+
+/// x86-64.
+pub const X86_64: Numbers = Numbers {
+    io_setup: 206,
+    io_destroy: 207,
+    io_getevents: 208,
+    io_submit: 209,
+    io_cancel: 210,
+    io_pgetevents: 333,
+};
+
+/// The asm-generic table, used by arm64 and riscv64.
+pub const ASM_GENERIC: Numbers = Numbers {
+    io_setup: 0,
+    io_destroy: 1,
+    io_submit: 2,
+    io_cancel: 3,
+    io_getevents: 4,
+    io_pgetevents: 292,
+};
+
+/// arm64.
+pub const AARCH64: Numbers = ASM_GENERIC;
+/// riscv64.
+pub const RISCV64: Numbers = ASM_GENERIC;
+
+/// The numbers of the architecture this crate is compiled for.
+#[cfg(target_arch = "x86_64")]
+pub const NATIVE: Numbers = X86_64;
+/// The numbers of the architecture this crate is compiled for.
+#[cfg(target_arch = "aarch64")]
+pub const NATIVE: Numbers = AARCH64;
+/// The numbers of the architecture this crate is compiled for.
+#[cfg(target_arch = "riscv64")]
+pub const NATIVE: Numbers = RISCV64;

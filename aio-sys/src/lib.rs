@@ -1,0 +1,1 @@
+//! Linux AIO system calls.
