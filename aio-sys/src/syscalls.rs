@@ -1,0 +1,208 @@
+use core::ptr;
+use std::time::Duration;
+
+use aio_abi::syscall::NATIVE;
+use aio_abi::{AioContext, AioSigset, Errno, IoEvent, Iocb};
+
+/// Converts a raw `syscall(2)` return into a result, reading `errno` on -1.
+fn check(ret: libc::c_long) -> Result<libc::c_long, Errno> {
+    if ret == -1 {
+        Err(Errno(
+            std::io::Error::last_os_error().raw_os_error().unwrap_or(0),
+        ))
+    } else {
+        Ok(ret)
+    }
+}
+
+/// `struct timespec` for a relative timeout.
+pub fn timespec(d: Duration) -> libc::timespec {
+    libc::timespec {
+        tv_sec: d.as_secs().min(libc::time_t::MAX as u64) as libc::time_t,
+        tv_nsec: d.subsec_nanos() as libc::c_long,
+    }
+}
+
+/// `io_setup(nr_events, &ctx)`: creates a context able to hold `nr_events`
+/// requests in flight and returns it (the address of its ring).
+///
+/// Errors: `EINVAL` for 0 or a count too large, `EAGAIN` when `aio-max-nr`
+/// would be exceeded, `ENOSYS`/`EPERM` when AIO is absent or filtered.
+pub fn io_setup(nr_events: u32) -> Result<AioContext, Errno> {
+    let mut ctx: AioContext = 0;
+    // SAFETY: `ctx` is a valid, writable, zeroed aio_context_t.
+    unsafe { io_setup_raw(nr_events, &mut ctx) }?;
+    Ok(ctx)
+}
+
+/// `io_setup` with a caller-supplied `ctxp`.
+///
+/// # Safety
+/// The kernel reads and writes `*ctxp`; it validates the address itself
+/// (`EFAULT`), so any value is allowed, but if `ctxp` points into memory
+/// this program uses, that memory is overwritten with the context id.
+pub unsafe fn io_setup_raw(nr_events: u32, ctxp: *mut AioContext) -> Result<(), Errno> {
+    // SAFETY: the syscall only touches `*ctxp`, which the caller vouches for.
+    check(unsafe { libc::syscall(NATIVE.io_setup, nr_events as libc::c_ulong, ctxp) })?;
+    Ok(())
+}
+
+/// `io_destroy(ctx)`: cancels what can be cancelled, waits for every request
+/// in flight, and unmaps the ring.
+///
+/// # Safety
+/// The ring mapping at `ctx` disappears: no [`RingView`](crate::RingView) of
+/// this context may be used afterwards.
+pub unsafe fn io_destroy(ctx: AioContext) -> Result<(), Errno> {
+    // SAFETY: the kernel validates `ctx`; the caller guarantees no view of
+    // the ring outlives it.
+    check(unsafe { libc::syscall(NATIVE.io_destroy, ctx) })?;
+    Ok(())
+}
+
+/// `io_submit(ctx, iocbs.len(), iocbs)`: queues requests and returns how
+/// many were accepted. Stops at the first invalid one; if none was accepted,
+/// returns its error. `EAGAIN` means the ring is full: reap, then resubmit.
+///
+/// # Safety
+/// Every pointer must point to a valid, writable [`Iocb`] (the kernel writes
+/// `aio_key`). For each accepted request, the memory it names (buffers, and
+/// the buffers an iovec array points to) must stay valid and, for reads,
+/// not otherwise accessed, until its completion event has been reaped: the
+/// kernel writes into it asynchronously and file I/O cannot be cancelled.
+/// The iovec arrays and iocbs themselves may be freed once this returns.
+pub unsafe fn io_submit(ctx: AioContext, iocbs: &[*mut Iocb]) -> Result<usize, Errno> {
+    // SAFETY: forwarded from the caller's contract.
+    let n = unsafe { io_submit_raw(ctx, iocbs.len() as libc::c_long, iocbs.as_ptr().cast_mut()) }?;
+    Ok(n as usize)
+}
+
+/// `io_submit` with an arbitrary count and array pointer.
+///
+/// # Safety
+/// As [`io_submit`]; the kernel validates `nr` and faults on bad pointers
+/// itself, but whatever memory the pointers name is read and written.
+pub unsafe fn io_submit_raw(
+    ctx: AioContext,
+    nr: libc::c_long,
+    iocbpp: *mut *mut Iocb,
+) -> Result<libc::c_long, Errno> {
+    // SAFETY: forwarded from the caller's contract.
+    check(unsafe { libc::syscall(NATIVE.io_submit, ctx, nr, iocbpp) })
+}
+
+/// `io_cancel(ctx, iocb, &event)`: asks the kernel to cancel a request.
+///
+/// Linux returns `EINPROGRESS` when it started the cancellation (the event
+/// still arrives through the ring, with `res == 0` for poll requests), so
+/// `Err(Errno::EINPROGRESS)` is the normal success. Only waiting poll
+/// requests are cancellable; file I/O gives `EINVAL`.
+///
+/// # Safety
+/// The kernel reads `iocb->aio_key`; `iocb` must be valid for reads or be a
+/// pointer the kernel will reject (`EFAULT`).
+pub unsafe fn io_cancel(ctx: AioContext, iocb: *mut Iocb) -> Result<(), Errno> {
+    let mut unused = IoEvent::default();
+    // SAFETY: `unused` is writable (kernels before 3.12 wrote it); `iocb`
+    // per the caller's contract.
+    check(unsafe { libc::syscall(NATIVE.io_cancel, ctx, iocb, &mut unused) })?;
+    Ok(())
+}
+
+/// `io_getevents(ctx, min_nr, events.len(), events, timeout)`: waits until at
+/// least `min_nr` events are available (or the timeout expires, or a signal
+/// arrives: `EINTR`) and copies up to `events.len()` of them.
+///
+/// `min_nr == 0` never blocks; `Some(Duration::ZERO)` polls once; `None`
+/// waits without limit. Must not run at the same time as a
+/// [`RingView`](crate::RingView) reaping the same context.
+pub fn io_getevents(
+    ctx: AioContext,
+    min_nr: usize,
+    events: &mut [IoEvent],
+    timeout: Option<Duration>,
+) -> Result<usize, Errno> {
+    let ts = timeout.map(timespec);
+    let tsp = ts.as_ref().map_or(ptr::null(), |t| t as *const _);
+    // SAFETY: `events` is a writable slice of its stated length; `tsp` is
+    // null or points at a live timespec.
+    let n = unsafe {
+        io_getevents_raw(
+            ctx,
+            min_nr as libc::c_long,
+            events.len() as libc::c_long,
+            events.as_mut_ptr(),
+            tsp,
+        )
+    }?;
+    Ok(n as usize)
+}
+
+/// `io_getevents` with arbitrary arguments.
+///
+/// # Safety
+/// `events` must be writable for `nr` events and `timeout` readable, or be
+/// pointers the kernel rejects with `EFAULT`.
+pub unsafe fn io_getevents_raw(
+    ctx: AioContext,
+    min_nr: libc::c_long,
+    nr: libc::c_long,
+    events: *mut IoEvent,
+    timeout: *const libc::timespec,
+) -> Result<libc::c_long, Errno> {
+    // SAFETY: forwarded from the caller's contract.
+    check(unsafe { libc::syscall(NATIVE.io_getevents, ctx, min_nr, nr, events, timeout) })
+}
+
+/// `io_pgetevents`: [`io_getevents`] with `sigmask` installed for the
+/// duration of the wait (`None` leaves the mask alone). Returns `EINTR` when
+/// a signal handler ran before any event arrived.
+pub fn io_pgetevents(
+    ctx: AioContext,
+    min_nr: usize,
+    events: &mut [IoEvent],
+    timeout: Option<Duration>,
+    sigmask: Option<&libc::sigset_t>,
+) -> Result<usize, Errno> {
+    let ts = timeout.map(timespec);
+    let tsp = ts.as_ref().map_or(ptr::null(), |t| t as *const _);
+    let sig = AioSigset {
+        sigmask: sigmask.map_or(0, |s| s as *const _ as u64),
+        // The kernel's sigset is 64 bits, not glibc's 1024-bit sigset_t.
+        sigsetsize: KERNEL_SIGSET_SIZE,
+    };
+    // SAFETY: all pointers reference live locals or the caller's slice and
+    // sigset, valid for the call.
+    let n = unsafe {
+        io_pgetevents_raw(
+            ctx,
+            min_nr as libc::c_long,
+            events.len() as libc::c_long,
+            events.as_mut_ptr(),
+            tsp,
+            &sig,
+        )
+    }?;
+    Ok(n as usize)
+}
+
+/// The size of the kernel's `sigset_t` (`_NSIG / 8`), which `io_pgetevents`
+/// requires in [`AioSigset::sigsetsize`].
+pub const KERNEL_SIGSET_SIZE: u64 = 8;
+
+/// `io_pgetevents` with arbitrary arguments.
+///
+/// # Safety
+/// As [`io_getevents_raw`]; `sig` must be readable or rejected with `EFAULT`,
+/// and the sigmask it names readable for `sigsetsize` bytes.
+pub unsafe fn io_pgetevents_raw(
+    ctx: AioContext,
+    min_nr: libc::c_long,
+    nr: libc::c_long,
+    events: *mut IoEvent,
+    timeout: *const libc::timespec,
+    sig: *const AioSigset,
+) -> Result<libc::c_long, Errno> {
+    // SAFETY: forwarded from the caller's contract.
+    check(unsafe { libc::syscall(NATIVE.io_pgetevents, ctx, min_nr, nr, events, timeout, sig) })
+}
