@@ -106,6 +106,8 @@ pub struct Capabilities {
     pub rw_flags: Vec<(RwFlags, Support)>,
     /// Whether `io_pgetevents` can be called.
     pub pgetevents: Support,
+    /// Why opcodes and flags were not probed, if they were not.
+    pub incomplete: Option<String>,
 }
 
 impl Capabilities {
@@ -220,6 +222,7 @@ pub fn probe(dir: Option<&Path>) -> Capabilities {
         opcodes: Vec::new(),
         rw_flags: Vec::new(),
         pgetevents: Support::No(Errno::ENOSYS),
+        incomplete: None,
     };
     let ctx = match io_setup(8) {
         Ok(ctx) => ProbeContext(ctx),
@@ -234,7 +237,13 @@ pub fn probe(dir: Option<&Path>) -> Capabilities {
     let dir = dir.map_or_else(std::env::temp_dir, Path::to_path_buf);
     let file = match scratch_file(&dir) {
         Ok(f) => f,
-        Err(_) => return caps,
+        Err(e) => {
+            caps.incomplete = Some(format!(
+                "cannot create a scratch file in {}: {e}",
+                dir.display()
+            ));
+            return caps;
+        }
     };
     let fd = file.as_raw_fd();
     // Lives until the end of the function, after every probe request was reaped.
@@ -249,7 +258,10 @@ pub fn probe(dir: Option<&Path>) -> Capabilities {
     // The read end stays open so the write end polls writable, not POLLERR.
     let (_rd, wr) = match pipe() {
         Ok(p) => p,
-        Err(_) => return caps,
+        Err(e) => {
+            caps.incomplete = Some(format!("cannot create a pipe: {e}"));
+            return caps;
+        }
     };
     let candidates = [
         (Opcode::PREAD, Iocb::pread(fd, buf, 1, 0)),
@@ -292,16 +304,32 @@ pub fn probe(dir: Option<&Path>) -> Capabilities {
     caps
 }
 
-/// An unlinked file with one byte, in `dir`.
+/// An anonymous file with one byte, in `dir`: `O_TMPFILE` where the
+/// filesystem has it, else a uniquely named file unlinked at once.
 fn scratch_file(dir: &Path) -> io::Result<File> {
     use std::io::Write;
-    let name = dir.join(format!(".aio-probe-{}", std::process::id()));
-    let mut f = std::fs::OpenOptions::new()
+    use std::os::unix::fs::OpenOptionsExt;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static SEQ: AtomicU32 = AtomicU32::new(0);
+    let tmp = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
-        .create_new(true)
-        .open(&name)?;
-    let _ = std::fs::remove_file(&name);
+        .custom_flags(libc::O_TMPFILE)
+        .open(dir);
+    let mut f = match tmp {
+        Ok(f) => f,
+        Err(_) => {
+            let seq = SEQ.fetch_add(1, Ordering::Relaxed);
+            let name = dir.join(format!(".aio-probe-{}-{seq}", std::process::id()));
+            let f = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .open(&name)?;
+            let _ = std::fs::remove_file(&name);
+            f
+        }
+    };
     f.write_all(b"x")?;
     Ok(f)
 }

@@ -104,7 +104,7 @@ fn io_submit_rejects_bad_contexts_and_counts() {
     let mut iocb = Iocb::pread(file.as_raw_fd(), buf.as_mut_ptr() as u64, 8, 0);
     let mut p = &mut iocb as *mut Iocb;
     assert_eq!(submit_raw(0, 1, &mut p), Err(Errno::EINVAL));
-    assert_eq!(submit_raw(0xdead_beef_000, 1, &mut p), Err(Errno::EINVAL));
+    assert_eq!(submit_raw(0x0dea_dbee_f000, 1, &mut p), Err(Errno::EINVAL));
     assert_eq!(submit_raw(ctx.0 + 4096, 1, &mut p), Err(Errno::EINVAL));
     // nr is checked before the context.
     assert_eq!(submit_raw(0, -1, &mut p), Err(Errno::EINVAL));
@@ -402,22 +402,16 @@ fn io_destroy_rejects_bad_contexts() {
 fn io_cancel_faults_on_null_iocb() {
     let ctx = Ctx::new(1);
     // SAFETY: the kernel rejects the null pointer before reading.
-    assert_eq!(
-        unsafe { io_cancel(ctx.0, ptr::null_mut()) },
-        Err(Errno::EFAULT)
-    );
+    let r = unsafe { io_cancel(ctx.0, ptr::null_mut()) };
+    assert_eq!(r, Err(Errno::EFAULT));
     let mut never_submitted = Iocb::fsync(0);
     // SAFETY: a live iocb.
-    assert_eq!(
-        unsafe { io_cancel(ctx.0, &mut never_submitted) },
-        Err(Errno::EINVAL)
-    );
+    let r = unsafe { io_cancel(ctx.0, &mut never_submitted) };
+    assert_eq!(r, Err(Errno::EINVAL));
     never_submitted.aio_key = 1;
     // SAFETY: a live iocb.
-    assert_eq!(
-        unsafe { io_cancel(ctx.0, &mut never_submitted) },
-        Err(Errno::EINVAL)
-    );
+    let r = unsafe { io_cancel(ctx.0, &mut never_submitted) };
+    assert_eq!(r, Err(Errno::EINVAL));
 }
 
 #[test]
