@@ -29,7 +29,8 @@ pub enum SetupFailure {
 }
 
 impl SetupFailure {
-    fn from_errno(e: Errno) -> SetupFailure {
+    /// Classifies an `io_setup` errno.
+    pub fn from_errno(e: Errno) -> SetupFailure {
         match e {
             Errno::ENOSYS => SetupFailure::NotImplemented,
             Errno::EPERM => SetupFailure::Forbidden,
