@@ -1,1 +1,280 @@
-fn main() {}
+//! `cargo xtask`: the developer's workbench of the `aio` workspace.
+//!
+//! `cargo xtask test` is what CI runs: it installs the system tools it needs
+//! (as root, with apt-get), then runs fmt, clippy, the workspace tests and
+//! the filesystem matrix, stopping at the first failure. xtask never does AIO
+//! itself; it only builds, runs and prepares storage for the crates that do.
+
+mod fsmatrix;
+mod proc;
+mod sys;
+mod tools;
+
+use clap::{Args, Parser, Subcommand};
+use proc::Wait;
+use std::process::{Command, ExitCode};
+use std::time::{Duration, Instant};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Developer tasks of the aio workspace")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Everything CI runs: tools, fmt, clippy, workspace tests, fs matrix.
+    Test {
+        /// Run the workspace tests with cargo-nextest (plus doctests) when it
+        /// is installed.
+        #[arg(long)]
+        nextest: bool,
+        #[command(flatten)]
+        matrix: MatrixArgs,
+    },
+    /// Run the aio-sys and aio test binaries on ext2/3/4, xfs, btrfs, tmpfs,
+    /// a raw loop device and /dev/zram0 (needs root).
+    FsMatrix(MatrixArgs),
+}
+
+#[derive(Args)]
+struct MatrixArgs {
+    /// Only these fs-matrix targets (comma-separated): ext2, ext3, ext4, xfs,
+    /// btrfs, tmpfs, loop, zram0.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+    /// Kill an fs-matrix test binary that runs longer than this.
+    #[arg(long, default_value_t = 600)]
+    timeout_secs: u64,
+}
+
+impl MatrixArgs {
+    fn options(&self) -> fsmatrix::Options {
+        fsmatrix::Options {
+            only: self.only.clone(),
+            timeout: Duration::from_secs(self.timeout_secs),
+        }
+    }
+}
+
+/// How a step ended, with a one-line explanation.
+pub enum Outcome {
+    /// It did its job.
+    Passed(String),
+    /// It found a problem; later steps do not run.
+    Failed(String),
+    /// It could not run here (outside CI only: CI turns skips into failures).
+    Skipped(String),
+}
+
+struct Step {
+    name: &'static str,
+    what: String,
+    run: Box<dyn Fn() -> Outcome>,
+}
+
+impl Step {
+    fn new(
+        name: &'static str,
+        what: impl Into<String>,
+        run: impl Fn() -> Outcome + 'static,
+    ) -> Step {
+        Step {
+            name,
+            what: what.into(),
+            run: Box::new(run),
+        }
+    }
+
+    /// A step that is one cargo command.
+    fn cargo(name: &'static str, args: &'static [&'static str]) -> Step {
+        Step::new(name, format!("cargo {}", args.join(" ")), move || {
+            cargo(args)
+        })
+    }
+}
+
+fn cargo(args: &[&str]) -> Outcome {
+    let mut cmd = Command::new(proc::cargo());
+    cmd.current_dir(proc::workspace_root()).args(args);
+    let shown = format!("cargo {}", args.join(" "));
+    match proc::run(&mut cmd, None) {
+        Ok(Wait::Exited(s)) if s.success() => Outcome::Passed(String::new()),
+        Ok(Wait::Exited(s)) => {
+            Outcome::Failed(format!("`{shown}` failed ({})", proc::describe(&s)))
+        }
+        Ok(_) => Outcome::Failed("interrupted".into()),
+        Err(e) => Outcome::Failed(format!("cannot run `{shown}`: {e}")),
+    }
+}
+
+fn nextest_available() -> bool {
+    Command::new(proc::cargo())
+        .args(["nextest", "--version"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn test_step(nextest: bool) -> Step {
+    const PLAIN: &[&str] = &["test", "--workspace", "--all-features"];
+    if !nextest {
+        return Step::cargo("test", PLAIN);
+    }
+    if !nextest_available() {
+        println!("cargo-nextest is not installed; using cargo test");
+        return Step::cargo("test", PLAIN);
+    }
+    Step::new(
+        "test",
+        "cargo nextest run --workspace --all-features, then doctests",
+        || match cargo(&[
+            "nextest",
+            "run",
+            "--workspace",
+            "--all-features",
+            "--no-tests=warn",
+        ]) {
+            Outcome::Passed(_) => cargo(&["test", "--doc", "--workspace", "--all-features"]),
+            other => other,
+        },
+    )
+}
+
+fn tools_step() -> Step {
+    Step::new(
+        "tools",
+        "check (and as root apt-get install) gcc, C headers, valgrind, mkfs.*, losetup, fio",
+        tools::ensure,
+    )
+}
+
+fn matrix_step(args: &MatrixArgs) -> Step {
+    let opts = args.options();
+    Step::new(
+        "fs-matrix",
+        format!(
+            "aio-sys and aio tests on {}",
+            if opts.only.is_empty() {
+                fsmatrix::target_names().join(", ")
+            } else {
+                opts.only.join(", ")
+            }
+        ),
+        move || fsmatrix::run(&opts),
+    )
+}
+
+/// The steps of `cargo xtask test`, in order. New steps go in this list.
+fn test_steps(nextest: bool, matrix: &MatrixArgs) -> Vec<Step> {
+    vec![
+        tools_step(),
+        Step::cargo("fmt", &["fmt", "--all", "--check"]),
+        Step::cargo(
+            "clippy",
+            &[
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--all-features",
+                "--",
+                "-D",
+                "warnings",
+            ],
+        ),
+        test_step(nextest),
+        // Slot for valgrind (memcheck) runs of chosen test binaries.
+        // Slot for `aio-tools vectest` runs (and its pipe / socket-pair
+        // targets), once aio-tools has vectest.
+        matrix_step(matrix),
+    ]
+}
+
+enum Result_ {
+    Ran(Outcome, Duration),
+    NotRun,
+}
+
+fn run_steps(title: &str, steps: Vec<Step>) -> ExitCode {
+    let total = steps.len();
+    let mut results: Vec<(&'static str, Result_)> = Vec::new();
+    let mut stop = false;
+    for (i, step) in steps.iter().enumerate() {
+        if stop {
+            results.push((step.name, Result_::NotRun));
+            continue;
+        }
+        println!("\n==> [{}/{total}] {}: {}", i + 1, step.name, step.what);
+        let started = Instant::now();
+        let outcome = (step.run)();
+        let took = started.elapsed();
+        let (word, msg) = match &outcome {
+            Outcome::Passed(m) => ("passed", m),
+            Outcome::Failed(m) => ("FAILED", m),
+            Outcome::Skipped(m) => ("skipped", m),
+        };
+        let sep = if msg.is_empty() { "" } else { ": " };
+        println!(
+            "<== {}: {word} in {:.1}s{sep}{msg}",
+            step.name,
+            took.as_secs_f64()
+        );
+        stop = matches!(outcome, Outcome::Failed(_)) || proc::interrupted();
+        results.push((step.name, Result_::Ran(outcome, took)));
+    }
+
+    let (mut passed, mut failed, mut skipped) = (0, 0, 0);
+    println!("\n{title}:");
+    for (name, r) in &results {
+        let (word, time, msg) = match r {
+            Result_::Ran(Outcome::Passed(m), t) => {
+                passed += 1;
+                ("passed", *t, m.as_str())
+            }
+            Result_::Ran(Outcome::Failed(m), t) => {
+                failed += 1;
+                ("FAILED", *t, m.as_str())
+            }
+            Result_::Ran(Outcome::Skipped(m), t) => {
+                skipped += 1;
+                ("skipped", *t, m.as_str())
+            }
+            Result_::NotRun => {
+                skipped += 1;
+                ("not run", Duration::ZERO, "an earlier step failed")
+            }
+        };
+        println!("  {name:<10} {word:<8} {:>7.1}s  {msg}", time.as_secs_f64());
+    }
+    if skipped > 0 {
+        println!("{passed} passed, {failed} failed, {skipped} skipped");
+    } else {
+        println!("{passed} passed, {failed} failed");
+    }
+    if proc::interrupted() {
+        ExitCode::from(130)
+    } else if failed > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    proc::install_signal_handler();
+    if proc::is_ci() {
+        println!("CI is set: a missing tool or privilege fails instead of skipping");
+    }
+    match cli.cmd {
+        Cmd::Test { nextest, matrix } => {
+            run_steps("cargo xtask test", test_steps(nextest, &matrix))
+        }
+        Cmd::FsMatrix(matrix) => run_steps(
+            "cargo xtask fs-matrix",
+            vec![tools_step(), matrix_step(&matrix)],
+        ),
+    }
+}

@@ -1,0 +1,935 @@
+//! `cargo xtask fs-matrix`: the test binaries of `aio-sys` and `aio`, run once
+//! per storage target.
+//!
+//! The contract with those tests is two environment variables, exactly one of
+//! which is set per run: `AIO_TEST_DIR` (a mounted filesystem to create
+//! scratch files in) or `AIO_TEST_DEVICE` (a raw block device the tests may
+//! overwrite).
+//!
+//! Everything a row creates is pushed on a [`Cleanup`] stack that runs when
+//! the row ends, and from Drop if it ends by a panic; the signal handler in
+//! `proc` turns Ctrl-C/SIGTERM into an early return through the same path.
+//! Loop devices are set to autoclear, so even SIGKILL leaves at most a mount,
+//! which the next run finds (by the dead pid in its path) and removes.
+
+use crate::Outcome;
+use crate::proc::{self, Wait};
+use crate::sys::{self, LoopDevice};
+use serde_json::{Value, json};
+use std::fmt::Write as _;
+use std::fs::{self, File};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The variable naming a mounted scratch directory.
+pub const DIR_VAR: &str = "AIO_TEST_DIR";
+/// The variable naming a raw scratch block device.
+pub const DEVICE_VAR: &str = "AIO_TEST_DEVICE";
+/// The packages whose test binaries the matrix runs.
+const PACKAGES: &[&str] = &["aio-sys", "aio"];
+/// Names of everything the matrix creates start with this, followed by the
+/// owning pid, so that a later run can recognise leftovers of a dead one.
+const PREFIX: &str = "aio-fsmatrix-";
+const MIB: u64 = 1 << 20;
+
+/// Options of `cargo xtask fs-matrix`.
+pub struct Options {
+    /// Run only these targets (all when empty).
+    pub only: Vec<String>,
+    /// Kill a test binary that runs longer than this.
+    pub timeout: Duration,
+}
+
+enum Kind {
+    /// mkfs on a loop device backed by a sparse image, then mount.
+    LoopFs {
+        mkfs: &'static str,
+        package: &'static str,
+        args: &'static [&'static str],
+        fstype: &'static str,
+        mib: u64,
+    },
+    Tmpfs {
+        mib: u64,
+    },
+    /// A loop device over a sparse image, used raw.
+    RawLoop {
+        mib: u64,
+    },
+    /// `/dev/zram0`, reset and sized by the run.
+    Zram {
+        mib: u64,
+    },
+    // Pipe and socket-pair rows come with `aio-tools vectest` (they run
+    // vectest over a pipe / socketpair, not the test binaries); add them
+    // here as their own kinds then.
+}
+
+struct Target {
+    name: &'static str,
+    kind: Kind,
+}
+
+impl Target {
+    fn class(&self) -> &'static str {
+        match self.kind {
+            Kind::LoopFs { .. } | Kind::Tmpfs { .. } => "filesystem",
+            Kind::RawLoop { .. } | Kind::Zram { .. } => "block device",
+        }
+    }
+}
+
+const fn ext(mkfs: &'static str, fstype: &'static str) -> Kind {
+    Kind::LoopFs {
+        mkfs,
+        package: "e2fsprogs",
+        args: &["-F", "-q"],
+        fstype,
+        mib: 64,
+    }
+}
+
+// Sizes: mkfs.xfs refuses less than 300 MiB, mkfs.btrfs less than 114 MiB.
+// The images are sparse, so only written blocks take disk space.
+const TARGETS: &[Target] = &[
+    Target {
+        name: "ext2",
+        kind: ext("mkfs.ext2", "ext2"),
+    },
+    Target {
+        name: "ext3",
+        kind: ext("mkfs.ext3", "ext3"),
+    },
+    Target {
+        name: "ext4",
+        kind: ext("mkfs.ext4", "ext4"),
+    },
+    Target {
+        name: "xfs",
+        kind: Kind::LoopFs {
+            mkfs: "mkfs.xfs",
+            package: "xfsprogs",
+            args: &["-f", "-q"],
+            fstype: "xfs",
+            mib: 320,
+        },
+    },
+    Target {
+        name: "btrfs",
+        kind: Kind::LoopFs {
+            mkfs: "mkfs.btrfs",
+            package: "btrfs-progs",
+            args: &["-f", "-q"],
+            fstype: "btrfs",
+            mib: 256,
+        },
+    },
+    Target {
+        name: "tmpfs",
+        kind: Kind::Tmpfs { mib: 256 },
+    },
+    Target {
+        name: "loop",
+        kind: Kind::RawLoop { mib: 64 },
+    },
+    Target {
+        name: "zram0",
+        kind: Kind::Zram { mib: 64 },
+    },
+];
+
+/// Names of all targets, for `--only`'s help.
+pub fn target_names() -> Vec<&'static str> {
+    TARGETS.iter().map(|t| t.name).collect()
+}
+
+type Action = Box<dyn FnOnce() -> io::Result<()>>;
+
+/// Cleanup actions, run last-pushed first by `finish` or, on a panic, by Drop.
+struct Cleanup {
+    actions: Vec<(String, Action)>,
+}
+
+impl Cleanup {
+    fn new() -> Cleanup {
+        Cleanup {
+            actions: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, what: String, action: impl FnOnce() -> io::Result<()> + 'static) {
+        self.actions.push((what, Box::new(action)));
+    }
+
+    /// Runs every action; returns the failures.
+    fn finish(&mut self) -> Vec<String> {
+        let mut errors = Vec::new();
+        while let Some((what, action)) = self.actions.pop() {
+            if let Err(e) = action() {
+                errors.push(format!("{what}: {e}"));
+            }
+        }
+        errors
+    }
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        for e in self.finish() {
+            eprintln!("xtask: cleanup failed: {e}");
+        }
+    }
+}
+
+/// Removes `dir` unless something is still mounted under it (then removing
+/// would delete files inside that filesystem).
+fn remove_dir_safely(dir: &Path) -> io::Result<()> {
+    if let Some(m) = sys::mount_points()?
+        .into_iter()
+        .find(|m| m.starts_with(dir))
+    {
+        return Err(io::Error::other(format!(
+            "not removing {}: {} is still mounted",
+            dir.display(),
+            m.display()
+        )));
+    }
+    match fs::remove_dir_all(dir) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        r => r,
+    }
+}
+
+/// Why a row could not run its tests.
+enum Problem {
+    /// The kernel refused with this errno: this target does not exist here.
+    Unsupported {
+        errno: i32,
+        what: String,
+    },
+    /// A tool is missing outside CI.
+    Skipped(String),
+    Failed(String),
+    Interrupted,
+}
+
+fn syscall<T>(what: &str, r: io::Result<T>, unsupported: &[i32]) -> Result<T, Problem> {
+    r.map_err(|e| match e.raw_os_error() {
+        Some(errno) if unsupported.contains(&errno) => Problem::Unsupported {
+            errno,
+            what: format!("{what}: {e}"),
+        },
+        _ => Problem::Failed(format!("{what}: {e}")),
+    })
+}
+
+fn missing_tool(msg: String) -> Problem {
+    if proc::is_ci() {
+        Problem::Failed(msg)
+    } else {
+        Problem::Skipped(msg)
+    }
+}
+
+/// Where a row's tests point.
+enum Location {
+    Dir(PathBuf),
+    Device(PathBuf),
+}
+
+impl Location {
+    fn var(&self) -> (&'static str, &Path) {
+        match self {
+            Location::Dir(p) => (DIR_VAR, p),
+            Location::Device(p) => (DEVICE_VAR, p),
+        }
+    }
+}
+
+fn sparse_image(dir: &Path, mib: u64) -> Result<PathBuf, Problem> {
+    let image = dir.join("image");
+    let file = syscall("creating the image", File::create_new(&image), &[])?;
+    syscall("sizing the image", file.set_len(mib * MIB), &[])?;
+    Ok(image)
+}
+
+fn attach(image: &Path, cleanup: &mut Cleanup) -> Result<PathBuf, Problem> {
+    let dev = syscall("attaching a loop device", LoopDevice::attach(image), &[])?;
+    let path = dev.path().to_path_buf();
+    cleanup.push(format!("detaching {}", path.display()), move || {
+        dev.detach()
+    });
+    Ok(path)
+}
+
+fn mount(
+    source: &str,
+    mnt: &Path,
+    fstype: &str,
+    data: Option<&str>,
+    cleanup: &mut Cleanup,
+) -> Result<(), Problem> {
+    syscall("creating the mount point", fs::create_dir(mnt), &[])?;
+    // ENODEV: this kernel has no such filesystem.
+    syscall(
+        &format!("mount -t {fstype} {source}"),
+        sys::mount(source, mnt, fstype, data),
+        &[libc::ENODEV],
+    )?;
+    let owned = mnt.to_path_buf();
+    cleanup.push(format!("unmounting {}", mnt.display()), move || {
+        sys::unmount(&owned)
+    });
+    Ok(())
+}
+
+/// Writes a sysfs attribute; the error keeps its errno.
+fn write_sysfs(path: &Path, value: &str) -> io::Result<()> {
+    fs::write(path, value)
+}
+
+/// Creates, formats and mounts what `target` needs; everything it makes is
+/// on `cleanup`.
+fn prepare(
+    target: &Target,
+    dir: &Path,
+    logs: &Path,
+    cleanup: &mut Cleanup,
+) -> Result<Location, Problem> {
+    match target.kind {
+        Kind::LoopFs {
+            mkfs,
+            package,
+            args,
+            fstype,
+            mib,
+        } => {
+            let Some(mkfs_path) = proc::which(mkfs) else {
+                return Err(missing_tool(format!(
+                    "{mkfs} is not installed (apt-get install {package})"
+                )));
+            };
+            let image = sparse_image(dir, mib)?;
+            let dev = attach(&image, cleanup)?;
+            let log = logs.join(format!("{}-mkfs.log", target.name));
+            let out = syscall("creating the mkfs log", File::create(&log), &[])?;
+            let err = syscall("creating the mkfs log", out.try_clone(), &[])?;
+            let mut cmd = Command::new(&mkfs_path);
+            cmd.args(args).arg(&dev).stdout(out).stderr(err);
+            println!("    {mkfs} {} {}", args.join(" "), dev.display());
+            match proc::run(&mut cmd, Some(Duration::from_secs(300))) {
+                Ok(Wait::Exited(s)) if s.success() => {}
+                Ok(Wait::Exited(s)) => {
+                    return Err(Problem::Failed(format!(
+                        "{mkfs} failed ({}): {}",
+                        proc::describe(&s),
+                        tail(&log, 5).trim()
+                    )));
+                }
+                Ok(Wait::TimedOut) => return Err(Problem::Failed(format!("{mkfs} hung"))),
+                Ok(Wait::Interrupted) => return Err(Problem::Interrupted),
+                Err(e) => return Err(Problem::Failed(format!("running {mkfs}: {e}"))),
+            }
+            let mnt = dir.join("mnt");
+            mount(&dev.to_string_lossy(), &mnt, fstype, None, cleanup)?;
+            println!(
+                "    mounted {} ({fstype}) at {}",
+                dev.display(),
+                mnt.display()
+            );
+            Ok(Location::Dir(mnt))
+        }
+        Kind::Tmpfs { mib } => {
+            let mnt = dir.join("mnt");
+            let size = format!("size={mib}m");
+            mount("tmpfs", &mnt, "tmpfs", Some(&size), cleanup)?;
+            println!("    mounted tmpfs ({size}) at {}", mnt.display());
+            Ok(Location::Dir(mnt))
+        }
+        Kind::RawLoop { mib } => {
+            let image = sparse_image(dir, mib)?;
+            let dev = attach(&image, cleanup)?;
+            println!("    {} over a {mib} MiB sparse image", dev.display());
+            Ok(Location::Device(dev))
+        }
+        Kind::Zram { mib } => {
+            let sysfs = Path::new("/sys/block/zram0");
+            // ENOENT: no zram module; EBUSY: someone else has zram0 open
+            // (swap, a mount): not ours to take.
+            syscall(
+                "echo 1 > /sys/block/zram0/reset",
+                write_sysfs(&sysfs.join("reset"), "1"),
+                &[libc::ENOENT, libc::EBUSY],
+            )?;
+            let reset = sysfs.join("reset");
+            cleanup.push("resetting zram0".into(), move || write_sysfs(&reset, "1"));
+            syscall(
+                "writing /sys/block/zram0/disksize",
+                write_sysfs(&sysfs.join("disksize"), &(mib * MIB).to_string()),
+                &[],
+            )?;
+            println!("    /dev/zram0 reset and sized to {mib} MiB");
+            Ok(Location::Device(PathBuf::from("/dev/zram0")))
+        }
+    }
+}
+
+/// One test executable cargo built.
+struct TestBin {
+    label: String,
+    path: PathBuf,
+    manifest_dir: PathBuf,
+}
+
+#[derive(Default, Clone, Copy)]
+struct Counts {
+    passed: u64,
+    failed: u64,
+    ignored: u64,
+}
+
+impl Counts {
+    fn add(&mut self, o: Counts) {
+        self.passed += o.passed;
+        self.failed += o.failed;
+        self.ignored += o.ignored;
+    }
+}
+
+/// Adds up libtest's "test result: ok. 3 passed; 0 failed; 1 ignored; ..." lines.
+fn parse_counts(output: &str) -> Counts {
+    let mut total = Counts::default();
+    for line in output.lines() {
+        let Some(rest) = line.trim().strip_prefix("test result: ") else {
+            continue;
+        };
+        for part in rest.split(['.', ';']) {
+            let mut words = part.split_whitespace();
+            if let (Some(n), Some(what)) = (words.next(), words.next()) {
+                let Ok(n) = n.parse::<u64>() else { continue };
+                match what {
+                    "passed" => total.passed += n,
+                    "failed" => total.failed += n,
+                    "ignored" => total.ignored += n,
+                    _ => {}
+                }
+            }
+        }
+    }
+    total
+}
+
+fn tail(path: &Path, lines: usize) -> String {
+    let text = fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// Package name from a cargo package id ("path+file:///w/aio-sys#0.1.0" or
+/// "...#name@0.1.0").
+fn package_name(id: &str) -> String {
+    let (url, frag) = id.rsplit_once('#').unwrap_or((id, ""));
+    match frag.split_once('@') {
+        Some((name, _)) => name.to_string(),
+        None => url.rsplit('/').next().unwrap_or(url).to_string(),
+    }
+}
+
+/// `cargo test --no-run` once; returns the test executables.
+fn build_test_binaries(root: &Path, logs: &Path) -> Result<Vec<TestBin>, Problem> {
+    let json_path = logs.join("build-messages.json");
+    let out = syscall("creating the build log", File::create(&json_path), &[])?;
+    let mut cmd = Command::new(proc::cargo());
+    cmd.current_dir(root)
+        .args(["test", "--no-run", "--all-features"]);
+    for p in PACKAGES {
+        cmd.args(["-p", p]);
+    }
+    cmd.arg("--message-format=json-render-diagnostics")
+        .stdout(out)
+        .stderr(Stdio::inherit());
+    println!(
+        "    cargo test --no-run --all-features -p {}",
+        PACKAGES.join(" -p ")
+    );
+    match proc::run(&mut cmd, None) {
+        Ok(Wait::Exited(s)) if s.success() => {}
+        Ok(Wait::Exited(s)) => {
+            return Err(Problem::Failed(format!(
+                "building the test binaries failed ({})",
+                proc::describe(&s)
+            )));
+        }
+        Ok(_) => return Err(Problem::Interrupted),
+        Err(e) => return Err(Problem::Failed(format!("running cargo: {e}"))),
+    }
+    let text = syscall("reading the build log", fs::read_to_string(&json_path), &[])?;
+    let mut bins = Vec::new();
+    for line in text.lines() {
+        let Ok(msg) = serde_json::from_str::<Value>(line) else {
+            continue;
+        };
+        let is_test = msg["reason"] == "compiler-artifact" && msg["profile"]["test"] == true;
+        let (Some(exe), true) = (msg["executable"].as_str(), is_test) else {
+            continue;
+        };
+        let kind = msg["target"]["kind"][0].as_str().unwrap_or("?");
+        let name = msg["target"]["name"].as_str().unwrap_or("?");
+        let package = package_name(msg["package_id"].as_str().unwrap_or("?"));
+        let manifest = PathBuf::from(msg["manifest_path"].as_str().unwrap_or("."));
+        bins.push(TestBin {
+            label: if kind == "lib" {
+                format!("{package} (lib)")
+            } else {
+                format!("{package} {kind}/{name}")
+            },
+            path: PathBuf::from(exe),
+            manifest_dir: manifest.parent().unwrap_or(root).to_path_buf(),
+        });
+    }
+    Ok(bins)
+}
+
+/// Runs every test binary against `loc`; fails if any fails.
+fn run_binaries(
+    bins: &[TestBin],
+    loc: &Location,
+    logs: &Path,
+    row: &str,
+    timeout: Duration,
+    counts: &mut Counts,
+) -> Result<(), Problem> {
+    let (var, value) = loc.var();
+    let mut failures = Vec::new();
+    for (i, bin) in bins.iter().enumerate() {
+        let log = logs.join(format!("{row}-{i}.log"));
+        let out = syscall("creating a test log", File::create(&log), &[])?;
+        let err = syscall("creating a test log", out.try_clone(), &[])?;
+        let mut cmd = Command::new(&bin.path);
+        cmd.current_dir(&bin.manifest_dir)
+            .env("CARGO_MANIFEST_DIR", &bin.manifest_dir)
+            .env_remove(DIR_VAR)
+            .env_remove(DEVICE_VAR)
+            .env(var, value)
+            .stdout(out)
+            .stderr(err);
+        let started = Instant::now();
+        let waited = proc::run(&mut cmd, Some(timeout));
+        let secs = started.elapsed().as_secs_f64();
+        let got = parse_counts(&fs::read_to_string(&log).unwrap_or_default());
+        counts.add(got);
+        let verdict = match waited {
+            Ok(Wait::Exited(s)) if s.success() => None,
+            Ok(Wait::Exited(s)) => Some(proc::describe(&s)),
+            Ok(Wait::TimedOut) => Some(format!("killed after {} s", timeout.as_secs())),
+            Ok(Wait::Interrupted) => return Err(Problem::Interrupted),
+            Err(e) => Some(format!("cannot run: {e}")),
+        };
+        println!(
+            "    {:<32} {} ({} passed, {} failed, {} ignored) {secs:.1}s",
+            bin.label,
+            if verdict.is_none() { "ok  " } else { "FAIL" },
+            got.passed,
+            got.failed,
+            got.ignored
+        );
+        if let Some(why) = verdict {
+            println!("      --- last lines of {} ---", log.display());
+            for line in tail(&log, 40).lines() {
+                println!("      {line}");
+            }
+            failures.push(format!("{}: {why}", bin.label));
+        }
+    }
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        Err(Problem::Failed(failures.join("; ")))
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Status {
+    Pass,
+    Fail,
+    Unsupported,
+    Skipped,
+}
+
+impl Status {
+    fn as_str(self) -> &'static str {
+        match self {
+            Status::Pass => "pass",
+            Status::Fail => "fail",
+            Status::Unsupported => "unsupported",
+            Status::Skipped => "skipped",
+        }
+    }
+}
+
+struct Row {
+    name: &'static str,
+    class: &'static str,
+    status: Status,
+    errno: Option<String>,
+    detail: String,
+    location: Option<(&'static str, PathBuf)>,
+    counts: Counts,
+    binaries: usize,
+    secs: f64,
+}
+
+fn run_target(
+    target: &Target,
+    work: &Path,
+    logs: &Path,
+    bins: &[TestBin],
+    opts: &Options,
+) -> (Row, bool) {
+    println!("--- {} ({})", target.name, target.class());
+    let started = Instant::now();
+    let mut row = Row {
+        name: target.name,
+        class: target.class(),
+        status: Status::Pass,
+        errno: None,
+        detail: String::new(),
+        location: None,
+        counts: Counts::default(),
+        binaries: bins.len(),
+        secs: 0.0,
+    };
+    let mut cleanup = Cleanup::new();
+    let dir = work.join(target.name);
+    let result = fs::create_dir(&dir)
+        .map_err(|e| Problem::Failed(format!("creating {}: {e}", dir.display())))
+        .and_then(|()| {
+            let owned = dir.clone();
+            cleanup.push(format!("removing {}", dir.display()), move || {
+                remove_dir_safely(&owned)
+            });
+            prepare(target, &dir, logs, &mut cleanup)
+        })
+        .and_then(|loc| {
+            let (var, value) = loc.var();
+            row.location = Some((var, value.to_path_buf()));
+            println!("    {var}={}", value.display());
+            run_binaries(bins, &loc, logs, target.name, opts.timeout, &mut row.counts)
+        });
+    let cleanup_errors = cleanup.finish();
+    let mut interrupted = false;
+    match result {
+        Ok(()) => row.detail = format!("{} tests ran", row.counts.passed + row.counts.failed),
+        Err(Problem::Unsupported { errno, what }) => {
+            row.status = Status::Unsupported;
+            row.errno = Some(sys::errno_name(errno));
+            row.detail = what;
+        }
+        Err(Problem::Skipped(why)) => {
+            row.status = Status::Skipped;
+            row.detail = why;
+        }
+        Err(Problem::Failed(why)) => {
+            row.status = Status::Fail;
+            row.detail = why;
+        }
+        Err(Problem::Interrupted) => {
+            row.status = Status::Fail;
+            row.detail = "interrupted".into();
+            interrupted = true;
+        }
+    }
+    if !cleanup_errors.is_empty() {
+        row.status = Status::Fail;
+        let _ = write!(
+            row.detail,
+            "; cleanup failed: {}",
+            cleanup_errors.join("; ")
+        );
+    }
+    row.secs = started.elapsed().as_secs_f64();
+    println!("    => {} {}", row.status.as_str(), row.detail);
+    (row, interrupted)
+}
+
+/// The pid in a path component "aio-fsmatrix-<pid>-...", if that process is
+/// gone.
+fn dead_owner(path: &Path) -> Option<u32> {
+    path.components().find_map(|c| {
+        let s = c.as_os_str().to_str()?;
+        let pid: u32 = s.strip_prefix(PREFIX)?.split('-').next()?.parse().ok()?;
+        (!sys::pid_alive(pid)).then_some(pid)
+    })
+}
+
+/// Removes what a killed earlier run left behind: its mounts, its loop
+/// devices, its directories.
+fn sweep_stale(tmp: &Path) {
+    let mut mounts: Vec<PathBuf> = sys::mount_points()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|m| dead_owner(m).is_some())
+        .collect();
+    // Deepest first.
+    mounts.sort_by_key(|m| std::cmp::Reverse(m.components().count()));
+    for m in mounts {
+        println!(
+            "    stale mount from a dead run: unmounting {}",
+            m.display()
+        );
+        if let Err(e) = sys::unmount(&m) {
+            eprintln!("xtask: unmounting {}: {e}", m.display());
+        }
+    }
+    for entry in fs::read_dir("/sys/block").into_iter().flatten().flatten() {
+        let name = entry.file_name();
+        let Ok(backing) = fs::read_to_string(entry.path().join("loop/backing_file")) else {
+            continue;
+        };
+        if dead_owner(Path::new(backing.trim())).is_some() {
+            let dev = Path::new("/dev").join(&name);
+            println!(
+                "    stale loop device from a dead run: detaching {}",
+                dev.display()
+            );
+            if let Err(e) = sys::detach_path(&dev) {
+                eprintln!("xtask: detaching {}: {e}", dev.display());
+            }
+        }
+    }
+    for entry in fs::read_dir(tmp).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with(PREFIX))
+            && dead_owner(&path).is_some()
+        {
+            println!(
+                "    stale directory from a dead run: removing {}",
+                path.display()
+            );
+            if let Err(e) = remove_dir_safely(&path) {
+                eprintln!("xtask: {e}");
+            }
+        }
+    }
+}
+
+fn lock() -> Result<sys::Lock, Problem> {
+    let dir = if Path::new("/run/lock").is_dir() {
+        PathBuf::from("/run/lock")
+    } else {
+        std::env::temp_dir()
+    };
+    let path = dir.join("aio-xtask-fs-matrix.lock");
+    let mut said = false;
+    loop {
+        match sys::Lock::try_take(&path) {
+            Ok(Some(lock)) => return Ok(lock),
+            Ok(None) if !said => {
+                println!("    waiting for another fs-matrix run ({})", path.display());
+                said = true;
+            }
+            Ok(None) => {}
+            Err(e) => return Err(Problem::Failed(format!("locking {}: {e}", path.display()))),
+        }
+        if proc::interrupted() {
+            return Err(Problem::Interrupted);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn cargo_target_dir(root: &Path) -> Result<PathBuf, String> {
+    let out = Command::new(proc::cargo())
+        .current_dir(root)
+        .args(["metadata", "--format-version", "1", "--no-deps"])
+        .stderr(Stdio::inherit())
+        .output()
+        .map_err(|e| format!("running cargo metadata: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "cargo metadata failed ({})",
+            proc::describe(&out.status)
+        ));
+    }
+    let meta: Value =
+        serde_json::from_slice(&out.stdout).map_err(|e| format!("parsing cargo metadata: {e}"))?;
+    meta["target_directory"]
+        .as_str()
+        .map(PathBuf::from)
+        .ok_or_else(|| "cargo metadata has no target_directory".into())
+}
+
+fn print_table(rows: &[Row]) {
+    println!();
+    println!(
+        "{:<7} {:<12} {:<11} {:>4} {:>6} {:>6} {:>7} {:>7}  detail",
+        "target", "kind", "status", "ran", "passed", "failed", "ignored", "time"
+    );
+    for r in rows {
+        println!(
+            "{:<7} {:<12} {:<11} {:>4} {:>6} {:>6} {:>7} {:>6.1}s  {}{}",
+            r.name,
+            r.class,
+            r.status.as_str(),
+            r.counts.passed + r.counts.failed,
+            r.counts.passed,
+            r.counts.failed,
+            r.counts.ignored,
+            r.secs,
+            r.errno
+                .as_deref()
+                .map(|e| format!("[{e}] "))
+                .unwrap_or_default(),
+            r.detail
+        );
+    }
+}
+
+fn to_json(rows: &[Row], bins: &[TestBin]) -> Value {
+    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    json!({
+        "kernel": kernel.trim(),
+        "contract": { "filesystem": DIR_VAR, "block device": DEVICE_VAR },
+        "test_binaries": bins.iter().map(|b| b.label.clone()).collect::<Vec<_>>(),
+        "targets": rows.iter().map(|r| json!({
+            "target": r.name,
+            "kind": r.class,
+            "status": r.status.as_str(),
+            "errno": r.errno,
+            "detail": r.detail,
+            "env": r.location.as_ref().map(|(k, v)| json!({ *k: v.display().to_string() })),
+            "tests": {
+                "ran": r.counts.passed + r.counts.failed,
+                "passed": r.counts.passed,
+                "failed": r.counts.failed,
+                "ignored": r.counts.ignored,
+            },
+            "binaries": r.binaries,
+            "seconds": (r.secs * 10.0).round() / 10.0,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// Runs the matrix.
+pub fn run(opts: &Options) -> Outcome {
+    let skip = |msg: String| {
+        if proc::is_ci() {
+            Outcome::Failed(format!("{msg} (required in CI)"))
+        } else {
+            Outcome::Skipped(msg)
+        }
+    };
+    if !proc::is_root() {
+        return skip("needs root for loop devices, mkfs and mount; run as root".into());
+    }
+    if !Path::new("/dev/loop-control").exists() {
+        return skip("no /dev/loop-control: this kernel or container has no loop devices".into());
+    }
+    let unknown: Vec<&String> = opts
+        .only
+        .iter()
+        .filter(|n| !TARGETS.iter().any(|t| t.name == n.as_str()))
+        .collect();
+    if !unknown.is_empty() {
+        return Outcome::Failed(format!(
+            "unknown target(s) {unknown:?}; known: {}",
+            target_names().join(", ")
+        ));
+    }
+    let targets: Vec<&Target> = TARGETS
+        .iter()
+        .filter(|t| opts.only.is_empty() || opts.only.iter().any(|n| n == t.name))
+        .collect();
+
+    let root = proc::workspace_root();
+    let target_dir = match cargo_target_dir(&root) {
+        Ok(d) => d,
+        Err(e) => return Outcome::Failed(e),
+    };
+    let logs = target_dir.join("fs-matrix");
+    if let Err(e) = fs::create_dir_all(&logs) {
+        return Outcome::Failed(format!("creating {}: {e}", logs.display()));
+    }
+    let bins = match build_test_binaries(&root, &logs) {
+        Ok(b) => b,
+        Err(Problem::Interrupted) => return Outcome::Failed("interrupted".into()),
+        Err(Problem::Failed(e) | Problem::Skipped(e) | Problem::Unsupported { what: e, .. }) => {
+            return Outcome::Failed(e);
+        }
+    };
+    println!("    {} test binaries:", bins.len());
+    for b in &bins {
+        println!("      {}", b.label);
+    }
+
+    let _lock = match lock() {
+        Ok(l) => l,
+        Err(_) => return Outcome::Failed("interrupted while waiting for the lock".into()),
+    };
+    let tmp = std::env::temp_dir();
+    sweep_stale(&tmp);
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let work = tmp.join(format!("{PREFIX}{}-{stamp}", std::process::id()));
+    if let Err(e) = fs::create_dir(&work) {
+        return Outcome::Failed(format!("creating {}: {e}", work.display()));
+    }
+    let mut top = Cleanup::new();
+    let owned = work.clone();
+    top.push(format!("removing {}", work.display()), move || {
+        remove_dir_safely(&owned)
+    });
+
+    let mut rows = Vec::new();
+    let mut interrupted = false;
+    for target in targets {
+        let (row, stop) = run_target(target, &work, &logs, &bins, opts);
+        rows.push(row);
+        if stop || proc::interrupted() {
+            interrupted = true;
+            break;
+        }
+    }
+    let top_errors = top.finish();
+
+    print_table(&rows);
+    let json_path = target_dir.join("fs-matrix.json");
+    let json = serde_json::to_string_pretty(&to_json(&rows, &bins)).unwrap_or_default();
+    match fs::write(&json_path, json + "\n") {
+        Ok(()) => println!("wrote {}", json_path.display()),
+        Err(e) => eprintln!("xtask: writing {}: {e}", json_path.display()),
+    }
+
+    let failed: Vec<&str> = rows
+        .iter()
+        .filter(|r| r.status == Status::Fail)
+        .map(|r| r.name)
+        .collect();
+    let ran: u64 = rows.iter().map(|r| r.counts.passed + r.counts.failed).sum();
+    let count = |s: Status| rows.iter().filter(|r| r.status == s).count();
+    let summary = format!(
+        "{} targets: {} pass, {} fail, {} unsupported, {} skipped; {ran} tests ran",
+        rows.len(),
+        count(Status::Pass),
+        count(Status::Fail),
+        count(Status::Unsupported),
+        count(Status::Skipped)
+    );
+    if interrupted {
+        Outcome::Failed(format!("interrupted; {summary}"))
+    } else if !top_errors.is_empty() {
+        Outcome::Failed(format!("cleanup failed: {}", top_errors.join("; ")))
+    } else if !failed.is_empty() {
+        Outcome::Failed(format!("failed on {}; {summary}", failed.join(", ")))
+    } else if count(Status::Skipped) > 0 {
+        Outcome::Passed(format!("{summary} (skipped rows lack a tool)"))
+    } else {
+        Outcome::Passed(summary)
+    }
+}

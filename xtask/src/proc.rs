@@ -1,0 +1,156 @@
+//! Child processes that an interrupt or a timeout can stop, and facts about
+//! the environment (root, CI).
+
+use std::ffi::OsString;
+use std::io;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::time::{Duration, Instant};
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+/// Process group of the child being waited for, 0 when none.
+static CHILD_GROUP: AtomicI32 = AtomicI32::new(0);
+
+/// Installs the SIGINT/SIGTERM/SIGHUP handler: it records the interrupt and
+/// kills the running child's process group, so the waiting code returns and
+/// the Drop guards up the stack unmount and detach what they own.
+pub fn install_signal_handler() {
+    let result = ctrlc::set_handler(|| {
+        if !INTERRUPTED.swap(true, Ordering::SeqCst) {
+            eprintln!("\nxtask: interrupted, stopping the running command and cleaning up");
+        }
+        kill_group(CHILD_GROUP.load(Ordering::SeqCst));
+    });
+    if let Err(e) = result {
+        eprintln!("xtask: could not install the signal handler ({e}); Ctrl-C will not clean up");
+    }
+}
+
+/// Whether SIGINT, SIGTERM or SIGHUP arrived.
+pub fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::SeqCst)
+}
+
+fn kill_group(group: i32) {
+    if group > 0 {
+        // SAFETY: kill(2) takes plain integers; a negative pid addresses the
+        // process group, which is a child's own group (see `run`).
+        unsafe { libc::kill(-group, libc::SIGKILL) };
+    }
+}
+
+/// How a child ended.
+pub enum Wait {
+    /// It exited (or was killed by someone else) with this status.
+    Exited(ExitStatus),
+    /// It ran longer than the timeout and was killed.
+    TimedOut,
+    /// The user interrupted xtask; the child was killed.
+    Interrupted,
+}
+
+/// Runs `cmd` in its own process group (so an interrupt or a timeout can kill
+/// it together with whatever it started) with stdin closed, and waits.
+pub fn run(cmd: &mut Command, timeout: Option<Duration>) -> io::Result<Wait> {
+    if interrupted() {
+        return Ok(Wait::Interrupted);
+    }
+    cmd.process_group(0).stdin(Stdio::null());
+    let mut child = cmd.spawn()?;
+    let group = child.id() as i32;
+    CHILD_GROUP.store(group, Ordering::SeqCst);
+    // The signal may have come between spawn and store.
+    if interrupted() {
+        kill_group(group);
+    }
+    let waited = wait_for(&mut child, group, timeout);
+    CHILD_GROUP.store(0, Ordering::SeqCst);
+    // Leftover grandchildren could keep a mount busy.
+    kill_group(group);
+    match waited {
+        Err(e) => Err(e),
+        Ok(_) if interrupted() => Ok(Wait::Interrupted),
+        Ok(None) => Ok(Wait::TimedOut),
+        Ok(Some(status)) => Ok(Wait::Exited(status)),
+    }
+}
+
+/// Waits for `child`; `None` when it had to be killed for running too long.
+fn wait_for(
+    child: &mut std::process::Child,
+    group: i32,
+    timeout: Option<Duration>,
+) -> io::Result<Option<ExitStatus>> {
+    let Some(limit) = timeout else {
+        return child.wait().map(Some);
+    };
+    let started = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(Some(status));
+        }
+        if started.elapsed() > limit {
+            kill_group(group);
+            child.wait()?;
+            return Ok(None);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Whether we run as root (needed for apt-get, loop devices, mount).
+pub fn is_root() -> bool {
+    // SAFETY: geteuid(2) has no arguments and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Whether CI=true (or any value other than empty, 0 or false): then a
+/// missing tool or privilege is a failure rather than a skip.
+pub fn is_ci() -> bool {
+    match std::env::var("CI") {
+        Ok(v) => !matches!(v.trim().to_ascii_lowercase().as_str(), "" | "0" | "false"),
+        Err(_) => false,
+    }
+}
+
+/// The cargo that runs us (`$CARGO`), or `cargo` from PATH.
+pub fn cargo() -> OsString {
+    std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into())
+}
+
+/// The workspace root (xtask's parent directory).
+pub fn workspace_root() -> PathBuf {
+    let manifest_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    manifest_dir
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or(manifest_dir)
+}
+
+/// Finds an executable in PATH, and in the sbin directories that a non-root
+/// PATH often lacks (mkfs.* live there).
+pub fn which(name: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let extra = ["/usr/local/sbin", "/usr/sbin", "/sbin", "/usr/bin", "/bin"];
+    std::env::split_paths(&path)
+        .chain(extra.iter().map(PathBuf::from))
+        .map(|dir| dir.join(name))
+        .find(|p| {
+            p.metadata()
+                .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+                .unwrap_or(false)
+        })
+}
+
+/// A short text for a status: "exit status 1", "killed by signal 9".
+pub fn describe(status: &ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exit status {code}"),
+        (None, Some(sig)) => format!("killed by signal {sig}"),
+        _ => status.to_string(),
+    }
+}
