@@ -933,3 +933,37 @@ pub fn run(opts: &Options) -> Outcome {
         Outcome::Passed(summary)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_add_up_libtest_summaries() {
+        let out = "running 2 tests\ntest a ... ok\n\
+                   test result: ok. 2 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out; finished in 0.01s\n\
+                   test result: FAILED. 3 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out\n";
+        let c = parse_counts(out);
+        assert_eq!((c.passed, c.failed, c.ignored), (5, 1, 1));
+        assert_eq!(parse_counts("no summary").passed, 0);
+    }
+
+    #[test]
+    fn package_names_from_ids() {
+        assert_eq!(package_name("path+file:///w/main/aio-sys#0.1.0"), "aio-sys");
+        assert_eq!(
+            package_name("path+file:///w/main/tools#aio-tools@0.1.0"),
+            "aio-tools"
+        );
+    }
+
+    #[test]
+    fn leftovers_of_live_processes_are_not_stale() {
+        let mine = format!("/tmp/{PREFIX}{}-1/ext4/mnt", std::process::id());
+        assert_eq!(dead_owner(Path::new(&mine)), None);
+        // pid_max is at most 2^22, so this pid cannot exist.
+        let dead = format!("/tmp/{PREFIX}99999999-1/ext4/mnt");
+        assert_eq!(dead_owner(Path::new(&dead)), Some(99_999_999));
+        assert_eq!(dead_owner(Path::new("/tmp/other-1/mnt")), None);
+    }
+}

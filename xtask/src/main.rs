@@ -254,7 +254,8 @@ fn run_steps(title: &str, steps: Vec<Step>, skip: &[String]) -> ExitCode {
                 ("not run", Duration::ZERO, "an earlier step failed")
             }
         };
-        println!("  {name:<10} {word:<8} {:>7.1}s  {msg}", time.as_secs_f64());
+        let line = format!("  {name:<10} {word:<8} {:>7.1}s  {msg}", time.as_secs_f64());
+        println!("{}", line.trim_end());
     }
     if skipped > 0 {
         println!("{passed} passed, {failed} failed, {skipped} skipped");

@@ -299,3 +299,12 @@ pub fn errno_name(errno: i32) -> String {
     };
     name.to_string()
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn mountinfo_escapes_are_undone() {
+        assert_eq!(super::unescape_octal(r"/tmp/a\040b\011c"), "/tmp/a b\tc");
+        assert_eq!(super::unescape_octal(r"/plain\"), "/plain\\");
+    }
+}
