@@ -178,7 +178,7 @@ impl Cleanup {
 impl Drop for Cleanup {
     fn drop(&mut self) {
         for e in self.finish() {
-            eprintln!("xtask: cleanup failed: {e}");
+            err!("xtask: cleanup failed: {e}");
         }
     }
 }
@@ -318,7 +318,7 @@ fn prepare(
             let err = syscall("creating the mkfs log", out.try_clone(), &[])?;
             let mut cmd = Command::new(&mkfs_path);
             cmd.args(args).arg(&dev).stdout(out).stderr(err);
-            println!("    {mkfs} {} {}", args.join(" "), dev.display());
+            out!("    {mkfs} {} {}", args.join(" "), dev.display());
             match proc::run(&mut cmd, Some(Duration::from_secs(300))) {
                 Ok(Wait::Exited(s)) if s.success() => {}
                 Ok(Wait::Exited(s)) => {
@@ -334,7 +334,7 @@ fn prepare(
             }
             let mnt = dir.join("mnt");
             mount(&dev.to_string_lossy(), &mnt, fstype, None, cleanup)?;
-            println!(
+            out!(
                 "    mounted {} ({fstype}) at {}",
                 dev.display(),
                 mnt.display()
@@ -345,13 +345,13 @@ fn prepare(
             let mnt = dir.join("mnt");
             let size = format!("size={mib}m");
             mount("tmpfs", &mnt, "tmpfs", Some(&size), cleanup)?;
-            println!("    mounted tmpfs ({size}) at {}", mnt.display());
+            out!("    mounted tmpfs ({size}) at {}", mnt.display());
             Ok(Location::Dir(mnt))
         }
         Kind::RawLoop { mib } => {
             let image = sparse_image(dir, mib)?;
             let dev = attach(&image, cleanup)?;
-            println!("    {} over a {mib} MiB sparse image", dev.display());
+            out!("    {} over a {mib} MiB sparse image", dev.display());
             Ok(Location::Device(dev))
         }
         Kind::Zram { mib } => {
@@ -370,7 +370,7 @@ fn prepare(
                 write_sysfs(&sysfs.join("disksize"), &(mib * MIB).to_string()),
                 &[],
             )?;
-            println!("    /dev/zram0 reset and sized to {mib} MiB");
+            out!("    /dev/zram0 reset and sized to {mib} MiB");
             Ok(Location::Device(PathBuf::from("/dev/zram0")))
         }
     }
@@ -450,7 +450,7 @@ fn build_test_binaries(root: &Path, logs: &Path) -> Result<Vec<TestBin>, Problem
     cmd.arg("--message-format=json-render-diagnostics")
         .stdout(out)
         .stderr(Stdio::inherit());
-    println!(
+    out!(
         "    cargo test --no-run --all-features -p {}",
         PACKAGES.join(" -p ")
     );
@@ -527,7 +527,7 @@ fn run_binaries(
             Ok(Wait::Interrupted) => return Err(Problem::Interrupted),
             Err(e) => Some(format!("cannot run: {e}")),
         };
-        println!(
+        out!(
             "    {:<32} {} ({} passed, {} failed, {} ignored) {secs:.1}s",
             bin.label,
             if verdict.is_none() { "ok  " } else { "FAIL" },
@@ -536,9 +536,9 @@ fn run_binaries(
             got.ignored
         );
         if let Some(why) = verdict {
-            println!("      --- last lines of {} ---", log.display());
+            out!("      --- last lines of {} ---", log.display());
             for line in tail(&log, 40).lines() {
-                println!("      {line}");
+                out!("      {line}");
             }
             failures.push(format!("{}: {why}", bin.label));
         }
@@ -588,7 +588,7 @@ fn run_target(
     bins: &[TestBin],
     opts: &Options,
 ) -> (Row, bool) {
-    println!("--- {} ({})", target.name, target.class());
+    out!("--- {} ({})", target.name, target.class());
     let started = Instant::now();
     let mut row = Row {
         name: target.name,
@@ -615,7 +615,7 @@ fn run_target(
         .and_then(|loc| {
             let (var, value) = loc.var();
             row.location = Some((var, value.to_path_buf()));
-            println!("    {var}={}", value.display());
+            out!("    {var}={}", value.display());
             run_binaries(bins, &loc, logs, target.name, opts.timeout, &mut row.counts)
         });
     let cleanup_errors = cleanup.finish();
@@ -650,7 +650,7 @@ fn run_target(
         );
     }
     row.secs = started.elapsed().as_secs_f64();
-    println!("    => {} {}", row.status.as_str(), row.detail);
+    out!("    => {} {}", row.status.as_str(), row.detail);
     (row, interrupted)
 }
 
@@ -675,12 +675,12 @@ fn sweep_stale(tmp: &Path) {
     // Deepest first.
     mounts.sort_by_key(|m| std::cmp::Reverse(m.components().count()));
     for m in mounts {
-        println!(
+        out!(
             "    stale mount from a dead run: unmounting {}",
             m.display()
         );
         if let Err(e) = sys::unmount(&m) {
-            eprintln!("xtask: unmounting {}: {e}", m.display());
+            err!("xtask: unmounting {}: {e}", m.display());
         }
     }
     for entry in fs::read_dir("/sys/block").into_iter().flatten().flatten() {
@@ -690,12 +690,12 @@ fn sweep_stale(tmp: &Path) {
         };
         if dead_owner(Path::new(backing.trim())).is_some() {
             let dev = Path::new("/dev").join(&name);
-            println!(
+            out!(
                 "    stale loop device from a dead run: detaching {}",
                 dev.display()
             );
             if let Err(e) = sys::detach_path(&dev) {
-                eprintln!("xtask: detaching {}: {e}", dev.display());
+                err!("xtask: detaching {}: {e}", dev.display());
             }
         }
     }
@@ -707,12 +707,12 @@ fn sweep_stale(tmp: &Path) {
             .is_some_and(|n| n.starts_with(PREFIX))
             && dead_owner(&path).is_some()
         {
-            println!(
+            out!(
                 "    stale directory from a dead run: removing {}",
                 path.display()
             );
             if let Err(e) = remove_dir_safely(&path) {
-                eprintln!("xtask: {e}");
+                err!("xtask: {e}");
             }
         }
     }
@@ -730,7 +730,7 @@ fn lock() -> Result<sys::Lock, Problem> {
         match sys::Lock::try_take(&path) {
             Ok(Some(lock)) => return Ok(lock),
             Ok(None) if !said => {
-                println!("    waiting for another fs-matrix run ({})", path.display());
+                out!("    waiting for another fs-matrix run ({})", path.display());
                 said = true;
             }
             Ok(None) => {}
@@ -765,13 +765,20 @@ fn cargo_target_dir(root: &Path) -> Result<PathBuf, String> {
 }
 
 fn print_table(rows: &[Row]) {
-    println!();
-    println!(
+    out!();
+    out!(
         "{:<7} {:<12} {:<11} {:>4} {:>6} {:>6} {:>7} {:>7}  detail",
-        "target", "kind", "status", "ran", "passed", "failed", "ignored", "time"
+        "target",
+        "kind",
+        "status",
+        "ran",
+        "passed",
+        "failed",
+        "ignored",
+        "time"
     );
     for r in rows {
-        println!(
+        out!(
             "{:<7} {:<12} {:<11} {:>4} {:>6} {:>6} {:>7} {:>6.1}s  {}{}",
             r.name,
             r.class,
@@ -862,9 +869,9 @@ pub fn run(opts: &Options) -> Outcome {
             return Outcome::Failed(e);
         }
     };
-    println!("    {} test binaries:", bins.len());
+    out!("    {} test binaries:", bins.len());
     for b in &bins {
-        println!("      {}", b.label);
+        out!("      {}", b.label);
     }
 
     let _lock = match lock() {
@@ -902,8 +909,8 @@ pub fn run(opts: &Options) -> Outcome {
     let json_path = target_dir.join("fs-matrix.json");
     let json = serde_json::to_string_pretty(&to_json(&rows, &bins)).unwrap_or_default();
     match fs::write(&json_path, json + "\n") {
-        Ok(()) => println!("wrote {}", json_path.display()),
-        Err(e) => eprintln!("xtask: writing {}: {e}", json_path.display()),
+        Ok(()) => out!("wrote {}", json_path.display()),
+        Err(e) => err!("xtask: writing {}: {e}", json_path.display()),
     }
 
     let failed: Vec<&str> = rows

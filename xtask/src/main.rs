@@ -5,6 +5,24 @@
 //! the filesystem matrix, stopping at the first failure. xtask never does AIO
 //! itself; it only builds, runs and prepares storage for the crates that do.
 
+/// `println!` that ignores a closed stdout (`cargo xtask test | tee log`
+/// interrupted by Ctrl-C kills tee too): a panic there must not stop the
+/// cleanup.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
+/// `eprintln!` that ignores a closed stderr, for the same reason.
+macro_rules! err {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 mod fsmatrix;
 mod proc;
 mod sys;
@@ -128,7 +146,7 @@ fn test_step(nextest: bool) -> Step {
         return Step::cargo("test", PLAIN);
     }
     if !nextest_available() {
-        println!("cargo-nextest is not installed; using cargo test");
+        out!("cargo-nextest is not installed; using cargo test");
         return Step::cargo("test", PLAIN);
     }
     Step::new(
@@ -210,7 +228,7 @@ fn run_steps(title: &str, steps: Vec<Step>, skip: &[String]) -> ExitCode {
             results.push((step.name, Result_::NotRun));
             continue;
         }
-        println!("\n==> [{}/{total}] {}: {}", i + 1, step.name, step.what);
+        out!("\n==> [{}/{total}] {}: {}", i + 1, step.name, step.what);
         let started = Instant::now();
         let outcome = if skip.iter().any(|s| s == step.name) {
             Outcome::Skipped("left out with --skip".into())
@@ -224,7 +242,7 @@ fn run_steps(title: &str, steps: Vec<Step>, skip: &[String]) -> ExitCode {
             Outcome::Skipped(m) => ("skipped", m),
         };
         let sep = if msg.is_empty() { "" } else { ": " };
-        println!(
+        out!(
             "<== {}: {word} in {:.1}s{sep}{msg}",
             step.name,
             took.as_secs_f64()
@@ -234,7 +252,7 @@ fn run_steps(title: &str, steps: Vec<Step>, skip: &[String]) -> ExitCode {
     }
 
     let (mut passed, mut failed, mut skipped) = (0, 0, 0);
-    println!("\n{title}:");
+    out!("\n{title}:");
     for (name, r) in &results {
         let (word, time, msg) = match r {
             Result_::Ran(Outcome::Passed(m), t) => {
@@ -255,12 +273,12 @@ fn run_steps(title: &str, steps: Vec<Step>, skip: &[String]) -> ExitCode {
             }
         };
         let line = format!("  {name:<10} {word:<8} {:>7.1}s  {msg}", time.as_secs_f64());
-        println!("{}", line.trim_end());
+        out!("{}", line.trim_end());
     }
     if skipped > 0 {
-        println!("{passed} passed, {failed} failed, {skipped} skipped");
+        out!("{passed} passed, {failed} failed, {skipped} skipped");
     } else {
-        println!("{passed} passed, {failed} failed");
+        out!("{passed} passed, {failed} failed");
     }
     if proc::interrupted() {
         ExitCode::from(130)
@@ -275,7 +293,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     proc::install_signal_handler();
     if proc::is_ci() {
-        println!("CI is set: a missing tool or privilege fails instead of skipping");
+        out!("CI is set: a missing tool or privilege fails instead of skipping");
     }
     match cli.cmd {
         Cmd::Test {
@@ -288,7 +306,7 @@ fn main() -> ExitCode {
                 .iter()
                 .find(|s| !steps.iter().any(|st| st.name == s.as_str()))
             {
-                eprintln!("unknown step {bad:?} in --skip");
+                err!("unknown step {bad:?} in --skip");
                 return ExitCode::from(2);
             }
             run_steps("cargo xtask test", steps, &skip)

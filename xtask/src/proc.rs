@@ -19,12 +19,12 @@ static CHILD_GROUP: AtomicI32 = AtomicI32::new(0);
 pub fn install_signal_handler() {
     let result = ctrlc::set_handler(|| {
         if !INTERRUPTED.swap(true, Ordering::SeqCst) {
-            eprintln!("\nxtask: interrupted, stopping the running command and cleaning up");
+            err!("\nxtask: interrupted, stopping the running command and cleaning up");
         }
         kill_group(CHILD_GROUP.load(Ordering::SeqCst));
     });
     if let Err(e) = result {
-        eprintln!("xtask: could not install the signal handler ({e}); Ctrl-C will not clean up");
+        err!("xtask: could not install the signal handler ({e}); Ctrl-C will not clean up");
     }
 }
 

@@ -159,7 +159,7 @@ impl LoopDevice {
 impl Drop for LoopDevice {
     fn drop(&mut self) {
         if let Err(e) = self.detach_inner() {
-            eprintln!("xtask: detaching {}: {e}", self.path.display());
+            err!("xtask: detaching {}: {e}", self.path.display());
         }
     }
 }

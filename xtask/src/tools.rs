@@ -117,7 +117,7 @@ fn list(tools: &[&Tool]) -> String {
 }
 
 fn apt_get(args: &[&str]) -> Result<(), String> {
-    println!("    $ apt-get {}", args.join(" "));
+    out!("    $ apt-get {}", args.join(" "));
     let mut cmd = Command::new("apt-get");
     cmd.args(args).env("DEBIAN_FRONTEND", "noninteractive");
     match proc::run(&mut cmd, None) {
@@ -140,7 +140,7 @@ pub fn ensure() -> Outcome {
         return Outcome::Passed(format!("all {} tools present", TOOLS.len()));
     }
     let pkgs = packages(&missing_now);
-    println!("    missing: {}", list(&missing_now));
+    out!("    missing: {}", list(&missing_now));
     if !proc::is_root() {
         let msg = format!(
             "missing {}; install with: sudo apt-get install --no-install-recommends {}",
