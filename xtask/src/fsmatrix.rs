@@ -489,6 +489,8 @@ fn build_test_binaries(root: &Path, logs: &Path) -> Result<Vec<TestBin>, Problem
             manifest_dir: manifest.parent().unwrap_or(root).to_path_buf(),
         });
     }
+    // Cargo reports them in completion order; keep the output stable.
+    bins.sort_by(|a, b| a.label.cmp(&b.label));
     Ok(bins)
 }
 
