@@ -1,2 +1,101 @@
-//! The safe AIO API. Not written yet: this crate is a placeholder in the
-//! workspace layout.
+//! Vectored asynchronous I/O on Linux native AIO (`io_setup`, `io_submit`,
+//! `io_getevents`, `IOCB_CMD_PREADV`/`PWRITEV`), safe to use from safe code.
+//!
+//! ```
+//! use aio::{Context, ReadV, Write};
+//!
+//! let file = tempfile::tempfile().unwrap();
+//! let ctx = Context::new(64).unwrap();
+//! // Queue a write and a two-segment read; both reach the kernel in one
+//! // io_submit. Buffers move into the requests and come back with results.
+//! let write = ctx.push(Write::new(&file, b"hello world".to_vec(), 0));
+//! let read = ctx.push(ReadV::new(&file, vec![vec![0u8; 6], vec![0u8; 5]], 0));
+//! let (n, _) = write.wait();
+//! assert_eq!(n.unwrap(), 11);
+//! let (n, bufs) = read.wait();
+//! assert_eq!(n.unwrap(), 11);
+//! assert_eq!((&bufs[0][..], &bufs[1][..]), (&b"hello "[..], &b"world"[..]));
+//! ```
+//!
+//! # Ownership: why the kernel never writes freed memory
+//!
+//! Linux cannot cancel file I/O (spec §6): once `io_submit` accepted a
+//! request, its buffers must live until its event is reaped, whatever the
+//! program does meanwhile. This crate guarantees it without relying on any
+//! destructor running:
+//!
+//! - **Owned buffers** ([`IoBuf`], [`IoBufMut`]: `Vec<u8>`, `Box<[u8]>`,
+//!   [`AlignedBuf`], collections of them) move into the context's slot for
+//!   the request at [`Context::push`]. The slot, not the [`Ticket`], owns
+//!   them: dropping a ticket only marks the slot so that the buffers are
+//!   dropped when the event arrives; forgetting a ticket leaves them in the
+//!   slot until the context goes. The buffer types keep their bytes at a
+//!   stable heap address, so moving them into the slot moves no byte the
+//!   kernel was given.
+//! - **Dropping a [`Context`]** submits what is queued, then `io_destroy`s
+//!   the kernel context, which returns only when every request has
+//!   completed; only then are the slots' buffers dropped. If `io_destroy`
+//!   failed, the buffers are leaked instead. Leaking the context leaks them.
+//! - **Borrowed buffers** go through [`Context::scope`], which, like
+//!   `std::thread::scope`, runs a closure and then waits in its own frame
+//!   for every request the scope issued — also when the closure panics —
+//!   before the borrows end. If the wait itself cannot proceed (an
+//!   `io_getevents` error other than `EINTR`), the process aborts rather
+//!   than return.
+//! - **Panics during submission** cannot strand a request: the buffers'
+//!   code (the `unsafe` traits' methods) runs before a slot is taken, and the
+//!   kernel sees a request only once its slot owns everything it points at.
+//! - The iovec array of a vectored request lives in its slot until the
+//!   event arrives, though the kernel copies it during `io_submit`.
+//!
+//! # Threading
+//!
+//! A [`Context`] is `Send` and not `Sync`: one thread at a time submits and
+//! reaps, and [`Ticket`]s and [`Scope`]s borrow the context, so they stay on
+//! that thread. Move the context to hand both roles to another thread; use
+//! one context per thread for parallel submission (contexts are cheap, but
+//! each counts against `fs.aio-max-nr`).
+//!
+//! # Batching and the hot path
+//!
+//! Requests pushed before a [`Context::submit`], [`Context::wait`] or
+//! [`Ticket::wait`] reach the kernel in one `io_submit`, split only when
+//! the ring is full; `EAGAIN` or a short count is back-pressure (reap, then
+//! submit the rest). Completions are read from the shared ring without a
+//! system call whenever they are there; `io_getevents` is used only to
+//! sleep ([`Reap`]). Slots (iocb, iovec storage, buffer storage) are reused,
+//! so a steady stream of requests allocates nothing. [`Context::stats`]
+//! counts requests, `io_submit` and `io_getevents` calls and ring reaps.
+//!
+//! # `O_DIRECT`
+//!
+//! [`AlignedBuf`] provides aligned memory and [`dio_alignment`] the
+//! alignment a file needs. A misaligned read or write on an `O_DIRECT`
+//! descriptor is refused before submission with an error naming the
+//! required alignment, instead of the kernel's bare `EINVAL`.
+//!
+//! # Errors
+//!
+//! Results are [`std::io::Error`]s with the errno (see [`errno`]); where the
+//! cause is known they explain it ([`Error`]): `aio-max-nr` exhausted, AIO
+//! blocked by seccomp, unsupported `RWF_*` flags, a file without AIO fsync,
+//! `O_DIRECT` alignment.
+
+mod align;
+mod buf;
+mod context;
+mod core;
+mod driver;
+mod erased;
+mod error;
+mod op;
+
+pub use aio_abi::{PollEvents, RwFlags, ioprio};
+
+pub use align::{AlignmentSource, DioAlignment, dio_alignment, is_direct};
+pub use buf::{AlignedBuf, IoBuf, IoBufMut, IoBufs, IoBufsMut, Single};
+pub use context::{Context, ContextBuilder, Reap, Scope, Ticket};
+pub use core::Stats;
+pub use driver::Driver;
+pub use error::{Error, errno};
+pub use op::{Fdatasync, Fsync, Operation, Poll, Read, ReadV, ScopedIo, Write, WriteV};

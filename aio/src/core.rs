@@ -1,0 +1,618 @@
+//! The completion machinery, independent of how callers wait: a slab of
+//! request slots keyed by `aio_data`, the submission queue with
+//! back-pressure, and event processing. The blocking front-end
+//! ([`Context`](crate::Context)) drives it with `step`; an async front-end
+//! can drive it from an eventfd readiness callback with `submit_some` and
+//! `reap_nonblocking` instead.
+
+use std::collections::VecDeque;
+use std::io;
+use std::mem;
+use std::os::fd::RawFd;
+use std::panic::{self, AssertUnwindSafe};
+use std::time::Duration;
+
+use aio_abi::{Errno, IoEvent, IoVec, Iocb, Opcode};
+
+use crate::align;
+use crate::driver::Backend;
+use crate::erased::Erased;
+use crate::error::request_error;
+use crate::op::Operation;
+
+/// Slots are allocated in boxed chunks so that a slot (and the iocb inside
+/// it, whose address the kernel reports and `io_cancel` needs) never moves.
+const CHUNK: usize = 64;
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum State {
+    /// On the free list.
+    Free,
+    /// Prepared and queued, not yet handed to the kernel.
+    Queued,
+    /// Accepted by `io_submit`; the kernel may use its memory.
+    InFlight,
+    /// Finished (event processed, refused, or failed synchronously); the
+    /// kernel no longer touches its memory.
+    Done,
+}
+
+struct Slot {
+    iocb: Iocb,
+    /// The segments of a vectored request; the kernel copies them during
+    /// `io_submit`, but they are kept until completion anyway. The Vec's
+    /// capacity is reused by later requests.
+    iovs: Vec<IoVec>,
+    /// The buffers; owned by the slot from push until the result is taken
+    /// or, for a detached ticket, until the event arrives.
+    keep: Erased,
+    state: State,
+    res: i64,
+    /// The error came from `io_submit` itself, not from an event.
+    synchronous: bool,
+    /// Refused before submission, with this error.
+    early: Option<io::Error>,
+    generation: u32,
+    /// The ticket was dropped: release the slot when it is done.
+    detached: bool,
+    /// The scope the request belongs to (0: none).
+    scope: u64,
+}
+
+impl Slot {
+    fn new() -> Slot {
+        Slot {
+            iocb: Iocb::default(),
+            iovs: Vec::new(),
+            keep: Erased::empty(),
+            state: State::Free,
+            res: 0,
+            synchronous: false,
+            early: None,
+            generation: 0,
+            detached: false,
+            scope: 0,
+        }
+    }
+}
+
+struct Slab {
+    chunks: Vec<Box<[Slot]>>,
+    free: Vec<u32>,
+}
+
+impl Slab {
+    fn new() -> Slab {
+        Slab {
+            chunks: Vec::new(),
+            free: Vec::new(),
+        }
+    }
+
+    fn get(&mut self, idx: u32) -> Option<&mut Slot> {
+        let idx = idx as usize;
+        self.chunks.get_mut(idx / CHUNK)?.get_mut(idx % CHUNK)
+    }
+
+    fn slot(&mut self, idx: u32) -> &mut Slot {
+        self.get(idx).expect("slot index from this slab")
+    }
+
+    /// The slot the next push will use, left on the free list so that a
+    /// panic while preparing the request loses nothing.
+    fn peek_free(&mut self) -> u32 {
+        if self.free.is_empty() {
+            self.grow();
+        }
+        *self.free.last().expect("just refilled")
+    }
+
+    fn grow(&mut self) {
+        let base = self.chunks.len() * CHUNK;
+        self.chunks.push((0..CHUNK).map(|_| Slot::new()).collect());
+        self.free
+            .extend((base..base + CHUNK).rev().map(|i| i as u32));
+    }
+
+    fn len(&self) -> usize {
+        self.chunks.len() * CHUNK
+    }
+
+    /// Returns a finished slot to the free list and drops what it kept.
+    fn release(&mut self, idx: u32) {
+        let slot = self.slot(idx);
+        debug_assert_eq!(slot.state, State::Done);
+        slot.state = State::Free;
+        slot.generation = slot.generation.wrapping_add(1);
+        slot.early = None;
+        slot.detached = false;
+        slot.scope = 0;
+        let mut keep = mem::replace(&mut slot.keep, Erased::empty());
+        self.free.push(idx);
+        // Last, so that a panicking Drop leaves the slab consistent.
+        keep.clear();
+    }
+}
+
+/// Counters that show how requests reached the kernel and came back.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Requests pushed.
+    pub requests: u64,
+    /// Requests accepted by `io_submit`.
+    pub submitted: u64,
+    /// `io_submit` calls.
+    pub submit_calls: u64,
+    /// `io_getevents` calls.
+    pub getevents_calls: u64,
+    /// Reaps that found events in the ring without a system call.
+    pub ring_reaps: u64,
+    /// Events processed (from the ring or from `io_getevents`).
+    pub completions: u64,
+}
+
+/// What [`Core::submit_some`] left behind.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Submitted {
+    /// The queue is empty.
+    All,
+    /// The ring is full: reap before submitting the rest.
+    Full,
+}
+
+/// A request's handle inside the core: slot index and generation.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) struct Key {
+    idx: u32,
+    generation: u32,
+}
+
+impl Key {
+    fn data(self) -> u64 {
+        (u64::from(self.generation) << 32) | u64::from(self.idx)
+    }
+
+    fn from_data(data: u64) -> Key {
+        Key {
+            idx: data as u32,
+            generation: (data >> 32) as u32,
+        }
+    }
+}
+
+pub(crate) struct Core {
+    backend: Box<dyn Backend>,
+    slab: Slab,
+    queue: VecDeque<u32>,
+    /// Scratch for `io_submit`'s pointer array.
+    ptrs: Vec<*mut Iocb>,
+    /// Scratch for reaped events.
+    events: Box<[IoEvent]>,
+    in_flight: usize,
+    /// The most requests handed to the kernel at once (the queue depth).
+    limit: usize,
+    resfd: Option<RawFd>,
+    check_direct: bool,
+    stats: Stats,
+    /// Open scopes and their requests not yet done.
+    scopes: Vec<(u64, usize)>,
+    next_scope: u64,
+}
+
+// SAFETY: `ptrs` only holds addresses during a submission; the slab holds
+// values that are `Send` (owned operations require `Send + 'static`) except
+// while a scope borrows the context, which pins the context to the scope's
+// thread and releases those slots before the scope ends.
+unsafe impl Send for Core {}
+
+impl Core {
+    pub(crate) fn new(
+        backend: Box<dyn Backend>,
+        depth: usize,
+        resfd: Option<RawFd>,
+        check_direct: bool,
+    ) -> Core {
+        // Preallocate the slots one queue depth needs.
+        let mut slab = Slab::new();
+        while slab.len() < depth {
+            slab.grow();
+        }
+        Core {
+            backend,
+            slab,
+            queue: VecDeque::with_capacity(depth),
+            ptrs: Vec::with_capacity(depth),
+            events: vec![IoEvent::default(); depth.max(1)].into_boxed_slice(),
+            in_flight: 0,
+            limit: depth.max(1),
+            resfd,
+            check_direct,
+            stats: Stats::default(),
+            scopes: Vec::new(),
+            next_scope: 1,
+        }
+    }
+
+    pub(crate) fn stats(&self) -> Stats {
+        self.stats
+    }
+
+    pub(crate) fn in_flight(&self) -> usize {
+        self.in_flight
+    }
+
+    pub(crate) fn queued(&self) -> usize {
+        self.queue.len()
+    }
+
+    pub(crate) fn reaps_ring(&self) -> bool {
+        self.backend.reaps_ring()
+    }
+
+    /// Prepares a request in a free slot and queues it (or completes it at
+    /// once if it is refused before submission).
+    pub(crate) fn push<K>(
+        &mut self,
+        prepare: impl FnOnce(&mut Vec<IoVec>) -> (Iocb, K),
+        scope: u64,
+    ) -> Key {
+        let idx = self.slab.peek_free();
+        let slot = self.slab.slot(idx);
+        slot.iovs.clear();
+        // Runs the buffers' code, which may panic: the slot is still free.
+        let (mut iocb, keep) = prepare(&mut slot.iovs);
+        self.slab.free.pop();
+        let slot = self.slab.slot(idx);
+        let key = Key {
+            idx,
+            generation: slot.generation,
+        };
+        if iocb.aio_lio_opcode.is_vectored() {
+            iocb.aio_buf = slot.iovs.as_ptr() as u64;
+            iocb.aio_nbytes = slot.iovs.len() as u64;
+        }
+        iocb.aio_data = key.data();
+        if let Some(fd) = self.resfd {
+            iocb = iocb.with_eventfd(fd);
+        }
+        slot.iocb = iocb;
+        slot.keep.put(keep);
+        slot.scope = scope;
+        slot.detached = false;
+        slot.synchronous = false;
+        slot.early = None;
+        self.stats.requests += 1;
+        let op = iocb.aio_lio_opcode;
+        let refused = if self.check_direct && (op.is_read() || op.is_write()) {
+            align::check_direct(iocb.fd(), iocb.aio_offset, &slot.iovs).err()
+        } else {
+            None
+        };
+        match refused {
+            Some(e) => {
+                slot.state = State::Done;
+                slot.res = Errno::EINVAL.as_res();
+                slot.early = Some(e);
+            }
+            None => {
+                slot.state = State::Queued;
+                self.queue.push_back(idx);
+                if scope != 0 {
+                    self.scope_count(scope, 1);
+                }
+            }
+        }
+        key
+    }
+
+    fn scope_count(&mut self, scope: u64, delta: isize) {
+        if let Some(entry) = self.scopes.iter_mut().find(|(id, _)| *id == scope) {
+            entry.1 = entry.1.wrapping_add_signed(delta);
+        }
+    }
+
+    /// Marks a slot done; releases it if its ticket was dropped.
+    fn finish(&mut self, idx: u32, res: i64, synchronous: bool) {
+        let slot = self.slab.slot(idx);
+        slot.state = State::Done;
+        slot.res = res;
+        slot.synchronous = synchronous;
+        let (scope, detached) = (slot.scope, slot.detached);
+        if scope != 0 {
+            self.scope_count(scope, -1);
+        }
+        if detached {
+            self.slab.release(idx);
+        }
+    }
+
+    /// Hands queued requests to the kernel, as many per `io_submit` as the
+    /// ring has room for, without blocking. A request `io_submit` refuses
+    /// is finished with that error; `EAGAIN` or a short count with
+    /// requests in flight is back-pressure.
+    pub(crate) fn submit_some(&mut self) -> Submitted {
+        loop {
+            if self.queue.is_empty() {
+                return Submitted::All;
+            }
+            let room = self.limit.saturating_sub(self.in_flight);
+            if room == 0 {
+                return Submitted::Full;
+            }
+            let n = room.min(self.queue.len());
+            self.ptrs.clear();
+            for i in 0..n {
+                let idx = self.queue[i];
+                let iocb: *mut Iocb = &mut self.slab.slot(idx).iocb;
+                self.ptrs.push(iocb);
+            }
+            self.stats.submit_calls += 1;
+            // SAFETY: each pointer is the iocb of a queued slot, in a boxed
+            // chunk that neither moves nor is freed while the core lives.
+            // What the iocbs point at (the slot's iovec array, the buffers
+            // in the slot's `keep`, or buffers borrowed by a scope that
+            // waits for its requests) is left untouched until the slot's
+            // event has been processed.
+            let result = unsafe { self.backend.submit(&self.ptrs) };
+            match result {
+                Ok(k) if k > 0 => {
+                    for _ in 0..k {
+                        let idx = self.queue.pop_front().expect("submitted from the queue");
+                        self.slab.slot(idx).state = State::InFlight;
+                    }
+                    self.in_flight += k;
+                    self.stats.submitted += k as u64;
+                }
+                Ok(_) | Err(Errno::EAGAIN) if self.in_flight > 0 => return Submitted::Full,
+                Ok(_) => {
+                    let idx = self.queue.pop_front().expect("queue not empty");
+                    self.finish(idx, Errno::EAGAIN.as_res(), true);
+                }
+                Err(e) => {
+                    let idx = self.queue.pop_front().expect("queue not empty");
+                    self.finish(idx, e.as_res(), true);
+                }
+            }
+        }
+    }
+
+    /// Applies the first `n` events of the scratch array.
+    fn process(&mut self, n: usize) {
+        self.stats.completions += n as u64;
+        // First record every result (no foreign code runs) ...
+        for i in 0..n {
+            let ev = self.events[i];
+            let key = Key::from_data(ev.data);
+            let Some(slot) = self.slab.get(key.idx) else {
+                debug_assert!(false, "event for an unknown slot: {ev:?}");
+                continue;
+            };
+            if slot.state != State::InFlight || slot.generation != key.generation {
+                debug_assert!(false, "event for a slot not in flight: {ev:?}");
+                continue;
+            }
+            slot.state = State::Done;
+            slot.res = ev.res;
+            let scope = slot.scope;
+            self.in_flight -= 1;
+            if scope != 0 {
+                self.scope_count(scope, -1);
+            }
+        }
+        // ... then drop the buffers of detached requests, whose Drop may
+        // run arbitrary code.
+        for i in 0..n {
+            let key = Key::from_data(self.events[i].data);
+            if let Some(slot) = self.slab.get(key.idx) {
+                if slot.detached && slot.state == State::Done && slot.generation == key.generation {
+                    self.slab.release(key.idx);
+                }
+            }
+        }
+    }
+
+    /// Processes the events waiting in the ring, without a system call.
+    pub(crate) fn reap_ring(&mut self) -> usize {
+        let mut total = 0;
+        loop {
+            let n = self.backend.try_reap(&mut self.events);
+            if n == 0 {
+                return total;
+            }
+            self.stats.ring_reaps += 1;
+            self.process(n);
+            total += n;
+        }
+    }
+
+    /// `io_getevents` for at least `min_nr` events.
+    fn reap_syscall(&mut self, min_nr: usize, timeout: Option<Duration>) -> Result<usize, Errno> {
+        self.stats.getevents_calls += 1;
+        let n = self.backend.wait(min_nr, &mut self.events, timeout)?;
+        self.process(n);
+        Ok(n)
+    }
+
+    /// Processes whatever has completed, without sleeping (from the ring,
+    /// or with a zero-timeout `io_getevents` when not reaping the ring).
+    pub(crate) fn reap_nonblocking(&mut self) -> usize {
+        if self.backend.reaps_ring() {
+            self.reap_ring()
+        } else if self.in_flight > 0 {
+            self.reap_syscall(0, Some(Duration::ZERO)).unwrap_or(0)
+        } else {
+            0
+        }
+    }
+
+    /// One step of progress: submit what fits, reap the ring, and sleep in
+    /// `io_getevents` for one event if nothing was ready. Returns `false`
+    /// when there is nothing left to do (nothing queued or in flight).
+    pub(crate) fn step(&mut self) -> Result<bool, Errno> {
+        self.submit_some();
+        if self.reap_ring() > 0 {
+            return Ok(true);
+        }
+        if self.in_flight == 0 {
+            return Ok(!self.queue.is_empty());
+        }
+        loop {
+            match self.reap_syscall(1, None) {
+                Ok(_) => return Ok(true),
+                Err(Errno::EINTR) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Steps until `done` holds (checked before every step).
+    pub(crate) fn drive(&mut self, mut done: impl FnMut(&Core) -> bool) -> Result<(), Errno> {
+        loop {
+            if done(self) {
+                return Ok(());
+            }
+            if !self.step()? && !done(self) {
+                // Nothing queued or in flight and still not done: the
+                // condition can never hold.
+                return Err(Errno::EINVAL);
+            }
+        }
+    }
+
+    pub(crate) fn is_done(&self, key: Key) -> bool {
+        let idx = key.idx as usize;
+        let slot = &self.slab.chunks[idx / CHUNK][idx % CHUNK];
+        slot.generation == key.generation && slot.state == State::Done
+    }
+
+    /// Takes the output of a finished request and frees its slot.
+    ///
+    /// # Safety
+    /// `key` was returned by `push` for an operation of type `O` (its slot
+    /// keeps an `O::Keep`), and neither `take` nor `detach` was called
+    /// with it since.
+    pub(crate) unsafe fn take<O: Operation>(&mut self, key: Key) -> O::Output {
+        let slot = self.slab.slot(key.idx);
+        assert!(
+            slot.generation == key.generation && slot.state == State::Done,
+            "take of a request that is not done"
+        );
+        let result = match slot.early.take() {
+            Some(e) => Err(e),
+            None => match Errno::from_ret(slot.res) {
+                Ok(n) => Ok(n as usize),
+                Err(e) => Err(request_error(
+                    e,
+                    &slot.iocb,
+                    slot.iovs.len(),
+                    slot.synchronous,
+                )),
+            },
+        };
+        // SAFETY: per the contract, this slot holds the `O::Keep` stored by
+        // `push` for this key, not yet taken.
+        let keep = unsafe { slot.keep.take::<O::Keep>() };
+        self.slab.release(key.idx);
+        O::complete(result, keep)
+    }
+
+    /// The ticket for `key` is gone: free the slot now if the request is
+    /// done, otherwise when its event arrives.
+    pub(crate) fn detach(&mut self, key: Key) {
+        let slot = self.slab.slot(key.idx);
+        if slot.generation != key.generation {
+            return;
+        }
+        if slot.state == State::Done {
+            self.slab.release(key.idx);
+        } else {
+            slot.detached = true;
+        }
+    }
+
+    pub(crate) fn open_scope(&mut self) -> u64 {
+        let id = self.next_scope;
+        self.next_scope += 1;
+        self.scopes.push((id, 0));
+        id
+    }
+
+    /// Requests of `scope` that are queued or in flight.
+    pub(crate) fn scope_pending(&self, scope: u64) -> usize {
+        self.scopes
+            .iter()
+            .find(|(id, _)| *id == scope)
+            .map_or(0, |(_, n)| *n)
+    }
+
+    /// After a panic in a scope: drops its requests that never reached the
+    /// kernel and asks the kernel to cancel its waiting polls.
+    pub(crate) fn abandon_scope(&mut self, scope: u64) {
+        let mut i = 0;
+        while i < self.queue.len() {
+            let idx = self.queue[i];
+            if self.slab.slot(idx).scope == scope {
+                self.queue.remove(i);
+                self.finish(idx, Errno::ECANCELED.as_res(), true);
+            } else {
+                i += 1;
+            }
+        }
+        for idx in 0..self.slab.len() as u32 {
+            let slot = self.slab.slot(idx);
+            if slot.scope == scope
+                && slot.state == State::InFlight
+                && slot.iocb.aio_lio_opcode == Opcode::POLL
+            {
+                let iocb: *mut Iocb = &mut slot.iocb;
+                // SAFETY: the iocb is the one this poll was submitted from;
+                // its slot does not move. Its event still arrives.
+                let _ = unsafe { self.backend.cancel(iocb) };
+            }
+        }
+    }
+
+    /// Once no request of `scope` is pending: frees every slot it still
+    /// holds (those of forgotten tickets), dropping the borrowed buffers
+    /// before the scope's borrows end.
+    pub(crate) fn close_scope(&mut self, scope: u64) {
+        debug_assert_eq!(self.scope_pending(scope), 0);
+        self.scopes.retain(|(id, _)| *id != scope);
+        let mut first_panic = None;
+        for idx in 0..self.slab.len() as u32 {
+            let slot = self.slab.slot(idx);
+            if slot.scope == scope && slot.state == State::Done {
+                // Every slot must be cleared, even if one Drop panics.
+                if let Err(p) = panic::catch_unwind(AssertUnwindSafe(|| self.slab.release(idx))) {
+                    first_panic.get_or_insert(p);
+                }
+            }
+        }
+        if let Some(p) = first_panic {
+            panic::resume_unwind(p);
+        }
+    }
+
+    /// Submits everything queued, reaping as needed.
+    pub(crate) fn flush(&mut self) -> Result<(), Errno> {
+        self.drive(|core| core.queue.is_empty())
+    }
+}
+
+impl Drop for Core {
+    fn drop(&mut self) {
+        // Queued requests still run (a dropped ticket detaches, it does not
+        // cancel); a panic from a buffer's Drop must not skip the wait.
+        let flushed = panic::catch_unwind(AssertUnwindSafe(|| self.flush()));
+        // io_destroy returns only when every submitted request is done.
+        if self.backend.destroy().is_err() {
+            // The kernel may still write the buffers: leak them.
+            mem::forget(mem::replace(&mut self.slab, Slab::new()));
+        }
+        if let Err(p) = flushed {
+            if !std::thread::panicking() {
+                panic::resume_unwind(p);
+            }
+        }
+    }
+}

@@ -1,0 +1,167 @@
+//! `std::io::Error`s that keep the errno and, where the cause is known, say
+//! what to do about it.
+
+use std::fmt;
+use std::io;
+
+use aio_abi::{Errno, Iocb, Opcode, UIO_MAXIOV};
+use aio_sys::probe::{SetupFailure, read_fs_sysctl};
+
+use crate::align;
+
+/// The payload of the errors this crate builds with an explanation: the
+/// errno the kernel returned plus what it means here.
+///
+/// Plain errors (such as `EBADF` for a closed descriptor) are built with
+/// [`io::Error::from_raw_os_error`] instead; [`errno`] reads the errno back
+/// from either kind.
+#[derive(Debug)]
+pub struct Error {
+    errno: Errno,
+    message: String,
+}
+
+impl Error {
+    /// The errno behind the error.
+    pub fn errno(&self) -> Errno {
+        self.errno
+    }
+
+    /// The explanation, without the errno.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({})", self.message, self.errno)
+    }
+}
+
+impl std::error::Error for Error {}
+
+/// The errno carried by an error from this crate, whether plain or
+/// explained.
+pub fn errno(e: &io::Error) -> Option<i32> {
+    e.raw_os_error().or_else(|| {
+        e.get_ref()
+            .and_then(|inner| inner.downcast_ref::<Error>())
+            .map(|inner| inner.errno.0)
+    })
+}
+
+/// An error with an explanation; its kind is the errno's.
+pub(crate) fn explained(errno: Errno, message: String) -> io::Error {
+    let kind = io::Error::from_raw_os_error(errno.0).kind();
+    io::Error::new(kind, Error { errno, message })
+}
+
+fn op_name(iocb: &Iocb) -> &'static str {
+    iocb.aio_lio_opcode.name().unwrap_or("request")
+}
+
+fn seccomp_mode() -> Option<u32> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Seccomp:"))?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// The error for a failed `io_setup(depth)`.
+pub(crate) fn setup_error(depth: u32, e: Errno) -> io::Error {
+    let failure = SetupFailure::from_errno(e);
+    let message = match failure {
+        SetupFailure::LimitReached => {
+            let max = read_fs_sysctl("aio-max-nr");
+            let nr = read_fs_sysctl("aio-nr");
+            let show = |v: Option<u64>| v.map_or_else(|| "unknown".to_owned(), |v| v.to_string());
+            if max.is_some_and(|max| u64::from(depth) > max) {
+                format!(
+                    "io_setup({depth}): the queue depth exceeds aio-max-nr ({}): use a smaller \
+                     queue depth or raise fs.aio-max-nr with `sysctl -w fs.aio-max-nr=1048576`",
+                    show(max)
+                )
+            } else {
+                format!(
+                    "io_setup({depth}): aio-max-nr ({}) reached (aio-nr {}): {}",
+                    show(max),
+                    show(nr),
+                    failure.advice()
+                )
+            }
+        }
+        SetupFailure::Forbidden | SetupFailure::NotImplemented => {
+            let seccomp = match seccomp_mode() {
+                Some(2) => " (this process runs under a seccomp filter)",
+                _ => "",
+            };
+            format!("io_setup({depth}): {}{seccomp}", failure.advice())
+        }
+        SetupFailure::Other(Errno::EINVAL) => {
+            format!("io_setup({depth}): queue depth out of range (1..=4194304)")
+        }
+        SetupFailure::Other(_) => format!("io_setup({depth}): {}", failure.advice()),
+    };
+    explained(e, message)
+}
+
+/// The error for a request that `io_submit` refused (`synchronous`) or
+/// that completed with `-errno` in its event.
+pub(crate) fn request_error(
+    errno: Errno,
+    iocb: &Iocb,
+    segments: usize,
+    synchronous: bool,
+) -> io::Error {
+    let op = iocb.aio_lio_opcode;
+    let name = op_name(iocb);
+    let rw = op.is_read() || op.is_write();
+    let message = match errno {
+        Errno::EPERM | Errno::ENOSYS if synchronous => format!(
+            "io_submit({name}) refused: a seccomp filter may block the AIO system calls; \
+             allow io_submit in the profile or use the userspace engine"
+        ),
+        Errno::EOPNOTSUPP if !iocb.aio_rw_flags.is_empty() => format!(
+            "{name}: this file or kernel does not support the RWF flags {:?}",
+            iocb.aio_rw_flags
+        ),
+        Errno::EOPNOTSUPP => format!("{name}: the file does not support this operation"),
+        Errno::EINVAL if op == Opcode::FSYNC || op == Opcode::FDSYNC => {
+            format!("{name}: the file does not support fsync through AIO")
+        }
+        Errno::EINVAL if rw && segments as u64 > UIO_MAXIOV => format!(
+            "{name}: {segments} segments exceed the kernel's limit of {UIO_MAXIOV} (UIO_MAXIOV)"
+        ),
+        Errno::EINVAL if rw => match align::explain_einval(iocb.fd()) {
+            Some(text) => format!("{name}: {text}"),
+            None => return io::Error::from_raw_os_error(errno.0),
+        },
+        _ => return io::Error::from_raw_os_error(errno.0),
+    };
+    explained(errno, message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errno_reads_both_kinds() {
+        let plain = io::Error::from_raw_os_error(9);
+        assert_eq!(errno(&plain), Some(9));
+        let rich = explained(Errno::EAGAIN, "limit".into());
+        assert_eq!(errno(&rich), Some(11));
+        assert_eq!(rich.kind(), io::ErrorKind::WouldBlock);
+        assert!(rich.to_string().contains("limit (EAGAIN"));
+    }
+
+    #[test]
+    fn setup_limit_message_names_the_sysctl() {
+        let e = setup_error(100_000, Errno::EAGAIN);
+        assert!(e.to_string().contains("aio-max-nr"), "{e}");
+    }
+}
