@@ -139,6 +139,9 @@ extern int io_destroy(io_context_t ctx);
 extern int io_queue_init(int maxevents, io_context_t *ctxp);
 extern int io_queue_release(io_context_t ctx);
 extern int io_queue_run(io_context_t ctx);
+/* Exported by libaio.so.1 (not declared by every libaio.h): validates the
+ * context and returns 0. */
+extern int io_queue_wait(io_context_t ctx, struct timespec *timeout);
 
 /* Requests and completions. */
 extern int io_submit(io_context_t ctx, long nr, struct iocb *ios[]);

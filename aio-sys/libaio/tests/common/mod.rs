@@ -1,0 +1,167 @@
+//! Shared by the integration tests: builds and stages the library, compiles
+//! C programs against it, finds tools.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+/// Whether this is a CI run (`CI=true`): a missing tool is then a failure.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+/// Whether `tool` can be run. Outside CI a missing tool makes the calling
+/// test return early with a message; in CI it is a failure.
+pub fn have_tool(tool: &str, why: &str) -> bool {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        assert!(
+            !in_ci(),
+            "{tool} is required in CI ({why}): apt-get install -y {tool}"
+        );
+        eprintln!("SKIP: {tool} not found ({why}); install it to run this test");
+    }
+    found
+}
+
+/// The target directory this test binary was built in (`.../target`), and
+/// the profile directory in it (`debug` or `release`).
+fn target_and_profile() -> (PathBuf, String) {
+    let exe = std::env::current_exe().expect("current_exe");
+    // .../target/<profile>/deps/<test>-<hash>
+    let profile_dir = exe.parent().and_then(Path::parent).expect("deps/..");
+    let profile = profile_dir
+        .file_name()
+        .expect("profile dir")
+        .to_string_lossy()
+        .into_owned();
+    let target = profile_dir.parent().expect("target dir").to_path_buf();
+    (target, profile)
+}
+
+/// The built `libaio.so.1`, staged in a directory of its own as
+/// `libaio.so.1` (for the dynamic linker) and `libaio.so` (for `-laio`).
+///
+/// Cargo does not build a cdylib for an integration test, so the first
+/// call builds it with the same cargo, target directory and profile.
+pub fn lib_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let (target, profile) = target_and_profile();
+        let mut cmd = Command::new(env!("CARGO"));
+        cmd.args(["build", "-p", "aio-libaio", "--lib"])
+            .env("CARGO_TARGET_DIR", &target)
+            .current_dir(env!("CARGO_MANIFEST_DIR"));
+        if profile == "release" {
+            cmd.arg("--release");
+        }
+        let out = cmd.output().expect("run cargo build");
+        assert!(
+            out.status.success(),
+            "cargo build -p aio-libaio failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let built = target.join(&profile).join("libaio_libaio.so");
+        assert!(built.exists(), "{} missing", built.display());
+        let dir = target.join(&profile).join("libaio-staged");
+        std::fs::create_dir_all(&dir).expect("staging dir");
+        for name in ["libaio.so.1", "libaio.so"] {
+            let link = dir.join(name);
+            let _ = std::fs::remove_file(&link);
+            std::os::unix::fs::symlink(&built, &link).expect("symlink");
+        }
+        dir
+    })
+}
+
+/// This crate's `include/` (our `libaio.h`).
+pub fn include_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("include")
+}
+
+/// `tests/c/`.
+pub fn c_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/c")
+}
+
+/// A scratch directory: under `AIO_TEST_DIR` if set, else the system's
+/// temporary directory.
+pub fn scratch() -> tempfile::TempDir {
+    match std::env::var_os("AIO_TEST_DIR") {
+        Some(d) => tempfile::Builder::new()
+            .prefix("aio-libaio-")
+            .tempdir_in(d)
+            .expect("tempdir in AIO_TEST_DIR"),
+        None => tempfile::Builder::new()
+            .prefix("aio-libaio-")
+            .tempdir()
+            .expect("tempdir"),
+    }
+}
+
+/// Which header and library a C program is built against.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Against {
+    /// Our `include/libaio.h`, linked with our `libaio.so`.
+    Ours,
+    /// The system's `<libaio.h>` and `-laio` (libaio-dev); the program is
+    /// then run with our library through `LD_LIBRARY_PATH`, as fio is.
+    System,
+}
+
+/// Whether the system's libaio development files are installed.
+pub fn have_system_libaio() -> bool {
+    Path::new("/usr/include/libaio.h").exists()
+}
+
+/// Compiles `sources` (in `tests/c/`) into `out_dir/name`.
+pub fn compile(sources: &[&str], name: &str, out_dir: &Path, against: Against) -> PathBuf {
+    let exe = out_dir.join(name);
+    let mut cmd = Command::new("cc");
+    cmd.args(["-std=gnu11", "-O2", "-g", "-Wall", "-Wextra", "-Werror", "-pthread"]);
+    cmd.arg("-I").arg(c_dir());
+    if against == Against::Ours {
+        cmd.arg("-I").arg(include_dir());
+    }
+    for s in sources {
+        cmd.arg(c_dir().join(s));
+    }
+    cmd.arg("-o").arg(&exe);
+    if against == Against::Ours {
+        cmd.arg("-L").arg(lib_dir());
+    }
+    cmd.arg("-laio");
+    let out = cmd.output().expect("run cc");
+    assert!(
+        out.status.success(),
+        "cc failed for {sources:?}:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    exe
+}
+
+/// Runs `exe args` with our library first on the search path.
+pub fn run_with_ours(exe: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(exe);
+    cmd.args(args).env("LD_LIBRARY_PATH", lib_dir());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run test program")
+}
+
+/// Asserts that a run succeeded, showing its output otherwise.
+pub fn assert_success(what: &str, out: &Output) {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
+        out.status
+    );
+    print!("{stdout}");
+}
