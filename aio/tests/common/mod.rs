@@ -1,0 +1,180 @@
+//! Shared helpers for the `aio` integration tests.
+//!
+//! Scratch location contract (used by `cargo xtask fs-matrix`): scratch
+//! files go to `$AIO_TEST_DIR` if set, else the temporary directory; tmpfs
+//! tests use /dev/shm. Raw block device tests use `$AIO_TEST_DEVICE` if set,
+//! else (as root) a loop device on a sparse image, detached on drop even
+//! when the test panics. Without root they skip with a message, except
+//! under `CI=true`, where they fail.
+#![allow(dead_code)]
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// Where scratch files go.
+pub fn scratch_dir() -> PathBuf {
+    std::env::var_os("AIO_TEST_DIR").map_or_else(std::env::temp_dir, PathBuf::from)
+}
+
+/// A tmpfs directory.
+pub fn shm_dir() -> PathBuf {
+    PathBuf::from("/dev/shm")
+}
+
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true")
+}
+
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Skips the calling test with `why`, or fails it under CI. Returns so the
+/// caller can `return`.
+pub fn skip(why: &str) {
+    if in_ci() {
+        panic!("required test prerequisite missing under CI: {why}");
+    }
+    eprintln!("SKIPPED: {why}");
+}
+
+static SEQ: AtomicUsize = AtomicUsize::new(0);
+
+/// A fresh, unlinked-on-drop scratch file in `dir`, optionally `O_DIRECT`.
+pub struct Scratch {
+    pub file: File,
+    pub path: PathBuf,
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+pub fn scratch_in(dir: &Path, direct: bool) -> Scratch {
+    let path = dir.join(format!(
+        "aio-test-{}-{}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    ));
+    let mut opts = OpenOptions::new();
+    opts.read(true).write(true).create_new(true);
+    if direct {
+        opts.custom_flags(libc::O_DIRECT);
+    }
+    let file = opts
+        .open(&path)
+        .unwrap_or_else(|e| panic!("create {}: {e}", path.display()));
+    Scratch { file, path }
+}
+
+/// Deterministic test bytes: position `i` of stream `seed`.
+pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    (0..len)
+        .map(|i| ((i as u64).wrapping_mul(31).wrapping_add(seed.wrapping_mul(7919)) % 251) as u8)
+        .collect()
+}
+
+/// A raw block device for tests, detached (if we attached it) on drop.
+pub struct BlockDevice {
+    pub path: PathBuf,
+    image: Option<PathBuf>,
+}
+
+impl BlockDevice {
+    /// `$AIO_TEST_DEVICE`, or a new loop device of `size` bytes as root;
+    /// `None` (after `skip`) when neither is possible.
+    pub fn get(size: u64) -> Option<BlockDevice> {
+        if let Some(dev) = std::env::var_os("AIO_TEST_DEVICE") {
+            return Some(BlockDevice {
+                path: dev.into(),
+                image: None,
+            });
+        }
+        if !is_root() {
+            skip("raw block device tests need root (to attach a loop device) or AIO_TEST_DEVICE");
+            return None;
+        }
+        let image = scratch_dir().join(format!(
+            "aio-test-loop-{}-{}.img",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        let f = File::create(&image).expect("create loop image");
+        f.set_len(size).expect("size loop image");
+        drop(f);
+        let out = Command::new("losetup")
+            .args(["--find", "--show"])
+            .arg(&image)
+            .output();
+        match out {
+            Ok(out) if out.status.success() => {
+                let path = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+                Some(BlockDevice {
+                    path: path.into(),
+                    image: Some(image),
+                })
+            }
+            other => {
+                let _ = std::fs::remove_file(&image);
+                skip(&format!("losetup failed: {other:?}"));
+                None
+            }
+        }
+    }
+
+    pub fn open(&self, direct: bool) -> File {
+        let mut opts = OpenOptions::new();
+        opts.read(true).write(true);
+        if direct {
+            opts.custom_flags(libc::O_DIRECT);
+        }
+        opts.open(&self.path)
+            .unwrap_or_else(|e| panic!("open {}: {e}", self.path.display()))
+    }
+}
+
+impl Drop for BlockDevice {
+    fn drop(&mut self) {
+        if let Some(image) = &self.image {
+            let _ = Command::new("losetup").arg("-d").arg(&self.path).status();
+            let _ = std::fs::remove_file(image);
+        }
+    }
+}
+
+/// A buffer that counts its drops, to show that every buffer is dropped
+/// exactly once and never while the kernel may write it.
+pub struct Counted {
+    pub buf: aio::AlignedBuf,
+    pub drops: std::sync::Arc<AtomicUsize>,
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.drops.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+// SAFETY: delegates to AlignedBuf, whose bytes are a separate heap
+// allocation that does not move with the value.
+unsafe impl aio::IoBuf for Counted {
+    fn stable_ptr(&self) -> *const u8 {
+        self.buf.stable_ptr()
+    }
+    fn bytes_len(&self) -> usize {
+        self.buf.bytes_len()
+    }
+}
+
+// SAFETY: as above.
+unsafe impl aio::IoBufMut for Counted {
+    fn stable_mut_ptr(&mut self) -> *mut u8 {
+        self.buf.stable_mut_ptr()
+    }
+}

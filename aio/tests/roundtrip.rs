@@ -1,0 +1,222 @@
+//! Every operation against the running kernel on tmpfs (buffered), on an
+//! `O_DIRECT` file in the scratch directory (the root filesystem unless
+//! `AIO_TEST_DIR` says otherwise), and on a raw block device (`O_DIRECT`):
+//! data written with one segment layout reads back byte-exact through
+//! another.
+
+mod common;
+
+use std::fs::File;
+
+use aio::{AlignedBuf, Context, Fdatasync, Fsync, Read, ReadV, Write, WriteV};
+use common::{BlockDevice, Scratch, pattern, scratch_dir, scratch_in, shm_dir};
+use proptest::prelude::*;
+
+/// A file to test on and the granularity its requests must respect.
+struct Target {
+    file: File,
+    /// Segment lengths and offsets are multiples of this.
+    unit: usize,
+    /// Buffer alignment.
+    mem_align: usize,
+    /// Bytes used by one round trip.
+    total: usize,
+    _scratch: Option<Scratch>,
+    _device: Option<BlockDevice>,
+}
+
+fn tmpfs() -> Target {
+    let s = scratch_in(&shm_dir(), false);
+    Target {
+        file: s.file.try_clone().unwrap(),
+        unit: 1,
+        mem_align: 1,
+        total: 1 << 20,
+        _scratch: Some(s),
+        _device: None,
+    }
+}
+
+fn direct_file() -> Target {
+    let s = scratch_in(&scratch_dir(), true);
+    let a = aio::dio_alignment(&s.file).expect("dio alignment of the scratch file");
+    Target {
+        file: s.file.try_clone().unwrap(),
+        unit: a.offset,
+        mem_align: a.memory.max(8),
+        total: 256 * a.offset,
+        _scratch: Some(s),
+        _device: None,
+    }
+}
+
+fn raw_device() -> Option<Target> {
+    let dev = BlockDevice::get(64 << 20)?;
+    let file = dev.open(true);
+    let a = aio::dio_alignment(&file).expect("dio alignment of the device");
+    Some(Target {
+        file,
+        unit: a.offset,
+        mem_align: a.memory.max(8),
+        total: 256 * a.offset,
+        _scratch: None,
+        _device: Some(dev),
+    })
+}
+
+/// Splits `total` bytes into at most 512 segments that are multiples of
+/// `unit`, sized pseudo-randomly from `seed` (from many small segments to
+/// a few large ones).
+fn layout(total: usize, unit: usize, seed: u64) -> Vec<usize> {
+    let units = total / unit;
+    let smallest_max = units.div_ceil(512) as u64;
+    let max = smallest_max + seed % (units as u64 / 3).max(1);
+    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut left = units;
+    let mut out = Vec::new();
+    while left > 0 {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let n = ((state >> 33) % max + 1).min(left as u64) as usize;
+        out.push(n * unit);
+        left -= n;
+    }
+    out
+}
+
+fn bufs_from(data: &[u8], lens: &[usize], align: usize) -> Vec<AlignedBuf> {
+    let mut at = 0;
+    lens.iter()
+        .map(|&len| {
+            let b = AlignedBuf::from_slice(&data[at..at + len], align);
+            at += len;
+            b
+        })
+        .collect()
+}
+
+fn concat(bufs: &[AlignedBuf]) -> Vec<u8> {
+    bufs.iter().flat_map(|b| b.iter().copied()).collect()
+}
+
+/// Writes with layout `seed_w`, reads back with layout `seed_r`, both
+/// vectored, at `offset`.
+fn vectored_round_trip(ctx: &Context, t: &Target, offset: u64, seed_w: u64, seed_r: u64) {
+    let data = pattern(t.total, seed_w ^ seed_r);
+    let wl = layout(t.total, t.unit, seed_w);
+    let rl = layout(t.total, t.unit, seed_r);
+    let (n, _) = ctx.run(WriteV::new(&t.file, bufs_from(&data, &wl, t.mem_align), offset));
+    assert_eq!(n.expect("writev"), t.total);
+    let zero: Vec<AlignedBuf> = rl.iter().map(|&l| AlignedBuf::new(l, t.mem_align)).collect();
+    let (n, back) = ctx.run(ReadV::new(&t.file, zero, offset));
+    assert_eq!(n.expect("readv"), t.total);
+    assert!(concat(&back) == data, "layouts {wl:?} -> {rl:?} differ");
+}
+
+fn every_operation(t: &Target) {
+    let ctx = Context::new(64).unwrap();
+    // Vectored in, vectored out, two different layouts.
+    vectored_round_trip(&ctx, t, 0, 1, 2);
+
+    // Vectored in, one segment out.
+    let (n, whole) = ctx.run(Read::new(&t.file, AlignedBuf::new(t.total, t.mem_align), 0));
+    assert_eq!(n.unwrap(), t.total);
+    assert!(whole[..] == pattern(t.total, 1 ^ 2)[..]);
+
+    // One segment in, vectored out, at a nonzero offset.
+    let offset = t.total as u64;
+    let data = pattern(t.total, 77);
+    let (n, _) = ctx.run(Write::new(
+        &t.file,
+        AlignedBuf::from_slice(&data, t.mem_align),
+        offset,
+    ));
+    assert_eq!(n.unwrap(), t.total);
+    let rl = layout(t.total, t.unit, 3);
+    let zero: Vec<AlignedBuf> = rl.iter().map(|&l| AlignedBuf::new(l, t.mem_align)).collect();
+    let (n, back) = ctx.run(ReadV::new(&t.file, zero, offset));
+    assert_eq!(n.unwrap(), t.total);
+    assert!(concat(&back) == data);
+
+    ctx.run(Fsync::new(&t.file)).expect("fsync completes with 0");
+    ctx.run(Fdatasync::new(&t.file))
+        .expect("fdatasync completes with 0");
+
+    // Borrowed buffers through a scope, in a third and fourth layout.
+    let data = pattern(t.total, 5);
+    let src = AlignedBuf::from_slice(&data, t.mem_align);
+    let mut dst = AlignedBuf::new(t.total, t.mem_align);
+    let wl = layout(t.total, t.unit, 11);
+    let rl = layout(t.total, t.unit, 12);
+    ctx.scope(|s| {
+        let mut rest: &[u8] = &src;
+        let mut segs = Vec::new();
+        for &l in &wl {
+            let (a, b) = rest.split_at(l);
+            segs.push(a);
+            rest = b;
+        }
+        assert_eq!(s.writev_at(&t.file, &segs, 0).wait().unwrap(), t.total);
+        let mut rest: &mut [u8] = &mut dst;
+        let mut segs = Vec::new();
+        for &l in &rl {
+            let (a, b) = rest.split_at_mut(l);
+            segs.push(a);
+            rest = b;
+        }
+        s.readv_at(&t.file, &mut segs, 0);
+    });
+    assert!(dst[..] == data[..]);
+}
+
+#[test]
+fn every_operation_on_tmpfs() {
+    every_operation(&tmpfs());
+}
+
+#[test]
+fn every_operation_on_an_o_direct_file() {
+    every_operation(&direct_file());
+}
+
+#[test]
+fn every_operation_on_a_raw_block_device() {
+    if let Some(t) = raw_device() {
+        every_operation(&t);
+    }
+}
+
+#[test]
+fn odd_segment_sizes_on_tmpfs() {
+    // Buffered I/O takes any sizes: 1 byte, page-straddling, large.
+    let t = tmpfs();
+    let ctx = Context::new(8).unwrap();
+    let lens = [1usize, 4095, 4097, 65_537, 3, 200_000];
+    let total: usize = lens.iter().sum();
+    let data = pattern(total, 9);
+    let (n, _) = ctx.run(WriteV::new(&t.file, bufs_from(&data, &lens, 1), 7));
+    assert_eq!(n.unwrap(), total);
+    let back = vec![vec![0u8; 100_000], vec![0u8; total - 100_000]];
+    let (n, back) = ctx.run(ReadV::new(&t.file, back, 7));
+    assert_eq!(n.unwrap(), total);
+    assert!(back.concat() == data);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 12, .. ProptestConfig::default() })]
+
+    #[test]
+    fn any_two_layouts_agree_on_tmpfs(w in any::<u64>(), r in any::<u64>(), off in 0u64..10_000) {
+        let t = tmpfs();
+        let ctx = Context::new(16).unwrap();
+        vectored_round_trip(&ctx, &t, off, w, r);
+    }
+
+    #[test]
+    fn any_two_layouts_agree_with_o_direct(w in any::<u64>(), r in any::<u64>(), off in 0u64..64) {
+        let t = direct_file();
+        let ctx = Context::new(16).unwrap();
+        vectored_round_trip(&ctx, &t, off * t.unit as u64, w, r);
+    }
+}
