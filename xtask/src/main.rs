@@ -295,6 +295,9 @@ fn main() -> ExitCode {
     if proc::is_ci() {
         out!("CI is set: a missing tool or privilege fails instead of skipping");
     }
+    // Tests that lower fs.aio-max-nr restore it themselves, but not when a
+    // timeout kills them: put it back whatever happened.
+    let _aio_max_nr = sys::SysctlGuard::save("/proc/sys/fs/aio-max-nr");
     match cli.cmd {
         Cmd::Test {
             nextest,

@@ -300,6 +300,35 @@ pub fn errno_name(errno: i32) -> String {
     name.to_string()
 }
 
+/// Restores a sysctl file to the value it had when saved, on drop.
+pub struct SysctlGuard {
+    path: &'static str,
+    value: Option<String>,
+}
+
+impl SysctlGuard {
+    /// Remembers the current value of `path` (nothing if unreadable).
+    pub fn save(path: &'static str) -> SysctlGuard {
+        SysctlGuard {
+            path,
+            value: std::fs::read_to_string(path).ok(),
+        }
+    }
+}
+
+impl Drop for SysctlGuard {
+    fn drop(&mut self) {
+        let Some(saved) = &self.value else { return };
+        if std::fs::read_to_string(self.path).ok().as_ref() != Some(saved) {
+            if let Err(e) = std::fs::write(self.path, saved.trim()) {
+                eprintln!("cannot restore {} to {}: {e}", self.path, saved.trim());
+            } else {
+                eprintln!("restored {} to {}", self.path, saved.trim());
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
