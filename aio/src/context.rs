@@ -233,6 +233,7 @@ impl Context {
     /// A read or write on an `O_DIRECT` descriptor that breaks the file's
     /// alignment is refused here: its ticket completes at once with an
     /// error naming the required alignment.
+    #[must_use = "dropping the ticket detaches the request; call wait() for its result"]
     pub fn push<O>(&self, op: O) -> Ticket<'_, O>
     where
         O: Operation + Send + 'static,
@@ -420,7 +421,6 @@ impl Context {
 /// arrived. Forgetting a ticket keeps its slot and buffers until the
 /// context is dropped. Either way the kernel never writes freed memory,
 /// because the slot, not the ticket, owns the buffers.
-#[must_use = "dropping a ticket detaches the request; call wait() for its result"]
 pub struct Ticket<'a, O: Operation> {
     ctx: &'a Context,
     key: Key,

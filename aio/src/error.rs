@@ -163,5 +163,22 @@ mod tests {
     fn setup_limit_message_names_the_sysctl() {
         let e = setup_error(100_000, Errno::EAGAIN);
         assert!(e.to_string().contains("aio-max-nr"), "{e}");
+        // A depth within the limit failing with EAGAIN: aio-nr is exhausted.
+        let e = setup_error(128, Errno::EAGAIN).to_string();
+        assert!(e.starts_with("io_setup(128): aio-max-nr ("), "{e}");
+        assert!(e.contains(") reached (aio-nr "), "{e}");
+        assert!(e.contains("sysctl -w fs.aio-max-nr=1048576"), "{e}");
+    }
+
+    #[test]
+    fn seccomp_and_missing_aio_are_explained() {
+        let e = setup_error(8, Errno::EPERM).to_string();
+        assert!(e.contains("seccomp"), "{e}");
+        assert_eq!(errno(&setup_error(8, Errno::EPERM)), Some(1));
+        let e = setup_error(8, Errno::ENOSYS).to_string();
+        assert!(e.contains("CONFIG_AIO"), "{e}");
+        let iocb = Iocb::pread(3, 0, 0, 0);
+        let e = request_error(Errno::EPERM, &iocb, 1, true).to_string();
+        assert!(e.contains("seccomp"), "{e}");
     }
 }

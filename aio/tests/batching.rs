@@ -81,7 +81,10 @@ fn ten_thousand_through_depth_64(reap: Reap) {
     }
     assert_eq!(seen.len(), N as usize);
     let stats = ctx.stats();
-    assert_eq!((stats.requests, stats.submitted, stats.completions), (N, N, N));
+    assert_eq!(
+        (stats.requests, stats.submitted, stats.completions),
+        (N, N, N)
+    );
     // Split only at the depth: at least N/64 calls, and not one per request.
     assert!(stats.submit_calls >= N / 64, "{stats:?}");
     assert!(stats.submit_calls <= N / 2, "{stats:?}");

@@ -27,7 +27,9 @@ fn poll_waits_for_data_then_read_gets_it() {
     let poll = ctx.push(Poll::new(&rd, PollEvents::IN));
     ctx.submit();
     // Nothing written yet: the poll is waiting in the kernel.
-    let poll = poll.try_wait().expect_err("poll completed on an empty pipe");
+    let poll = poll
+        .try_wait()
+        .expect_err("poll completed on an empty pipe");
     assert_eq!(ctx.in_flight(), 1);
     wr.write_all(b"ping").unwrap();
     let ready = poll.wait().unwrap();

@@ -71,7 +71,9 @@ fn layout(total: usize, unit: usize, seed: u64) -> Vec<usize> {
     let units = total / unit;
     let smallest_max = units.div_ceil(512) as u64;
     let max = smallest_max + seed % (units as u64 / 3).max(1);
-    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut state = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     let mut left = units;
     let mut out = Vec::new();
     while left > 0 {
@@ -106,9 +108,16 @@ fn vectored_round_trip(ctx: &Context, t: &Target, offset: u64, seed_w: u64, seed
     let data = pattern(t.total, seed_w ^ seed_r);
     let wl = layout(t.total, t.unit, seed_w);
     let rl = layout(t.total, t.unit, seed_r);
-    let (n, _) = ctx.run(WriteV::new(&t.file, bufs_from(&data, &wl, t.mem_align), offset));
+    let (n, _) = ctx.run(WriteV::new(
+        &t.file,
+        bufs_from(&data, &wl, t.mem_align),
+        offset,
+    ));
     assert_eq!(n.expect("writev"), t.total);
-    let zero: Vec<AlignedBuf> = rl.iter().map(|&l| AlignedBuf::new(l, t.mem_align)).collect();
+    let zero: Vec<AlignedBuf> = rl
+        .iter()
+        .map(|&l| AlignedBuf::new(l, t.mem_align))
+        .collect();
     let (n, back) = ctx.run(ReadV::new(&t.file, zero, offset));
     assert_eq!(n.expect("readv"), t.total);
     assert!(concat(&back) == data, "layouts {wl:?} -> {rl:?} differ");
@@ -134,12 +143,16 @@ fn every_operation(t: &Target) {
     ));
     assert_eq!(n.unwrap(), t.total);
     let rl = layout(t.total, t.unit, 3);
-    let zero: Vec<AlignedBuf> = rl.iter().map(|&l| AlignedBuf::new(l, t.mem_align)).collect();
+    let zero: Vec<AlignedBuf> = rl
+        .iter()
+        .map(|&l| AlignedBuf::new(l, t.mem_align))
+        .collect();
     let (n, back) = ctx.run(ReadV::new(&t.file, zero, offset));
     assert_eq!(n.unwrap(), t.total);
     assert!(concat(&back) == data);
 
-    ctx.run(Fsync::new(&t.file)).expect("fsync completes with 0");
+    ctx.run(Fsync::new(&t.file))
+        .expect("fsync completes with 0");
     ctx.run(Fdatasync::new(&t.file))
         .expect("fdatasync completes with 0");
 

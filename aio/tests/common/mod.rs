@@ -76,7 +76,12 @@ pub fn scratch_in(dir: &Path, direct: bool) -> Scratch {
 /// Deterministic test bytes: position `i` of stream `seed`.
 pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
     (0..len)
-        .map(|i| ((i as u64).wrapping_mul(31).wrapping_add(seed.wrapping_mul(7919)) % 251) as u8)
+        .map(|i| {
+            ((i as u64)
+                .wrapping_mul(31)
+                .wrapping_add(seed.wrapping_mul(7919))
+                % 251) as u8
+        })
         .collect()
 }
 
@@ -145,36 +150,5 @@ impl Drop for BlockDevice {
             let _ = Command::new("losetup").arg("-d").arg(&self.path).status();
             let _ = std::fs::remove_file(image);
         }
-    }
-}
-
-/// A buffer that counts its drops, to show that every buffer is dropped
-/// exactly once and never while the kernel may write it.
-pub struct Counted {
-    pub buf: aio::AlignedBuf,
-    pub drops: std::sync::Arc<AtomicUsize>,
-}
-
-impl Drop for Counted {
-    fn drop(&mut self) {
-        self.drops.fetch_add(1, Ordering::SeqCst);
-    }
-}
-
-// SAFETY: delegates to AlignedBuf, whose bytes are a separate heap
-// allocation that does not move with the value.
-unsafe impl aio::IoBuf for Counted {
-    fn stable_ptr(&self) -> *const u8 {
-        self.buf.stable_ptr()
-    }
-    fn bytes_len(&self) -> usize {
-        self.buf.bytes_len()
-    }
-}
-
-// SAFETY: as above.
-unsafe impl aio::IoBufMut for Counted {
-    fn stable_mut_ptr(&mut self) -> *mut u8 {
-        self.buf.stable_mut_ptr()
     }
 }
