@@ -11,7 +11,7 @@ use std::sync::atomic::Ordering;
 use aio_abi::{AioContext, AioSigset, Errno, IoEvent, Iocb};
 use libc::{c_int, c_long, c_void, sigset_t, timespec};
 
-use crate::context::{self, Context, Reaped};
+use crate::context::{self, Context, Found, Reaped};
 use crate::driver::{self, Backend};
 use crate::engine;
 use crate::errno::{KeepErrno, ret};
@@ -43,10 +43,18 @@ fn plausible(p: u64, len: u64) -> bool {
     p >= USER_MIN && p.checked_add(len).is_some_and(|end| end <= USER_MAX)
 }
 
-fn backend_of(id: AioContext) -> (Backend, Option<Arc<Context>>) {
-    match context::lookup(id) {
-        Some(c) => (c.backend, Some(c)),
-        None => (Backend::Kernel, None),
+/// Who serves context `id`, and its state if this library reads its ring.
+///
+/// A context that a parent process created through this library before
+/// `fork` is not the caller's: the kernel rejects its own with `EINVAL`, and
+/// so do we for the engine's (the child's copy of the engine has none of
+/// the parent's threads).
+fn route(id: AioContext) -> Result<(Backend, Option<Arc<Context>>), Errno> {
+    match context::find(id) {
+        Found::Live(c) => Ok((c.backend, Some(c))),
+        Found::Inherited(Backend::Kernel) => Ok((Backend::Kernel, None)),
+        Found::Inherited(Backend::Engine) => Err(Errno::EINVAL),
+        Found::Unknown => Ok((driver::for_unknown_context(), None)),
     }
 }
 
@@ -66,7 +74,8 @@ unsafe fn setup(nr_events: u32, ctxp: *mut AioContext) -> Result<(), Errno> {
         let r = match backend {
             // SAFETY: the kernel validates `ctxp` (EFAULT) and writes the id.
             Backend::Kernel => unsafe { aio_sys::io_setup_raw(nr_events, ctxp) },
-            Backend::Engine => engine::setup(nr_events, ctxp as u64),
+            // SAFETY: the engine validates `ctxp` the same way.
+            Backend::Engine => unsafe { engine::setup(nr_events, ctxp as u64) },
         };
         match r {
             Ok(()) => break,
@@ -104,9 +113,21 @@ pub unsafe extern "C" fn io_destroy(ctx: IoContext) -> c_int {
 }
 
 fn destroy(id: AioContext) -> Result<(), Errno> {
-    let Some(ctx) = context::remove(id) else {
-        // SAFETY: not a context this library reads: the kernel validates it.
-        return unsafe { aio_sys::io_destroy(id) };
+    let ctx = match context::remove(id) {
+        Found::Live(ctx) => ctx,
+        Found::Inherited(Backend::Engine) => return Err(Errno::EINVAL),
+        found => {
+            let backend = match found {
+                Found::Unknown => driver::for_unknown_context(),
+                _ => Backend::Kernel,
+            };
+            return match backend {
+                // SAFETY: not a context this library reads: the kernel
+                // validates it.
+                Backend::Kernel => unsafe { aio_sys::io_destroy(id) },
+                Backend::Engine => engine::destroy(id),
+            };
+        }
     };
     ctx.kill();
     let r = match ctx.backend {
@@ -141,14 +162,18 @@ pub unsafe extern "C" fn io_submit(ctx: IoContext, nr: c_long, iocbs: *mut *mut 
     let _errno = KeepErrno::new();
     let id = ctx as AioContext;
     let backend = if context::any_engine() {
-        backend_of(id).0
+        match route(id) {
+            Ok((b, _)) => b,
+            Err(e) => return -e.0,
+        }
     } else {
-        Backend::Kernel
+        driver::for_unknown_context()
     };
     ret(match backend {
         // SAFETY: forwarded from the caller; the kernel validates everything.
         Backend::Kernel => unsafe { aio_sys::io_submit_raw(id, nr, iocbs) },
-        Backend::Engine => engine::submit(id, nr, iocbs as u64),
+        // SAFETY: forwarded from the caller; the engine validates it too.
+        Backend::Engine => unsafe { engine::submit(id, nr, iocbs as u64) },
     })
 }
 
@@ -164,7 +189,7 @@ pub unsafe extern "C" fn io_cancel(ctx: IoContext, iocb: *mut Iocb, _evt: *mut I
 }
 
 unsafe fn cancel(id: AioContext, iocb: *mut Iocb) -> Result<(), Errno> {
-    match backend_of(id).0 {
+    match route(id)?.0 {
         // SAFETY: the kernel checks `iocb` (EFAULT).
         Backend::Kernel => unsafe { aio_sys::io_cancel(id, iocb) },
         Backend::Engine => engine::cancel(id, iocb as u64),
@@ -231,11 +256,11 @@ unsafe fn getevents(
     timeout: *const timespec,
     sigmask: Option<*const sigset_t>,
 ) -> Result<c_long, Errno> {
-    let Some(ctx) = context::lookup(id) else {
+    let (backend, ctx) = route(id)?;
+    let Some(ctx) = ctx else {
         // SAFETY: forwarded; not a context this library reads.
-        return unsafe { wait_in(Backend::Kernel, id, min_nr, nr, events, timeout, sigmask) };
+        return unsafe { wait_in(backend, id, min_nr, nr, events, timeout, sigmask) };
     };
-    let backend = ctx.backend;
     let ev_addr = events as u64;
     let fast_path = 0 <= min_nr
         && min_nr <= nr
@@ -332,13 +357,17 @@ unsafe fn wait_in(
             // the kernel.
             unsafe { aio_sys::io_pgetevents_raw(id, min_nr, nr, events, timeout, &sig) }
         }
-        (Backend::Engine, None) => engine::getevents(id, min_nr, nr, events as u64, timeout as u64),
+        (Backend::Engine, None) => {
+            // SAFETY: the engine validates every pointer.
+            unsafe { engine::getevents(id, min_nr, nr, events as u64, timeout as u64) }
+        }
         (Backend::Engine, Some(mask)) => {
             let sig = AioSigset {
                 sigmask: mask as u64,
                 sigsetsize: KERNEL_SIGSET_SIZE,
             };
-            engine::pgetevents(id, min_nr, nr, events as u64, timeout as u64, &sig)
+            // SAFETY: the engine validates every pointer; `sig` lives.
+            unsafe { engine::pgetevents(id, min_nr, nr, events as u64, timeout as u64, &sig) }
         }
     }
 }

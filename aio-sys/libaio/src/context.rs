@@ -199,26 +199,47 @@ pub(crate) fn insert(ctx: Context) -> Arc<Context> {
     ctx
 }
 
-/// The context with id `id`, if this library created it in this process.
-pub(crate) fn lookup(id: AioContext) -> Option<Arc<Context>> {
-    if id == 0 {
-        return None;
-    }
-    let ctx = table_read().get(&id).cloned()?;
-    (ctx.generation == GENERATION.load(Ordering::Acquire)).then_some(ctx)
+/// What the table says about a context id.
+pub(crate) enum Found {
+    /// Created by this library in this process.
+    Live(Arc<Context>),
+    /// Created by this library in a parent process, before `fork`: the
+    /// calling process does not own it.
+    Inherited(Backend),
+    /// Not created by this library.
+    Unknown,
 }
 
-/// Removes the context `id` from the table (the first step of `io_destroy`).
-pub(crate) fn remove(id: AioContext) -> Option<Arc<Context>> {
-    if id == 0 {
-        return None;
+fn classify(ctx: Option<Arc<Context>>) -> Found {
+    match ctx {
+        None => Found::Unknown,
+        Some(c) if c.generation == GENERATION.load(Ordering::Acquire) => Found::Live(c),
+        Some(c) => Found::Inherited(c.backend),
     }
-    let ctx = table_write().remove(&id)?;
-    if ctx.generation == GENERATION.load(Ordering::Acquire) {
-        Some(ctx)
-    } else {
-        // A parent's context seen in a fork child: not ours to destroy.
-        None
+}
+
+/// Looks `id` up.
+pub(crate) fn find(id: AioContext) -> Found {
+    if id == 0 {
+        return Found::Unknown;
+    }
+    let ctx = table_read().get(&id).cloned();
+    classify(ctx)
+}
+
+/// Removes `id` from the table (the first step of `io_destroy`) if this
+/// process owns it; says what it was.
+pub(crate) fn remove(id: AioContext) -> Found {
+    if id == 0 {
+        return Found::Unknown;
+    }
+    let mut table = table_write();
+    match classify(table.get(&id).cloned()) {
+        Found::Live(c) => {
+            table.remove(&id);
+            Found::Live(c)
+        }
+        other => other,
     }
 }
 

@@ -91,6 +91,15 @@ pub(crate) fn first_choice() -> Backend {
     }
 }
 
+/// Who answers for a context this library does not know (garbage, 0, a
+/// destroyed one, one made by a direct system call): the kernel, unless this
+/// process uses the engine only (`engine` mode, or `auto` after a refusal),
+/// in which case the engine rejects it as the kernel would (`EINVAL`)
+/// rather than the seccomp filter answering `EPERM`.
+pub(crate) fn for_unknown_context() -> Backend {
+    first_choice()
+}
+
 /// After the kernel refused with `e`: the backend to try next, if any.
 pub(crate) fn fallback_after(e: Errno) -> Option<Backend> {
     if mode() == Mode::Auto && is_refusal(e) {

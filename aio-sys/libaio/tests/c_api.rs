@@ -147,6 +147,70 @@ fn programs_built_against_the_system_libaio_run_on_ours() {
     }
 }
 
+/// The same programs with every context served by the aio-kernel engine
+/// (`AIO_LIBAIO_DRIVER=engine`). The engine's waits are not interrupted by
+/// signals, so the poll test skips its signal rows (C_API_NO_SIGNALS).
+#[test]
+fn engine_driver_serves_the_same_programs() {
+    for t in [
+        "errors", "vectored", "eventfd", "poll", "threads", "compat", "ring",
+    ] {
+        let Some(log) = run_subtest(
+            Against::Ours,
+            t,
+            &[("AIO_LIBAIO_DRIVER", "engine"), ("C_API_NO_SIGNALS", "1")],
+        ) else {
+            return;
+        };
+        assert!(log.contains("served by the engine"), "{t}: {log}");
+        assert!(!log.contains("served by the kernel"), "{t}: {log}");
+    }
+}
+
+/// Runs a c_api subtest under aio-seccomp-exec with `filter_args`, in the
+/// default (auto) driver mode, and returns our log.
+fn run_under_seccomp(t: &str, filter_args: &[&str]) -> Option<String> {
+    let exe = c_api(Against::Ours)?;
+    let work = scratch();
+    let log = work.path().join("aio-libaio.log");
+    let dir = work.path().to_str().expect("utf-8 path");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_aio-seccomp-exec"))
+        .args(filter_args)
+        .arg(&exe)
+        .args([t, dir])
+        .env("LD_LIBRARY_PATH", common::lib_dir())
+        .env("AIO_LIBAIO_LOG", &log)
+        .env("C_API_NO_SIGNALS", "1")
+        .env_remove("AIO_LIBAIO_DRIVER")
+        .output()
+        .expect("run aio-seccomp-exec");
+    assert_success(&format!("c_api {t} under seccomp {filter_args:?}"), &out);
+    Some(std::fs::read_to_string(&log).unwrap_or_default())
+}
+
+/// A seccomp filter makes the AIO system calls fail with EPERM (or ENOSYS,
+/// as without CONFIG_AIO): in auto mode the library notices at io_setup and
+/// serves every context from the engine; the programs pass unchanged.
+#[test]
+fn auto_driver_falls_back_to_the_engine_when_the_kernel_refuses() {
+    for (filter, errno) in [
+        (&["--errno", "EPERM"][..], "EPERM"),
+        (&["--errno", "ENOSYS"][..], "ENOSYS"),
+    ] {
+        for t in ["vectored", "eventfd", "poll", "threads", "errors"] {
+            let Some(log) = run_under_seccomp(t, filter) else {
+                return;
+            };
+            assert!(
+                log.contains(&format!("the kernel refused io_setup ({errno})")),
+                "{t}: {log}"
+            );
+            assert!(log.contains("served by the engine"), "{t}: {log}");
+            assert!(!log.contains("served by the kernel"), "{t}: {log}");
+        }
+    }
+}
+
 /// `AIO_LIBAIO_DRIVER=kernel` under a filter that refuses io_setup: the
 /// refusal reaches the program as libaio returns it.
 #[test]

@@ -122,7 +122,15 @@ pub fn have_system_libaio() -> bool {
 pub fn compile(sources: &[&str], name: &str, out_dir: &Path, against: Against) -> PathBuf {
     let exe = out_dir.join(name);
     let mut cmd = Command::new("cc");
-    cmd.args(["-std=gnu11", "-O2", "-g", "-Wall", "-Wextra", "-Werror", "-pthread"]);
+    cmd.args([
+        "-std=gnu11",
+        "-O2",
+        "-g",
+        "-Wall",
+        "-Wextra",
+        "-Werror",
+        "-pthread",
+    ]);
     cmd.arg("-I").arg(c_dir());
     if against == Against::Ours {
         cmd.arg("-I").arg(include_dir());
