@@ -232,7 +232,7 @@ impl AlignedBuf {
             .expect("AlignedBuf: align must be a power of two and len fit in isize");
         let ptr = if len == 0 {
             // A dangling but aligned pointer: valid for zero-length access.
-            NonNull::new(align as *mut u8).expect("align is nonzero")
+            NonNull::new(std::ptr::without_provenance_mut(align)).expect("align is nonzero")
         } else {
             // SAFETY: the layout has a nonzero size.
             let p = unsafe { alloc::alloc_zeroed(layout) };
