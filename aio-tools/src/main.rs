@@ -1,5 +1,68 @@
-//! The `aio-tools` binary. Not written yet.
-fn main() {
-    eprintln!("aio-tools: no subcommand is implemented yet");
-    std::process::exit(2);
+//! `aio-tools`: vectored AIO test, diagnostics and benchmark programs.
+//!
+//! Exit codes: 0 the check passed, 1 the check failed, 2 a usage or
+//! environment error (the message says what to do).
+
+mod probe;
+mod stats;
+mod vectest;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// How a command ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Exit {
+    /// Everything checked out.
+    Pass = 0,
+    /// The check ran and found a problem.
+    CheckFailed = 1,
+    /// Bad arguments or an environment that cannot run the check.
+    Usage = 2,
+}
+
+/// Human-readable text or JSON for scripts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Output {
+    /// Text for people.
+    Human,
+    /// One JSON document on stdout.
+    Json,
+}
+
+#[derive(Parser)]
+#[command(
+    name = "aio-tools",
+    version,
+    about = "Vectored Linux AIO: test, probe, stress and benchmark"
+)]
+struct Cli {
+    /// Print one JSON document instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Write, read back and verify a file or block device with vectored AIO.
+    Vectest(vectest::VectestArgs),
+    /// Report what native AIO can do on this kernel (and at PATH).
+    Probe(probe::ProbeArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let out = if cli.json {
+        Output::Json
+    } else {
+        Output::Human
+    };
+    let exit = match &cli.cmd {
+        Cmd::Vectest(a) => vectest::run(a, out),
+        Cmd::Probe(a) => probe::run(a, out),
+    };
+    ExitCode::from(exit as u8)
 }

@@ -1,0 +1,555 @@
+//! Opening the target, the write/read/verify passes, and the summary.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use aio::{AlignedBuf, Context, ReadV, Ticket, WriteV};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde_json::json;
+
+use super::VectestArgs;
+use super::pattern::{Mismatch, Pattern};
+use super::plan::{Request, Rng, Shape, plan};
+use super::target::{Refusal, block_device_size, in_use, logical_block_size, signatures_on};
+use crate::stats::{Latencies, mib_per_s, per_s};
+use crate::{Exit, Output};
+
+const DEFAULT_SCRATCH_SIZE: u64 = 64 << 20;
+const MAX_REPORTED_MISMATCHES: usize = 20;
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// A usage or environment problem: printed, exit code 2.
+struct Fatal(String);
+
+impl<E: std::fmt::Display> From<E> for Fatal {
+    fn from(e: E) -> Fatal {
+        Fatal(e.to_string())
+    }
+}
+
+/// What is being tested.
+struct Target {
+    file: File,
+    /// What to call it in messages.
+    name: String,
+    kind: &'static str,
+    size: u64,
+    direct: bool,
+    /// Alignment of lengths, offsets and memory (1 when buffered).
+    unit: u64,
+    /// Removed when the run ends (the default scratch file).
+    scratch: Option<PathBuf>,
+}
+
+impl Drop for Target {
+    fn drop(&mut self) {
+        if let Some(path) = &self.scratch {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+fn open_target(args: &VectestArgs, seed: u64) -> Result<Target, Fatal> {
+    let Some(path) = &args.target else {
+        let path =
+            std::env::temp_dir().join(format!("aio-vectest-{}-{seed:x}", std::process::id()));
+        let size = args.size.unwrap_or(DEFAULT_SCRATCH_SIZE);
+        let mut t = open_file(&path, size, args.direct, true)?;
+        t.scratch = Some(path);
+        return Ok(t);
+    };
+    match std::fs::metadata(path) {
+        Ok(m) if m.file_type().is_block_device() => open_device(path, m.rdev(), args),
+        Ok(m) if m.is_file() => {
+            let size = args.size.unwrap_or(if m.len() > 0 {
+                m.len()
+            } else {
+                DEFAULT_SCRATCH_SIZE
+            });
+            open_file(path, size, args.direct, false)
+        }
+        Ok(_) => Err(Fatal(format!(
+            "{} is neither a regular file nor a block device",
+            path.display()
+        ))),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            let size = args.size.unwrap_or(DEFAULT_SCRATCH_SIZE);
+            open_file(path, size, args.direct, false)
+        }
+        Err(e) => Err(Fatal(format!("cannot use {}: {e}", path.display()))),
+    }
+}
+
+fn open_file(path: &Path, size: u64, direct: bool, create_new: bool) -> Result<Target, Fatal> {
+    let mut opts = OpenOptions::new();
+    opts.read(true).write(true);
+    if create_new {
+        opts.create_new(true);
+    } else {
+        opts.create(true);
+    }
+    if direct {
+        opts.custom_flags(libc::O_DIRECT);
+    }
+    let file = opts.open(path).map_err(|e| {
+        if direct && e.raw_os_error() == Some(libc::EINVAL) {
+            Fatal(format!(
+                "the filesystem of {} does not support O_DIRECT (EINVAL); use --buffered",
+                path.display()
+            ))
+        } else {
+            Fatal(format!("cannot open {}: {e}", path.display()))
+        }
+    })?;
+    let unit = if direct {
+        let a = aio::dio_alignment(&file)?;
+        a.memory.max(a.offset) as u64
+    } else {
+        1
+    };
+    let size = size / unit * unit;
+    if size == 0 {
+        return Err(Fatal(format!("--size must be at least {unit} bytes here")));
+    }
+    file.set_len(file.metadata()?.len().max(size))?;
+    Ok(Target {
+        file,
+        name: path.display().to_string(),
+        kind: "file",
+        size,
+        direct,
+        unit,
+        scratch: None,
+    })
+}
+
+fn open_device(path: &Path, rdev: u64, args: &VectestArgs) -> Result<Target, Fatal> {
+    if args.buffered {
+        return Err(Fatal(format!(
+            "{} is a block device: vectest uses O_DIRECT on devices; drop --buffered",
+            path.display()
+        )));
+    }
+    let refuse = |why: Refusal| Fatal(format!("refusing to write {}: {why}", path.display()));
+    if let Some(why) = in_use(rdev) {
+        return Err(refuse(why));
+    }
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_DIRECT | libc::O_EXCL)
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::EBUSY) => refuse(in_use(rdev).unwrap_or(Refusal::Busy)),
+            Some(libc::EACCES) | Some(libc::EPERM) => Fatal(format!(
+                "cannot open {} for writing: {e}; run as root or get write access to the device",
+                path.display()
+            )),
+            _ => Fatal(format!("cannot open {}: {e}", path.display())),
+        })?;
+    let sector = logical_block_size(&file)?;
+    let sigs = signatures_on(&file, sector)?;
+    if !sigs.is_empty() {
+        if !args.force {
+            return Err(refuse(Refusal::Formatted(sigs)));
+        }
+        let what: Vec<&str> = sigs.iter().map(|s| s.kind).collect();
+        eprintln!(
+            "--force: overwriting {} on {}",
+            what.join(", "),
+            path.display()
+        );
+    }
+    let a = aio::dio_alignment(&file)?;
+    let unit = (a.memory.max(a.offset) as u64).max(sector);
+    let dev_size = block_device_size(&file)? / unit * unit;
+    let size = args
+        .size
+        .map_or(dev_size, |s| s.min(dev_size) / unit * unit);
+    if size == 0 {
+        return Err(Fatal(format!(
+            "{} is smaller than one block",
+            path.display()
+        )));
+    }
+    Ok(Target {
+        file,
+        name: path.display().to_string(),
+        kind: "block device",
+        size,
+        direct: true,
+        unit,
+        scratch: None,
+    })
+}
+
+/// Counters of one run.
+#[derive(Default)]
+struct Tally {
+    requests: u64,
+    bytes: u64,
+    latencies: Latencies,
+    mismatches: Vec<Mismatch>,
+    mismatched_requests: u64,
+    errors: Vec<String>,
+}
+
+/// One request in flight.
+enum Pending<'a> {
+    Write(Ticket<'a, WriteV<Vec<AlignedBuf>>>, Request, Instant),
+    Read(Ticket<'a, ReadV<Vec<AlignedBuf>>>, Request, Instant),
+}
+
+fn segments_for(req: &Request, align: usize) -> Vec<AlignedBuf> {
+    req.segments
+        .iter()
+        .map(|&len| AlignedBuf::new(len, align))
+        .collect()
+}
+
+/// Runs one phase: every request of `reqs`, `depth` in flight, writing
+/// (`write`) or reading and verifying.
+#[allow(clippy::too_many_arguments)]
+fn phase(
+    ctx: &Context,
+    t: &Target,
+    reqs: Vec<Request>,
+    write: bool,
+    pass: u8,
+    pattern: &Pattern,
+    depth: usize,
+    tally: &mut Tally,
+    bar: &ProgressBar,
+) {
+    let align = t.unit.max(8) as usize;
+    let mut todo = reqs.into_iter();
+    let mut pending: Vec<Pending<'_>> = Vec::with_capacity(depth);
+    loop {
+        while pending.len() < depth && !INTERRUPTED.load(Ordering::Relaxed) {
+            let Some(req) = todo.next() else { break };
+            let mut bufs = segments_for(&req, align);
+            let start = Instant::now();
+            if write {
+                let mut off = req.offset;
+                for b in &mut bufs {
+                    pattern.fill(b, off, pass);
+                    off += b.len() as u64;
+                }
+                let op = WriteV::new(&t.file, bufs, req.offset);
+                pending.push(Pending::Write(ctx.push(op), req, start));
+            } else {
+                let op = ReadV::new(&t.file, bufs, req.offset);
+                pending.push(Pending::Read(ctx.push(op), req, start));
+            }
+        }
+        if pending.is_empty() {
+            return;
+        }
+        ctx.wait();
+        let mut i = 0;
+        while i < pending.len() {
+            let done = match &pending[i] {
+                Pending::Write(tk, ..) => tk.is_done(),
+                Pending::Read(tk, ..) => tk.is_done(),
+            };
+            if !done {
+                i += 1;
+                continue;
+            }
+            match pending.swap_remove(i) {
+                Pending::Write(tk, req, start) => {
+                    let (res, _) = tk.wait();
+                    finish(tally, &req, res, start, "PWRITEV", t, bar);
+                }
+                Pending::Read(tk, req, start) => {
+                    let (res, bufs) = tk.wait();
+                    let ok = finish(tally, &req, res, start, "PREADV", t, bar);
+                    if ok {
+                        verify(tally, &req, &bufs, pattern, pass);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Accounts a completed request; whether it transferred everything.
+fn finish(
+    tally: &mut Tally,
+    req: &Request,
+    res: io::Result<usize>,
+    start: Instant,
+    what: &str,
+    t: &Target,
+    bar: &ProgressBar,
+) -> bool {
+    tally.latencies.record(start.elapsed());
+    tally.requests += 1;
+    bar.inc(req.len());
+    match res {
+        Ok(n) if n as u64 == req.len() => {
+            tally.bytes += n as u64;
+            true
+        }
+        Ok(n) => {
+            tally.bytes += n as u64;
+            tally.errors.push(format!(
+                "{what} of {} bytes in {} segments at offset {} of {} transferred only {n}",
+                req.len(),
+                req.segments.len(),
+                req.offset,
+                t.name
+            ));
+            false
+        }
+        Err(e) => {
+            tally.errors.push(format!(
+                "{what} of {} bytes in {} segments at offset {} of {} failed: {e}",
+                req.len(),
+                req.segments.len(),
+                req.offset,
+                t.name
+            ));
+            false
+        }
+    }
+}
+
+fn verify(tally: &mut Tally, req: &Request, bufs: &[AlignedBuf], pattern: &Pattern, pass: u8) {
+    let mut off = req.offset;
+    let mut first: Option<Mismatch> = None;
+    let mut bad_bytes = 0;
+    for b in bufs {
+        if let Some(m) = pattern.verify(b, off, pass) {
+            bad_bytes += m.bad_bytes;
+            first.get_or_insert(m);
+        }
+        off += b.len() as u64;
+    }
+    if let Some(m) = first {
+        tally.mismatched_requests += 1;
+        if tally.mismatches.len() < MAX_REPORTED_MISMATCHES {
+            tally.mismatches.push(Mismatch { bad_bytes, ..m });
+        }
+    }
+}
+
+/// The test hook: 4 KiB at `at` replaced, through a second descriptor, by
+/// what the current pass wrote 4 KiB further on.
+fn inject_misplaced_block(t: &Target, at: u64, pattern: &Pattern, pass: u8) -> io::Result<()> {
+    let at = at / 4096 * 4096;
+    let source = if at + 8192 <= t.size {
+        at + 4096
+    } else {
+        at.saturating_sub(4096)
+    };
+    let mut block = vec![0u8; 4096];
+    pattern.fill(&mut block, source, pass);
+    let path = format!("/proc/self/fd/{}", t.file.as_raw_fd());
+    let other = OpenOptions::new().write(true).open(path)?;
+    other.write_all_at(&block, at)?;
+    other.sync_data()
+}
+
+fn progress(total: u64, out: Output) -> ProgressBar {
+    if out == Output::Json {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{prefix} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    bar
+}
+
+/// Runs vectest.
+pub fn run(args: &VectestArgs, out: Output) -> Exit {
+    let seed = args.seed.unwrap_or_else(|| {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        super::plan::mix(now.as_nanos() as u64 ^ std::process::id() as u64)
+    });
+    let _ = ctrlc::set_handler(|| INTERRUPTED.store(true, Ordering::Relaxed));
+    let t = match open_target(args, seed) {
+        Ok(t) => t,
+        Err(Fatal(msg)) => {
+            eprintln!("aio-tools vectest: {msg}");
+            return Exit::Usage;
+        }
+    };
+    let ctx = match Context::builder().queue_depth(args.iodepth).build() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("aio-tools vectest: cannot create an AIO context: {e}");
+            return Exit::Usage;
+        }
+    };
+    let max_request = args.max_request.unwrap_or_else(|| {
+        let for_segments = args.max_segments as u64 * t.unit;
+        (1u64 << 20).max(if t.direct { for_segments } else { 0 })
+    });
+    let max_request = (max_request / t.unit * t.unit).max(t.unit);
+    let shape = Shape {
+        unit: t.unit,
+        max_request,
+        max_segments: args.max_segments as usize,
+    };
+    let pattern = Pattern::new(seed);
+    let mut rng = Rng::new(seed);
+    let mut tally = Tally::default();
+    if out == Output::Human {
+        eprintln!(
+            "vectest: {} {} ({} bytes, {}), {} passes, iodepth {}, up to {} segments and {} bytes per request, seed {seed}",
+            t.kind,
+            t.name,
+            t.size,
+            if t.direct {
+                format!("O_DIRECT, {}-byte units", t.unit)
+            } else {
+                "buffered".into()
+            },
+            args.passes,
+            args.iodepth,
+            args.max_segments,
+            max_request,
+        );
+    }
+    let started = Instant::now();
+    for pass in 1..=args.passes {
+        for write in [true, false] {
+            let reqs = plan(t.size, shape, &mut rng);
+            let bar = progress(t.size, out);
+            bar.set_prefix(format!(
+                "pass {pass} {}",
+                if write { "write" } else { "verify" }
+            ));
+            phase(
+                &ctx,
+                &t,
+                reqs,
+                write,
+                pass,
+                &pattern,
+                args.iodepth as usize,
+                &mut tally,
+                &bar,
+            );
+            bar.finish_and_clear();
+            if INTERRUPTED.load(Ordering::Relaxed) {
+                eprintln!(
+                    "aio-tools vectest: interrupted; {} requests completed",
+                    tally.requests
+                );
+                return Exit::Usage;
+            }
+            if write && pass == 1 {
+                if let Some(at) = args.inject_misplaced_block {
+                    if let Err(e) = inject_misplaced_block(&t, at, &pattern, pass) {
+                        eprintln!("aio-tools vectest: cannot inject the misplaced block: {e}");
+                        return Exit::Usage;
+                    }
+                }
+            }
+        }
+    }
+    let elapsed = started.elapsed();
+    let stats = ctx.stats();
+    drop(ctx);
+    report(&t, args, seed, &tally, elapsed, stats, out);
+    if tally.mismatches.is_empty() && tally.errors.is_empty() {
+        Exit::Pass
+    } else {
+        Exit::CheckFailed
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn report(
+    t: &Target,
+    args: &VectestArgs,
+    seed: u64,
+    tally: &Tally,
+    elapsed: Duration,
+    stats: aio::Stats,
+    out: Output,
+) {
+    let lat = tally.latencies.summary_us();
+    let verdict = if tally.mismatches.is_empty() && tally.errors.is_empty() {
+        "PASS"
+    } else {
+        "FAIL"
+    };
+    match out {
+        Output::Json => {
+            let v = json!({
+                "result": verdict.to_lowercase(),
+                "target": t.name,
+                "kind": t.kind,
+                "size": t.size,
+                "direct": t.direct,
+                "unit": t.unit,
+                "seed": seed,
+                "passes": args.passes,
+                "iodepth": args.iodepth,
+                "max_segments": args.max_segments,
+                "requests": tally.requests,
+                "bytes": tally.bytes,
+                "elapsed_s": elapsed.as_secs_f64(),
+                "iops": per_s(tally.requests, elapsed),
+                "mib_per_s": mib_per_s(tally.bytes, elapsed),
+                "latency_us": lat.iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
+                "mismatched_requests": tally.mismatched_requests,
+                "mismatches": tally.mismatches.iter().map(|m| json!({
+                    "offset": m.offset,
+                    "message": m.to_string(),
+                })).collect::<Vec<_>>(),
+                "errors": tally.errors,
+                "syscalls": {
+                    "io_submit": stats.submit_calls,
+                    "io_getevents": stats.getevents_calls,
+                    "ring_reaps": stats.ring_reaps,
+                },
+            });
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&v).expect("JSON of plain values")
+            );
+        }
+        Output::Human => {
+            for e in &tally.errors {
+                println!("error: {e}");
+            }
+            for m in &tally.mismatches {
+                println!("MISMATCH {m}");
+            }
+            println!(
+                "{verdict}: {} requests, {} bytes in {:.2}s: {:.0} IOPS, {:.1} MiB/s; latency p50 {:.0} us, p99 {:.0} us, p99.9 {:.0} us; {} mismatched requests, {} errors (seed {seed})",
+                tally.requests,
+                tally.bytes,
+                elapsed.as_secs_f64(),
+                per_s(tally.requests, elapsed),
+                mib_per_s(tally.bytes, elapsed),
+                lat[0].1,
+                lat[1].1,
+                lat[2].1,
+                tally.mismatched_requests,
+                tally.errors.len(),
+            );
+            println!(
+                "syscalls: {} io_submit, {} io_getevents, {} ring reaps",
+                stats.submit_calls, stats.getevents_calls, stats.ring_reaps
+            );
+        }
+    }
+}

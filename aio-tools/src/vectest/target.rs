@@ -1,0 +1,342 @@
+//! What vectest is about to write on, and whether it may.
+//!
+//! A block device is refused when it is mounted (or a partition of it is),
+//! held by another device (device-mapper, md, bcache: `/sys/block/*/holders`),
+//! opened exclusively elsewhere, or carries a filesystem or partition-table
+//! signature — unless the user says `--force`.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+/// A signature found on a device, and where.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Signature {
+    /// What it is: "ext4 filesystem", "GPT partition table", ...
+    pub kind: &'static str,
+    /// Byte offset of the magic.
+    pub offset: u64,
+}
+
+/// How far into a device signatures are looked for (btrfs's superblock
+/// sits at 64 KiB).
+pub const PROBE_LEN: usize = 68 * 1024;
+
+/// Recognises the signatures at the start of a device (`head` holds its
+/// first bytes, at least [`PROBE_LEN`] when the device is that large), with
+/// `sector` the logical block size (where GPT's header sits).
+pub fn signatures(head: &[u8], sector: u64) -> Vec<Signature> {
+    let at = |off: usize, magic: &[u8]| head.get(off..off + magic.len()) == Some(magic);
+    let le32 = |off: usize| {
+        head.get(off..off + 4)
+            .map(|b| u32::from_le_bytes(b.try_into().unwrap()))
+    };
+    let mut found: Vec<Signature> = Vec::new();
+    let push = |found: &mut Vec<Signature>, kind, offset: usize| {
+        found.push(Signature {
+            kind,
+            offset: offset as u64,
+        })
+    };
+
+    // ext2/3/4: superblock at 1024, s_magic 0xEF53 at +56; the journal and
+    // the ext4-only incompatible features tell the generations apart.
+    if at(1024 + 56, &[0x53, 0xef]) {
+        let compat = le32(1024 + 92).unwrap_or(0);
+        let incompat = le32(1024 + 96).unwrap_or(0);
+        const HAS_JOURNAL: u32 = 0x4;
+        const EXT4_INCOMPAT: u32 = 0x40 | 0x80 | 0x200 | 0x8000 | 0x10000; // extents, 64bit, flex_bg, inline data, encrypt
+        let kind = if incompat & EXT4_INCOMPAT != 0 {
+            "ext4 filesystem"
+        } else if compat & HAS_JOURNAL != 0 {
+            "ext3 filesystem"
+        } else {
+            "ext2 filesystem"
+        };
+        push(&mut found, kind, 1024 + 56);
+    }
+    if at(0, b"XFSB") {
+        push(&mut found, "xfs filesystem", 0);
+    }
+    if at(65536 + 64, b"_BHRfS_M") {
+        push(&mut found, "btrfs filesystem", 65536 + 64);
+    }
+    for page in [4096usize, 8192, 16384, 65536] {
+        if at(page - 10, b"SWAPSPACE2") || at(page - 10, b"SWAP-SPACE") {
+            push(&mut found, "swap area", page - 10);
+        }
+    }
+    if at(0, b"LUKS\xba\xbe") {
+        push(&mut found, "LUKS encrypted volume", 0);
+    }
+    if at(0, b"SKUL\xba\xbe") {
+        push(&mut found, "LUKS2 secondary header", 0);
+    }
+    for off in [0usize, 512, 1024, 1536] {
+        if at(off + 24, b"LVM2 001") && at(off, b"LABELONE") {
+            push(&mut found, "LVM2 physical volume", off);
+        }
+    }
+    if le32(4096) == Some(0xa92b_4efc) {
+        push(&mut found, "Linux software RAID (md) member", 4096);
+    }
+    if at(3, b"NTFS    ") {
+        push(&mut found, "NTFS filesystem", 3);
+    }
+    if at(0x52, b"FAT32   ") || at(0x36, b"FAT16   ") || at(0x36, b"FAT12   ") {
+        push(&mut found, "FAT filesystem", 0x36);
+    }
+    if at(0x8001, b"CD001") {
+        push(&mut found, "ISO 9660 filesystem", 0x8001);
+    }
+    let gpt = [sector as usize, 512, 4096]
+        .into_iter()
+        .find(|&off| at(off, b"EFI PART"));
+    if let Some(off) = gpt {
+        push(&mut found, "GPT partition table", off);
+    } else if at(510, &[0x55, 0xaa]) && !at(0, b"XFSB") {
+        // FAT and NTFS boot sectors end in 55 AA too; report the table only
+        // when no filesystem explains it.
+        if !found
+            .iter()
+            .any(|s| s.kind.contains("NTFS") || s.kind.contains("FAT"))
+        {
+            push(&mut found, "MBR partition table", 510);
+        }
+    }
+    found
+}
+
+/// The kernel's name of a block device node ("sdb", "loop3").
+fn sysfs_dir(rdev: u64) -> PathBuf {
+    let (major, minor) = (libc::major(rdev), libc::minor(rdev));
+    PathBuf::from(format!("/sys/dev/block/{major}:{minor}"))
+}
+
+/// `major:minor` of a device and of each of its partitions.
+fn device_numbers(sys: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Ok(dev) = std::fs::read_to_string(sys.join("dev")) {
+        out.push(dev.trim().to_owned());
+    }
+    for part in partitions(sys) {
+        if let Ok(dev) = std::fs::read_to_string(part.join("dev")) {
+            out.push(dev.trim().to_owned());
+        }
+    }
+    out
+}
+
+fn partitions(sys: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(sys) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.join("partition").exists())
+        .collect()
+}
+
+/// Why a block device must not be written, if it must not.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// Mounted at these mount points (the device or a partition of it).
+    Mounted(Vec<String>),
+    /// Used by these other block devices.
+    Held(Vec<String>),
+    /// Opened exclusively by another program (`EBUSY` on `O_EXCL`).
+    Busy,
+    /// Carries these signatures.
+    Formatted(Vec<Signature>),
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refusal::Mounted(at) => {
+                write!(f, "it is mounted at {}; unmount it first", at.join(", "))
+            }
+            Refusal::Held(by) => write!(
+                f,
+                "it is in use by {} (device-mapper, RAID or similar); release it first",
+                by.join(", ")
+            ),
+            Refusal::Busy => f.write_str("another program has it open exclusively"),
+            Refusal::Formatted(sigs) => {
+                f.write_str("it holds data: ")?;
+                for (i, s) in sigs.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str(", ")?;
+                    }
+                    write!(f, "{} (signature at byte {})", s.kind, s.offset)?;
+                }
+                f.write_str("; pass --force to overwrite it")
+            }
+        }
+    }
+}
+
+/// Mount points of any of `devs` (as `major:minor`), from mountinfo.
+fn mounts_of(devs: &[String]) -> Vec<String> {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return Vec::new();
+    };
+    info.lines()
+        .filter_map(|l| {
+            let mut fields = l.split(' ');
+            let dev = fields.nth(2)?;
+            let mnt = fields.nth(1)?;
+            devs.iter().any(|d| d == dev).then(|| mnt.to_owned())
+        })
+        .collect()
+}
+
+/// Reasons found without opening the device: mounted (the device or a
+/// partition of it), or held by another block device.
+pub fn in_use(rdev: u64) -> Option<Refusal> {
+    let sys = sysfs_dir(rdev);
+    let mounted = mounts_of(&device_numbers(&sys));
+    if !mounted.is_empty() {
+        return Some(Refusal::Mounted(mounted));
+    }
+    let mut holders = Vec::new();
+    for dir in std::iter::once(sys.clone()).chain(partitions(&sys)) {
+        if let Ok(entries) = std::fs::read_dir(dir.join("holders")) {
+            holders.extend(
+                entries
+                    .flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned()),
+            );
+        }
+    }
+    (!holders.is_empty()).then_some(Refusal::Held(holders))
+}
+
+/// Signatures at the start of an opened block device.
+pub fn signatures_on(file: &File, sector: u64) -> io::Result<Vec<Signature>> {
+    let len = (block_device_size(file)? as usize).min(PROBE_LEN);
+    let mut head = vec![0u8; len];
+    read_fully_at(file, &mut head, 0)?;
+    Ok(signatures(&head, sector))
+}
+
+/// Reads with `pread` on a file that may be open with `O_DIRECT`: through a
+/// second, buffered descriptor of the same node.
+fn read_fully_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<()> {
+    let again = File::open(format!(
+        "/proc/self/fd/{}",
+        std::os::fd::AsRawFd::as_raw_fd(file)
+    ))?;
+    again.read_exact_at(buf, offset)
+}
+
+/// Size in bytes of a block device (`BLKGETSIZE64`).
+pub fn block_device_size(file: &File) -> io::Result<u64> {
+    let mut size = 0u64;
+    // SAFETY: BLKGETSIZE64 writes one u64 to the pointer we pass.
+    let r = unsafe {
+        libc::ioctl(
+            std::os::fd::AsRawFd::as_raw_fd(file),
+            BLKGETSIZE64,
+            &mut size as *mut u64,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(size)
+}
+
+/// Logical block size of a block device (`BLKSSZGET`).
+pub fn logical_block_size(file: &File) -> io::Result<u64> {
+    let mut size: libc::c_int = 0;
+    // SAFETY: BLKSSZGET writes one int to the pointer we pass.
+    let r = unsafe {
+        libc::ioctl(
+            std::os::fd::AsRawFd::as_raw_fd(file),
+            BLKSSZGET,
+            &mut size as *mut libc::c_int,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(size as u64)
+}
+
+// _IOR(0x12, 114, size_t) and _IO(0x12, 104), from <linux/fs.h>.
+const BLKGETSIZE64: libc::Ioctl = 0x8008_1272u32 as libc::Ioctl;
+const BLKSSZGET: libc::Ioctl = 0x1268;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn image() -> Vec<u8> {
+        vec![0u8; PROBE_LEN]
+    }
+
+    #[test]
+    fn blank_device_has_no_signature() {
+        assert!(signatures(&image(), 512).is_empty());
+    }
+
+    #[test]
+    fn ext_generations_are_told_apart() {
+        let mut img = image();
+        img[1024 + 56..1024 + 58].copy_from_slice(&[0x53, 0xef]);
+        assert_eq!(signatures(&img, 512)[0].kind, "ext2 filesystem");
+        img[1024 + 92] = 0x4;
+        assert_eq!(signatures(&img, 512)[0].kind, "ext3 filesystem");
+        img[1024 + 96] = 0x40;
+        assert_eq!(
+            signatures(&img, 512),
+            vec![Signature {
+                kind: "ext4 filesystem",
+                offset: 1080
+            }]
+        );
+    }
+
+    #[test]
+    fn each_known_magic_is_found() {
+        let cases: &[(&str, usize, &[u8])] = &[
+            ("xfs filesystem", 0, b"XFSB"),
+            ("btrfs filesystem", 65536 + 64, b"_BHRfS_M"),
+            ("swap area", 4096 - 10, b"SWAPSPACE2"),
+            ("LUKS encrypted volume", 0, b"LUKS\xba\xbe"),
+            ("GPT partition table", 512, b"EFI PART"),
+            ("MBR partition table", 510, &[0x55, 0xaa]),
+        ];
+        for (kind, off, magic) in cases {
+            let mut img = image();
+            img[*off..off + magic.len()].copy_from_slice(magic);
+            let found = signatures(&img, 512);
+            assert!(
+                found
+                    .iter()
+                    .any(|s| s.kind == *kind && s.offset == *off as u64),
+                "{kind}: {found:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn refusal_messages_say_what_to_do() {
+        let r = Refusal::Formatted(vec![Signature {
+            kind: "ext4 filesystem",
+            offset: 1080,
+        }]);
+        assert_eq!(
+            r.to_string(),
+            "it holds data: ext4 filesystem (signature at byte 1080); pass --force to overwrite it"
+        );
+        assert!(
+            Refusal::Mounted(vec!["/mnt".into()])
+                .to_string()
+                .contains("unmount")
+        );
+    }
+}
