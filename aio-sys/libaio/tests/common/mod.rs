@@ -11,13 +11,51 @@ pub fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
 }
 
-/// Whether `tool` can be run. Outside CI a missing tool makes the calling
-/// test return early with a message; in CI it is a failure.
-pub fn have_tool(tool: &str, why: &str) -> bool {
-    let found = Command::new("sh")
+fn on_path(tool: &str) -> bool {
+    Command::new("sh")
         .args(["-c", &format!("command -v {tool}")])
         .output()
-        .is_ok_and(|o| o.status.success());
+        .is_ok_and(|o| o.status.success())
+}
+
+/// The Debian package that provides `tool` (or a file).
+fn package_of(tool: &str) -> &str {
+    match tool {
+        "cc" => "gcc",
+        "libaio.h" => "libaio-dev",
+        other => other,
+    }
+}
+
+/// As root with apt-get available, installs `package` (once per process,
+/// one apt-get at a time). Returns whether apt-get succeeded.
+pub fn apt_install(package: &str) -> bool {
+    static APT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    // SAFETY: plain query.
+    if unsafe { libc::geteuid() } != 0 || !on_path("apt-get") {
+        return false;
+    }
+    let _one_at_a_time = APT.lock().unwrap_or_else(|e| e.into_inner());
+    let install = || {
+        Command::new("apt-get")
+            .args(["install", "-y", "-qq", package])
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if install() {
+        return true;
+    }
+    let _ = Command::new("apt-get").args(["update", "-qq"]).output();
+    install()
+}
+
+/// Whether `tool` can be run, installing its package with apt-get if it is
+/// missing and that is possible. Outside CI a tool that still cannot be had
+/// makes the calling test return early with a message; in CI it is a
+/// failure.
+pub fn have_tool(tool: &str, why: &str) -> bool {
+    let found = on_path(tool) || (apt_install(package_of(tool)) && on_path(tool));
     if !found {
         assert!(
             !in_ci(),
@@ -113,9 +151,11 @@ pub enum Against {
     System,
 }
 
-/// Whether the system's libaio development files are installed.
+/// Whether the system's libaio development files are installed (installing
+/// libaio-dev if possible).
 pub fn have_system_libaio() -> bool {
-    Path::new("/usr/include/libaio.h").exists()
+    let present = || Path::new("/usr/include/libaio.h").exists();
+    present() || (apt_install(package_of("libaio.h")) && present())
 }
 
 /// Compiles `sources` (in `tests/c/`) into `out_dir/name`.
@@ -172,4 +212,85 @@ pub fn assert_success(what: &str, out: &Output) {
         out.status
     );
     print!("{stdout}");
+}
+
+/// What one fio run gave.
+pub struct FioRun {
+    /// fio's JSON report.
+    pub json: serde_json::Value,
+    /// fio's standard error.
+    pub stderr: String,
+    /// Our library's log (`AIO_LIBAIO_LOG`); empty when the system's
+    /// libaio was used.
+    pub log: String,
+}
+
+/// Which libaio a fio run loads.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Lib {
+    /// Ours, through `LD_LIBRARY_PATH`.
+    Ours,
+    /// Ours, under `aio-seccomp-exec` (the AIO system calls fail with EPERM).
+    OursSeccomp,
+    /// The system's `libaio.so.1`.
+    System,
+}
+
+/// Whether this fio knows `--libaio_vectored` (added after fio 3.33).
+pub fn fio_has_libaio_vectored() -> bool {
+    Command::new("fio")
+        .arg("--enghelp=libaio")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("libaio_vectored"))
+}
+
+/// Runs fio with `args` (after `--output-format=json`) in `work`, loading
+/// `lib`. Panics, with fio's messages, if fio fails.
+pub fn fio(work: &Path, lib: Lib, args: &[String], seccomp_exec: &Path) -> FioRun {
+    let json_path = work.join("fio.json");
+    let log_path = work.join("aio-libaio.log");
+    let _ = std::fs::remove_file(&log_path);
+    let mut cmd = match lib {
+        Lib::OursSeccomp => {
+            let mut c = Command::new(seccomp_exec);
+            c.arg("fio");
+            c
+        }
+        _ => Command::new("fio"),
+    };
+    cmd.arg("--output-format=json")
+        .arg(format!("--output={}", json_path.display()))
+        .args(args)
+        .current_dir(work)
+        .env_remove("AIO_LIBAIO_DRIVER");
+    if lib == Lib::System {
+        cmd.env_remove("LD_LIBRARY_PATH").env_remove("LD_PRELOAD");
+    } else {
+        cmd.env("LD_LIBRARY_PATH", lib_dir())
+            .env("AIO_LIBAIO_LOG", &log_path);
+    }
+    let out = cmd.output().expect("run fio");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let report = std::fs::read_to_string(&json_path).unwrap_or_default();
+    assert!(
+        out.status.success(),
+        "fio {args:?} ({lib:?}) failed ({}):\n{stderr}\n{report}",
+        out.status
+    );
+    // fio may print notes before the JSON document.
+    let start = report.find('{').unwrap_or(0);
+    let json: serde_json::Value = serde_json::from_str(&report[start..])
+        .unwrap_or_else(|e| panic!("fio JSON: {e}\n{report}"));
+    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+    FioRun { json, stderr, log }
+}
+
+/// Sum of one direction's IOPS over the jobs of a run.
+pub fn fio_iops(run: &FioRun, dir: &str) -> f64 {
+    run.json["jobs"]
+        .as_array()
+        .expect("jobs")
+        .iter()
+        .map(|j| j[dir]["iops"].as_f64().unwrap_or(0.0))
+        .sum()
 }
