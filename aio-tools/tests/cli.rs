@@ -1,0 +1,310 @@
+//! The `aio-tools` binary as a user runs it.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use assert_cmd::cargo::CommandCargoExt;
+
+fn tool() -> Command {
+    Command::cargo_bin("aio-tools").expect("aio-tools binary")
+}
+
+fn scratch_dir() -> PathBuf {
+    std::env::var_os("AIO_TEST_DIR").map_or_else(std::env::temp_dir, PathBuf::from)
+}
+
+fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+fn is_root() -> bool {
+    // SAFETY: no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn require_root(what: &str) -> bool {
+    if is_root() {
+        return true;
+    }
+    assert!(!in_ci(), "{what} needs root, and CI runs as root");
+    eprintln!("skipping {what}: needs root");
+    false
+}
+
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+fn run(args: &[&str]) -> Run {
+    let out = tool().args(args).output().expect("run aio-tools");
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+fn sh(cmd: &str, args: &[&str]) -> String {
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// A loop device over a sparse image, detached on drop (also on panic).
+struct LoopDev {
+    dev: String,
+    _dir: tempfile::TempDir,
+}
+
+impl LoopDev {
+    fn new(size_mib: u64) -> LoopDev {
+        let dir = tempfile::tempdir().unwrap();
+        let image = dir.path().join("disk.img");
+        std::fs::File::create(&image)
+            .unwrap()
+            .set_len(size_mib << 20)
+            .unwrap();
+        let dev = sh("losetup", &["--find", "--show", image.to_str().unwrap()]);
+        LoopDev { dev, _dir: dir }
+    }
+}
+
+impl Drop for LoopDev {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").args(["-d", &self.dev]).status();
+    }
+}
+
+/// A mount, unmounted on drop.
+struct Mounted {
+    at: PathBuf,
+    // Removed after the unmount in Drop.
+    _dir: tempfile::TempDir,
+}
+
+impl Mounted {
+    fn new(dev: &str) -> Mounted {
+        let dir = tempfile::tempdir().unwrap();
+        let at = dir.path().to_path_buf();
+        sh("mount", &[dev, at.to_str().unwrap()]);
+        Mounted { at, _dir: dir }
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.at).status();
+    }
+}
+
+fn file_in(dir: &Path) -> (tempfile::TempDir, String) {
+    let d = tempfile::tempdir_in(dir).unwrap();
+    let f = d.path().join("vectest.dat").to_str().unwrap().to_owned();
+    (d, f)
+}
+
+#[test]
+fn vectest_passes_on_a_default_scratch_file_and_removes_it() {
+    let r = run(&["vectest", "--size", "8M", "--seed", "11", "--json"]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).expect("JSON summary");
+    assert_eq!(
+        (v["result"].as_str(), v["mismatched_requests"].as_u64()),
+        (Some("pass"), Some(0))
+    );
+    let scratch = v["target"].as_str().unwrap();
+    assert!(scratch.starts_with(std::env::temp_dir().to_str().unwrap()));
+    assert!(
+        !Path::new(scratch).exists(),
+        "the scratch file {scratch} is removed"
+    );
+    // The human summary names what the issue asks for.
+    let r = run(&["vectest", "--size", "4M", "--passes", "1"]);
+    assert_eq!(r.code, 0);
+    for word in [
+        "PASS:",
+        "requests",
+        "bytes",
+        "IOPS",
+        "MiB/s",
+        "p50",
+        "p99",
+        "p99.9",
+        "mismatched",
+    ] {
+        assert!(r.stdout.contains(word), "{word} missing in {}", r.stdout);
+    }
+}
+
+#[test]
+fn vectest_passes_buffered_and_direct_on_a_file() {
+    let (_d, f) = file_in(&scratch_dir());
+    let r = run(&[
+        "vectest",
+        &f,
+        "--size",
+        "8M",
+        "--buffered",
+        "--passes",
+        "2",
+        "--json",
+    ]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).expect("JSON summary");
+    assert_eq!(v["result"], "pass");
+    assert_eq!(
+        v["bytes"],
+        4 * (8 << 20),
+        "2 passes x (write + read) x 8 MiB"
+    );
+    assert_eq!(v["direct"], false);
+
+    let r = run(&["vectest", &f, "--size", "8M", "--direct", "--json"]);
+    if r.code == 2 && r.stderr.contains("does not support O_DIRECT") {
+        eprintln!("skipping O_DIRECT: {}", r.stderr);
+        return;
+    }
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(
+        (v["result"].as_str(), v["direct"].as_bool()),
+        (Some("pass"), Some(true))
+    );
+}
+
+#[test]
+fn vectest_reports_a_misplaced_block_with_both_offsets() {
+    let (_d, f) = file_in(&scratch_dir());
+    let r = run(&[
+        "vectest",
+        &f,
+        "--size",
+        "4M",
+        "--passes",
+        "1",
+        "--seed",
+        "77",
+        "--inject-misplaced-block",
+        "1M",
+    ]);
+    assert_eq!(
+        r.code, 1,
+        "a detected corruption exits 1: {}{}",
+        r.stdout, r.stderr
+    );
+    assert!(
+        r.stdout.contains(
+            "MISMATCH at offset 1048576 expected data of offset 1048576 pass 1, \
+             found data of offset 1052672 pass 1"
+        ),
+        "{}",
+        r.stdout
+    );
+    assert!(r.stdout.contains("FAIL:"));
+}
+
+#[test]
+fn vectest_passes_on_a_raw_loop_device() {
+    if !require_root("vectest on a loop device") {
+        return;
+    }
+    let lo = LoopDev::new(32);
+    let r = run(&["vectest", &lo.dev, "--passes", "1", "--json"]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(v["kind"], "block device");
+    assert_eq!(v["direct"], true);
+    assert_eq!(v["size"], 32 << 20);
+}
+
+#[test]
+fn vectest_refuses_formatted_and_mounted_devices() {
+    if !require_root("vectest's device refusals") {
+        return;
+    }
+    let lo = LoopDev::new(32);
+    sh("mkfs.ext4", &["-q", "-F", &lo.dev]);
+    let r = run(&["vectest", &lo.dev]);
+    assert_eq!(r.code, 2, "{}{}", r.stdout, r.stderr);
+    assert!(
+        r.stderr
+            .contains("ext4 filesystem (signature at byte 1080)"),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("--force"));
+
+    {
+        let m = Mounted::new(&lo.dev);
+        let r = run(&["vectest", &lo.dev, "--force"]);
+        assert_eq!(r.code, 2, "{}{}", r.stdout, r.stderr);
+        assert!(
+            r.stderr.contains(&format!("mounted at {}", m.at.display())),
+            "{}",
+            r.stderr
+        );
+    }
+
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        let _held = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_EXCL)
+            .open(&lo.dev)
+            .unwrap();
+        let r = run(&["vectest", &lo.dev, "--force"]);
+        assert_eq!(r.code, 2, "{}{}", r.stdout, r.stderr);
+        assert!(
+            r.stderr.contains("another program has it open exclusively"),
+            "{}",
+            r.stderr
+        );
+    }
+
+    // Unmounted again: --force overwrites the filesystem and passes.
+    let r = run(&["vectest", &lo.dev, "--force", "--passes", "1"]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    assert!(r.stderr.contains("--force: overwriting ext4 filesystem"));
+}
+
+#[test]
+fn vectest_refuses_bad_arguments_with_exit_2() {
+    let r = run(&["vectest", "--max-segments", "1025"]);
+    assert_eq!(r.code, 2);
+    let r = run(&["vectest", "/proc/self"]);
+    assert_eq!(r.code, 2);
+    assert!(
+        r.stderr
+            .contains("neither a regular file nor a block device"),
+        "{}",
+        r.stderr
+    );
+    let r = run(&["vectest", "--size", "12q"]);
+    assert_eq!(r.code, 2);
+}
+
+#[test]
+fn probe_json_parses_and_reports_this_kernel() {
+    let r = run(&["probe", "--json", scratch_dir().to_str().unwrap()]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).expect("probe --json is JSON");
+    assert_eq!(v["aio_works"], true);
+    assert_eq!(v["opcodes"]["PREADV"], true);
+    assert_eq!(v["opcodes"]["NOOP"], "EINVAL");
+    assert!(v["path"]["filesystem"].is_string());
+    assert!(
+        v["kernel"]
+            .as_str()
+            .unwrap()
+            .starts_with(|c: char| c.is_ascii_digit())
+    );
+}
