@@ -109,6 +109,14 @@ pub(crate) fn setup_error(depth: u32, e: Errno) -> io::Error {
     explained(e, message)
 }
 
+fn is_directory(fd: i32) -> bool {
+    let mut st = std::mem::MaybeUninit::<libc::stat>::zeroed();
+    // SAFETY: fstat fills the buffer it is given; a bad fd only fails.
+    let ok = unsafe { libc::fstat(fd, st.as_mut_ptr()) } == 0;
+    // SAFETY: zeroed before, filled on success.
+    ok && unsafe { st.assume_init() }.st_mode & libc::S_IFMT == libc::S_IFDIR
+}
+
 /// The error for a request that `io_submit` refused (`synchronous`) or
 /// that completed with `-errno` in its event.
 pub(crate) fn request_error(
@@ -136,6 +144,9 @@ pub(crate) fn request_error(
         Errno::EINVAL if rw && segments as u64 > UIO_MAXIOV => format!(
             "{name}: {segments} segments exceed the kernel's limit of {UIO_MAXIOV} (UIO_MAXIOV)"
         ),
+        Errno::EINVAL if rw && is_directory(iocb.fd()) => {
+            format!("{name}: the file is a directory, which has no asynchronous read or write")
+        }
         Errno::EINVAL if rw => match align::explain_einval(iocb.fd()) {
             Some(text) => format!("{name}: {text}"),
             None => return io::Error::from_raw_os_error(errno.0),

@@ -56,6 +56,63 @@
 //! one context per thread for parallel submission (contexts are cheap, but
 //! each counts against `fs.aio-max-nr`).
 //!
+//! A context belongs to the process that created it: do not use it in a
+//! `fork` child (the kernel refuses the child's calls; the ring is shared).
+//!
+//! # Misuse that does not compile
+//!
+//! An owned request cannot borrow its buffer:
+//!
+//! ```compile_fail
+//! let file = tempfile::tempfile().unwrap();
+//! let ctx = aio::Context::new(8).unwrap();
+//! let mut buf = vec![0u8; 8];
+//! let t = ctx.push(aio::Read::new(&file, &mut buf[..], 0));
+//! drop(buf);
+//! t.wait();
+//! ```
+//!
+//! A buffer lent to a scope cannot be touched until the scope has waited:
+//!
+//! ```compile_fail
+//! let file = tempfile::tempfile().unwrap();
+//! let ctx = aio::Context::new(8).unwrap();
+//! let mut buf = [0u8; 8];
+//! ctx.scope(|s| {
+//!     s.read_at(&file, &mut buf, 0);
+//!     buf[0] = 1;
+//! });
+//! ```
+//!
+//! A buffer local to the scope's closure cannot be lent (it would die
+//! before the scope waits):
+//!
+//! ```compile_fail
+//! let file = tempfile::tempfile().unwrap();
+//! let ctx = aio::Context::new(8).unwrap();
+//! ctx.scope(|s| {
+//!     let mut buf = [0u8; 8];
+//!     s.read_at(&file, &mut buf, 0);
+//! });
+//! ```
+//!
+//! A scoped ticket cannot leave its scope:
+//!
+//! ```compile_fail
+//! let file = tempfile::tempfile().unwrap();
+//! let ctx = aio::Context::new(8).unwrap();
+//! let mut buf = [0u8; 8];
+//! let t = ctx.scope(|s| s.read_at(&file, &mut buf, 0));
+//! ```
+//!
+//! A context is not shared between threads (and tickets, which borrow it,
+//! stay on its thread):
+//!
+//! ```compile_fail
+//! fn shared<T: Sync>() {}
+//! shared::<aio::Context>();
+//! ```
+//!
 //! # Batching and the hot path
 //!
 //! Requests pushed before a [`Context::submit`], [`Context::wait`] or
@@ -63,7 +120,10 @@
 //! the ring is full; `EAGAIN` or a short count is back-pressure (reap, then
 //! submit the rest). Completions are read from the shared ring without a
 //! system call whenever they are there; `io_getevents` is used only to
-//! sleep ([`Reap`]). Slots (iocb, iovec storage, buffer storage) are reused,
+//! sleep ([`Reap`]). Note that Linux completes buffered file I/O inside
+//! `io_submit`, and a read of an empty pipe blocks there: only `O_DIRECT`
+//! on block devices and most filesystems is truly asynchronous (poll a pipe
+//! first with [`Poll`]). Slots (iocb, iovec storage, buffer storage) are reused,
 //! so a steady stream of requests allocates nothing. [`Context::stats`]
 //! counts requests, `io_submit` and `io_getevents` calls and ring reaps.
 //!

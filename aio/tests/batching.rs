@@ -116,3 +116,47 @@ fn dropped_tickets_still_run_and_release_their_slots() {
     }
     assert_eq!(ctx.stats().completions, 100);
 }
+
+#[test]
+fn eventfd_counts_completions() {
+    let s = scratch_in(&shm_dir(), false);
+    let ctx = Context::builder()
+        .queue_depth(8)
+        .eventfd(true)
+        .build()
+        .unwrap();
+    for i in 0..3u64 {
+        let (n, _) = ctx.run(aio::Write::new(&s.file, vec![1u8; 4], i * 4));
+        assert_eq!(n.unwrap(), 4);
+    }
+    let fd = ctx.eventfd().expect("eventfd requested");
+    let mut count = [0u8; 8];
+    // SAFETY: reads 8 bytes into a local buffer.
+    let n = unsafe {
+        libc::read(
+            std::os::fd::AsRawFd::as_raw_fd(&fd),
+            count.as_mut_ptr().cast(),
+            8,
+        )
+    };
+    assert_eq!(n, 8);
+    assert_eq!(u64::from_ne_bytes(count), 3);
+}
+
+#[test]
+fn a_context_with_requests_in_flight_moves_to_another_thread() {
+    let mut s = scratch_in(&shm_dir(), false);
+    s.file.write_all(&[4u8; 64 * 1024]).unwrap();
+    let ctx = Context::new(16).unwrap();
+    for i in 0..16u64 {
+        drop(ctx.push(Read::new(&s.file, vec![0u8; 4096], i * 4096)));
+    }
+    ctx.submit();
+    let ctx = std::thread::spawn(move || {
+        ctx.drain();
+        ctx
+    })
+    .join()
+    .unwrap();
+    assert_eq!(ctx.stats().completions, 16);
+}

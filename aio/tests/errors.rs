@@ -161,3 +161,13 @@ fn too_many_segments_are_explained() {
     assert!(e.to_string().contains("UIO_MAXIOV"), "{e}");
     assert_eq!(bufs.len(), 1025);
 }
+
+#[test]
+fn reading_a_directory_is_explained() {
+    let dir = std::fs::File::open(scratch_dir()).unwrap();
+    let ctx = Context::new(8).unwrap();
+    let (r, _) = ctx.run(Read::new(&dir, vec![0u8; 8], 0));
+    let e = r.expect_err("read of a directory");
+    assert_eq!(errno(&e), Some(libc::EINVAL));
+    assert!(e.to_string().contains("directory"), "{e}");
+}
