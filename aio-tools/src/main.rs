@@ -3,6 +3,7 @@
 //! Exit codes: 0 the check passed, 1 the check failed, 2 a usage or
 //! environment error (the message says what to do).
 
+mod bench;
 mod probe;
 mod stats;
 mod vectest;
@@ -51,6 +52,8 @@ enum Cmd {
     Vectest(vectest::VectestArgs),
     /// Report what native AIO can do on this kernel (and at PATH).
     Probe(probe::ProbeArgs),
+    /// Measure IOPS, bandwidth, latency and CPU per request (fio-like).
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -63,6 +66,7 @@ fn main() -> ExitCode {
     let exit = match &cli.cmd {
         Cmd::Vectest(a) => vectest::run(a, out),
         Cmd::Probe(a) => probe::run(a, out),
+        Cmd::Bench(a) => bench::run(a, out),
     };
     ExitCode::from(exit as u8)
 }

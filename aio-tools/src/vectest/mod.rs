@@ -14,7 +14,9 @@ use std::path::PathBuf;
 
 use crate::stats::parse_size;
 
+pub use plan::Rng;
 pub use run::run;
+pub use target::{block_device_size, logical_block_size, signatures_on};
 
 /// The command's arguments.
 #[derive(clap::Args, Debug)]

@@ -1,0 +1,417 @@
+//! `aio-tools bench`: fio-like throughput and latency of the safe API.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use aio::{AlignedBuf, Context, ReadV, Ticket, WriteV};
+use serde_json::json;
+
+use crate::stats::{Latencies, mib_per_s, parse_duration, parse_size, per_s};
+use crate::vectest::{Rng, block_device_size};
+use crate::{Exit, Output};
+
+/// The I/O pattern, as fio's `--rw`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Rw {
+    /// Random reads.
+    Randread,
+    /// Random writes.
+    Randwrite,
+    /// Sequential reads.
+    Read,
+    /// Sequential writes.
+    Write,
+    /// Random, half reads and half writes.
+    Randrw,
+}
+
+impl Rw {
+    fn random(self) -> bool {
+        matches!(self, Rw::Randread | Rw::Randwrite | Rw::Randrw)
+    }
+    fn writes(self) -> bool {
+        !matches!(self, Rw::Randread | Rw::Read)
+    }
+}
+
+/// The command's arguments.
+#[derive(clap::Args, Debug)]
+pub struct BenchArgs {
+    /// A file (created and laid out if needed) or a block device.
+    pub target: PathBuf,
+    /// The access pattern.
+    #[arg(long, value_enum, default_value_t = Rw::Randread)]
+    pub rw: Rw,
+    /// Bytes per segment (a request is --segments of them).
+    #[arg(long, default_value = "4k", value_parser = parse_size)]
+    pub bs: u64,
+    /// Segments per request: more than 1 uses PREADV/PWRITEV with that many iovecs.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub segments: u16,
+    /// Requests in flight.
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=65536))]
+    pub iodepth: u32,
+    /// Completions to wait for before refilling the queue (as fio's
+    /// iodepth_batch_complete_min); refills go to the kernel in one io_submit.
+    #[arg(long, default_value_t = 1)]
+    pub batch: u32,
+    /// Use O_DIRECT (always on for block devices).
+    #[arg(long)]
+    pub direct: bool,
+    /// How long to run (ms, s, m suffixes).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub runtime: Duration,
+    /// Bytes of the target to use (default: the file's size, or 1G for a new
+    /// file; the whole device).
+    #[arg(long, value_parser = parse_size)]
+    pub size: Option<u64>,
+    /// Write on a block device even if it holds a filesystem or partition
+    /// table.
+    #[arg(long)]
+    pub force: bool,
+    /// Seed of the offsets.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+}
+
+struct Target {
+    file: File,
+    size: u64,
+    align: usize,
+}
+
+fn open(args: &BenchArgs) -> Result<Target, String> {
+    let meta = std::fs::metadata(&args.target).ok();
+    let device = meta
+        .as_ref()
+        .is_some_and(|m| m.file_type().is_block_device());
+    let direct = args.direct || device;
+    let mut opts = OpenOptions::new();
+    opts.read(true).write(args.rw.writes() || !device);
+    if !device {
+        opts.create(true);
+    }
+    if direct {
+        opts.custom_flags(libc::O_DIRECT);
+    }
+    let name = args.target.display();
+    let file = opts
+        .open(&args.target)
+        .map_err(|e| format!("cannot open {name}: {e}"))?;
+    if device && args.rw.writes() {
+        let sector = crate::vectest::logical_block_size(&file).map_err(|e| e.to_string())?;
+        let sigs = crate::vectest::signatures_on(&file, sector).map_err(|e| e.to_string())?;
+        if !sigs.is_empty() && !args.force {
+            let what: Vec<&str> = sigs.iter().map(|s| s.kind).collect();
+            return Err(format!(
+                "refusing to write {name}: it holds {}; pass --force to overwrite it",
+                what.join(", ")
+            ));
+        }
+    }
+    let align = if direct {
+        let a = aio::dio_alignment(&file).map_err(|e| e.to_string())?;
+        a.memory.max(a.offset)
+    } else {
+        8
+    };
+    let have = if device {
+        block_device_size(&file).map_err(|e| e.to_string())?
+    } else {
+        file.metadata().map_err(|e| e.to_string())?.len()
+    };
+    let size = args.size.unwrap_or(if have > 0 { have } else { 1 << 30 });
+    let size = if device { size.min(have) } else { size };
+    let req = args.bs * args.segments as u64;
+    if size < req {
+        return Err(format!(
+            "--size {size} is smaller than one request ({req} bytes)"
+        ));
+    }
+    if args.bs % align as u64 != 0 {
+        return Err(format!(
+            "--bs must be a multiple of {align} bytes for O_DIRECT here"
+        ));
+    }
+    if !device && have < size {
+        lay_out(&file, have, size, direct, align)
+            .map_err(|e| format!("cannot lay out {name}: {e}"))?;
+    }
+    Ok(Target {
+        file,
+        size: size / align as u64 * align as u64,
+        align,
+    })
+}
+
+/// Fills a new file with data up to `size`, so reads read real blocks.
+fn lay_out(file: &File, from: u64, size: u64, direct: bool, align: usize) -> io::Result<()> {
+    let chunk = 1 << 20;
+    let mut buf = AlignedBuf::new(chunk, align.max(4096));
+    let mut rng = Rng::new(0x1a1d);
+    for b in buf.chunks_mut(8) {
+        b.copy_from_slice(&rng.next_u64().to_le_bytes()[..b.len()]);
+    }
+    let mut off = from / chunk as u64 * chunk as u64;
+    while off < size {
+        let n = chunk.min((size - off) as usize);
+        let n = if direct { n.div_ceil(align) * align } else { n };
+        file.write_all_at(&buf[..n], off)?;
+        off += n as u64;
+    }
+    file.sync_all()
+}
+
+enum Pending<'a> {
+    Idle(Vec<AlignedBuf>),
+    Read(Ticket<'a, ReadV<Vec<AlignedBuf>>>, Instant),
+    Write(Ticket<'a, WriteV<Vec<AlignedBuf>>>, Instant),
+}
+
+/// What a run measured.
+struct Measured {
+    requests: u64,
+    bytes: u64,
+    errors: u64,
+    first_error: Option<String>,
+    elapsed: Duration,
+    latencies: Latencies,
+    cpu_user: Duration,
+    cpu_sys: Duration,
+    stats: aio::Stats,
+}
+
+fn cpu_times() -> (Duration, Duration) {
+    // SAFETY: getrusage fills the struct we pass.
+    let ru = unsafe {
+        let mut ru: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut ru);
+        ru
+    };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    (tv(ru.ru_utime), tv(ru.ru_stime))
+}
+
+fn measure(args: &BenchArgs, t: &Target, ctx: &Context) -> Measured {
+    let seg = args.bs as usize;
+    let req_len = args.bs * args.segments as u64;
+    let slots = t.size / req_len;
+    let mut rng = Rng::new(args.seed);
+    let mut next_seq = 0u64;
+    let mut pick = |rng: &mut Rng| {
+        let slot = if args.rw.random() {
+            rng.range(0, slots - 1)
+        } else {
+            let s = next_seq;
+            next_seq = (next_seq + 1) % slots;
+            s
+        };
+        slot * req_len
+    };
+    let mut pending: Vec<Pending<'_>> = (0..args.iodepth)
+        .map(|_| {
+            Pending::Idle(
+                (0..args.segments)
+                    .map(|_| AlignedBuf::new(seg, t.align))
+                    .collect(),
+            )
+        })
+        .collect();
+    let mut m = Measured {
+        requests: 0,
+        bytes: 0,
+        errors: 0,
+        first_error: None,
+        elapsed: Duration::ZERO,
+        latencies: Latencies::default(),
+        cpu_user: Duration::ZERO,
+        cpu_sys: Duration::ZERO,
+        stats: ctx.stats(),
+    };
+    let (u0, s0) = cpu_times();
+    let start = Instant::now();
+    let deadline = start + args.runtime;
+    let mut in_flight = 0usize;
+    let mut done_since_refill = usize::MAX;
+    loop {
+        let now = Instant::now();
+        let running = now < deadline;
+        if running && done_since_refill >= args.batch as usize {
+            for p in pending.iter_mut() {
+                if let Pending::Idle(_) = p {
+                    let Pending::Idle(bufs) = std::mem::replace(p, Pending::Idle(Vec::new()))
+                    else {
+                        unreachable!()
+                    };
+                    let off = pick(&mut rng);
+                    let write = match args.rw {
+                        Rw::Randrw => rng.next_u64() & 1 == 1,
+                        rw => rw.writes(),
+                    };
+                    *p = if write {
+                        Pending::Write(ctx.push(WriteV::new(&t.file, bufs, off)), now)
+                    } else {
+                        Pending::Read(ctx.push(ReadV::new(&t.file, bufs, off)), now)
+                    };
+                    in_flight += 1;
+                }
+            }
+            done_since_refill = 0;
+        }
+        if in_flight == 0 {
+            break;
+        }
+        ctx.wait();
+        let now = Instant::now();
+        for p in pending.iter_mut() {
+            let done = match p {
+                Pending::Idle(_) => continue,
+                Pending::Read(tk, _) => tk.is_done(),
+                Pending::Write(tk, _) => tk.is_done(),
+            };
+            if !done {
+                continue;
+            }
+            let (res, bufs, started) = match std::mem::replace(p, Pending::Idle(Vec::new())) {
+                Pending::Read(tk, s) => {
+                    let (r, b) = tk.wait();
+                    (r, b, s)
+                }
+                Pending::Write(tk, s) => {
+                    let (r, b) = tk.wait();
+                    (r, b, s)
+                }
+                Pending::Idle(_) => unreachable!(),
+            };
+            *p = Pending::Idle(bufs);
+            in_flight -= 1;
+            done_since_refill += 1;
+            m.requests += 1;
+            m.latencies.record(now - started);
+            match res {
+                Ok(n) => m.bytes += n as u64,
+                Err(e) => {
+                    m.errors += 1;
+                    m.first_error.get_or_insert_with(|| e.to_string());
+                }
+            }
+        }
+    }
+    m.elapsed = start.elapsed();
+    let (u1, s1) = cpu_times();
+    m.cpu_user = u1 - u0;
+    m.cpu_sys = s1 - s0;
+    let after = ctx.stats();
+    m.stats = aio::Stats {
+        requests: after.requests - m.stats.requests,
+        submitted: after.submitted - m.stats.submitted,
+        submit_calls: after.submit_calls - m.stats.submit_calls,
+        getevents_calls: after.getevents_calls - m.stats.getevents_calls,
+        ring_reaps: after.ring_reaps - m.stats.ring_reaps,
+        completions: after.completions - m.stats.completions,
+    };
+    m
+}
+
+/// Runs the benchmark and prints it.
+pub fn run(args: &BenchArgs, out: Output) -> Exit {
+    let t = match open(args) {
+        Ok(t) => t,
+        Err(msg) => {
+            eprintln!("aio-tools bench: {msg}");
+            return Exit::Usage;
+        }
+    };
+    let ctx = match Context::builder().queue_depth(args.iodepth).build() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("aio-tools bench: cannot create an AIO context: {e}");
+            return Exit::Usage;
+        }
+    };
+    let m = measure(args, &t, &ctx);
+    let lat = m.latencies.summary_us();
+    let cpu = m.cpu_user + m.cpu_sys;
+    let cpu_per_req_us = cpu.as_nanos() as f64 / 1000.0 / m.requests.max(1) as f64;
+    let per_submit = m.stats.submitted as f64 / m.stats.submit_calls.max(1) as f64;
+    match out {
+        Output::Json => {
+            let v = json!({
+                "target": args.target.display().to_string(),
+                "rw": format!("{:?}", args.rw).to_lowercase(),
+                "bs": args.bs,
+                "segments": args.segments,
+                "iodepth": args.iodepth,
+                "batch": args.batch,
+                "direct": args.direct,
+                "size": t.size,
+                "api": "sync",
+                "driver": "kernel",
+                "requests": m.requests,
+                "bytes": m.bytes,
+                "errors": m.errors,
+                "first_error": m.first_error,
+                "elapsed_s": m.elapsed.as_secs_f64(),
+                "iops": per_s(m.requests, m.elapsed),
+                "mib_per_s": mib_per_s(m.bytes, m.elapsed),
+                "latency_us": lat.iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
+                "cpu": {
+                    "user_s": m.cpu_user.as_secs_f64(),
+                    "system_s": m.cpu_sys.as_secs_f64(),
+                    "per_request_us": cpu_per_req_us,
+                },
+                "syscalls": {
+                    "io_submit": m.stats.submit_calls,
+                    "io_getevents": m.stats.getevents_calls,
+                    "ring_reaps": m.stats.ring_reaps,
+                    "requests_per_submit": per_submit,
+                },
+            });
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&v).expect("JSON of plain values")
+            );
+        }
+        Output::Human => {
+            println!(
+                "{:?} bs={}x{} iodepth={} {}: {} requests in {:.2}s",
+                args.rw,
+                args.bs,
+                args.segments,
+                args.iodepth,
+                if args.direct { "direct" } else { "buffered" },
+                m.requests,
+                m.elapsed.as_secs_f64()
+            );
+            println!(
+                "  {:.0} IOPS, {:.1} MiB/s; latency p50 {:.1} us, p99 {:.1} us, p99.9 {:.1} us",
+                per_s(m.requests, m.elapsed),
+                mib_per_s(m.bytes, m.elapsed),
+                lat[0].1,
+                lat[1].1,
+                lat[2].1
+            );
+            println!(
+                "  cpu: user {:.2}s, system {:.2}s, {:.2} us per request",
+                m.cpu_user.as_secs_f64(),
+                m.cpu_sys.as_secs_f64(),
+                cpu_per_req_us
+            );
+            println!(
+                "  syscalls: {} io_submit ({:.1} requests each), {} io_getevents, {} ring reaps",
+                m.stats.submit_calls, per_submit, m.stats.getevents_calls, m.stats.ring_reaps
+            );
+            if let Some(e) = &m.first_error {
+                println!("  {} errors, the first: {e}", m.errors);
+            }
+        }
+    }
+    if m.errors == 0 {
+        Exit::Pass
+    } else {
+        Exit::CheckFailed
+    }
+}
