@@ -29,10 +29,19 @@ pub type IoCallback =
 const KERNEL_SIGSET_SIZE: u64 = aio_sys::KERNEL_SIGSET_SIZE;
 
 /// The lowest address user memory can have (`mmap_min_addr` is at least a
-/// page), and the top of the 47-bit user address space of x86-64 and arm64
-/// (`TASK_SIZE` without 5-level paging).
+/// page).
 const USER_MIN: u64 = 4096;
+/// The top of the user address space this library reads from directly:
+/// x86-64's `TASK_SIZE` with 4-level paging (higher pointers, possible with
+/// 5-level paging, take the system call path, which is always correct).
+#[cfg(target_arch = "x86_64")]
 const USER_MAX: u64 = 0x0000_7fff_ffff_f000;
+/// arm64 with 48-bit virtual addresses.
+#[cfg(target_arch = "aarch64")]
+const USER_MAX: u64 = 1 << 48;
+/// riscv64 up to Sv48.
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+const USER_MAX: u64 = 1 << 47;
 
 /// Whether `len` bytes at `p` could be user memory. Pointers that cannot be
 /// (NULL, the zero page, kernel addresses, wrap-around) are passed to the

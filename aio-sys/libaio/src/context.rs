@@ -87,10 +87,14 @@ impl Context {
     /// whose ring stays mapped until [`remove`] has returned it and
     /// [`Context::kill`] has run.
     pub(crate) unsafe fn new(id: AioContext, backend: Backend) -> Context {
-        // SAFETY: forwarded from the caller: the ring at `id` is mapped.
-        // RingView checks the header and reaps through the system call only
-        // if it does not recognise it.
-        let view = unsafe { RingView::new(id) };
+        let view = if ring_reaping_enabled() {
+            // SAFETY: forwarded from the caller: the ring at `id` is mapped.
+            // RingView checks the header and reaps through the system call
+            // only if it does not recognise it.
+            unsafe { RingView::new(id) }
+        } else {
+            RingView::syscall_only(id)
+        };
         Context {
             id,
             backend,
@@ -144,6 +148,14 @@ impl Context {
     pub(crate) fn kill(&self) {
         self.lock().view = None;
     }
+}
+
+/// `AIO_LIBAIO_RING_REAP=0` turns user-space reaping off: every
+/// completion then comes through the wait system call, as with the original
+/// libaio. For tools that do not see the kernel write the ring (valgrind).
+fn ring_reaping_enabled() -> bool {
+    static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ENABLED.get_or_init(|| std::env::var_os("AIO_LIBAIO_RING_REAP").is_none_or(|v| v != "0"))
 }
 
 /// `io_context_t` values are page addresses: drop the page offset and mix.

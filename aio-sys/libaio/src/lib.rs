@@ -17,6 +17,8 @@
 //! - When the kernel refuses AIO (`ENOSYS`, or `EPERM` from a seccomp
 //!   filter), contexts are served by the `aio-kernel` engine instead (see
 //!   [`driver`]); `AIO_LIBAIO_DRIVER=kernel|engine|auto` chooses.
+//! - `AIO_LIBAIO_RING_REAP=0` turns ring reaping off (for valgrind, which
+//!   does not see the kernel write the ring).
 //! - `AIO_LIBAIO_LOG=stderr|<path>` makes the library say that it was
 //!   loaded, which driver serves each context, and at `io_destroy` how many
 //!   completions came from the ring versus from system calls.

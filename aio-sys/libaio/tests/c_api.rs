@@ -211,6 +211,44 @@ fn auto_driver_falls_back_to_the_engine_when_the_kernel_refuses() {
     }
 }
 
+/// `LD_PRELOAD` works as well as `LD_LIBRARY_PATH`: a program built
+/// against the system's libaio gets our functions.
+#[test]
+fn ld_preload_interposes_our_library() {
+    let Some(exe) = c_api(Against::System) else {
+        return;
+    };
+    let work = scratch();
+    let log = work.path().join("aio-libaio.log");
+    let dir = work.path().to_str().expect("utf-8 path");
+    let out = std::process::Command::new(&exe)
+        .args(["ring", dir])
+        .env_remove("LD_LIBRARY_PATH")
+        .env("LD_PRELOAD", common::lib_dir().join("libaio.so.1"))
+        .env("AIO_LIBAIO_LOG", &log)
+        .output()
+        .expect("run c_api");
+    assert_success("c_api ring with LD_PRELOAD", &out);
+    let log = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        log.contains("3200 events reaped from the ring in 100 calls, 0 calls waited in the kernel"),
+        "{log}"
+    );
+}
+
+/// With `AIO_LIBAIO_RING_REAP=0` every completion comes through the
+/// system call, as with the original libaio.
+#[test]
+fn ring_reaping_can_be_turned_off() {
+    let Some(log) = run_subtest(Against::Ours, "ring", &[("AIO_LIBAIO_RING_REAP", "0")]) else {
+        return;
+    };
+    assert!(
+        log.contains("0 events reaped from the ring in 0 calls, 100 calls waited in the kernel"),
+        "{log}"
+    );
+}
+
 /// `AIO_LIBAIO_DRIVER=kernel` under a filter that refuses io_setup: the
 /// refusal reaches the program as libaio returns it.
 #[test]
