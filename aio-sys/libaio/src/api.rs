@@ -503,3 +503,35 @@ pub unsafe extern "C" fn io_queue_wait_0_1(ctx: IoContext, timeout: *mut timespe
     // SAFETY: forwarded.
     unsafe { io_queue_wait(ctx, timeout) }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plausible_rejects_what_cannot_be_user_memory() {
+        assert!(!plausible(0, 32));
+        assert!(!plausible(8, 32));
+        assert!(!plausible(u64::MAX, 1));
+        assert!(!plausible(u64::MAX - 8, 32));
+        assert!(!plausible(0xffff_8880_0000_0000, 32));
+        assert!(!plausible(USER_MAX - 16, 32));
+        assert!(plausible(USER_MAX - 32, 32));
+        assert!(plausible(0x7f00_0000_0000, 32 * 1024));
+        assert!(plausible(USER_MIN, 0));
+    }
+
+    #[test]
+    fn errors_are_negative_errno_and_errno_is_kept() {
+        // SAFETY: the calling thread's errno slot.
+        unsafe { *libc::__errno_location() = 4242 };
+        // SAFETY: a context id that is not one: the kernel rejects it.
+        let r = unsafe { io_destroy(0x1234_5000 as IoContext) };
+        assert_eq!(r, -libc::EINVAL);
+        // SAFETY: as above.
+        assert_eq!(unsafe { *libc::__errno_location() }, 4242);
+        // SAFETY: maxevents 0 is rejected before any pointer is used.
+        let r = unsafe { io_queue_init(0, ptr::null_mut()) };
+        assert_eq!(r, -libc::EINVAL);
+    }
+}
