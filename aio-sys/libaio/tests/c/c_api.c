@@ -609,8 +609,11 @@ data:
 	close(p[1]);
 }
 
-/* Several threads reap one context, some in user space (min_nr 0), some
- * waiting in the kernel; every event must be delivered exactly once. */
+/* Several threads reap one context; every event must be delivered exactly
+ * once. For the first half of the events all four reap in user space
+ * (min_nr 0: the ring, under the library's per-context lock); for the second
+ * half two of them wait in the kernel (min_nr 1 with a timeout), which turns
+ * user-space reaping off while they are there. */
 enum { THREADS = 4, TOTAL = 20000 };
 static io_context_t th_ctx;
 static atomic_int th_reaped;
@@ -622,8 +625,9 @@ static void *reaper(void *arg)
 	struct io_event evs[16];
 	while (atomic_load(&th_reaped) < TOTAL) {
 		struct timespec ts = {0, 5 * 1000000L};
-		int r = id % 2 ? io_getevents(th_ctx, 1, 16, evs, &ts)
-			       : io_getevents(th_ctx, 0, 16, evs, NULL);
+		int wait = id % 2 && atomic_load(&th_reaped) >= TOTAL / 2;
+		int r = wait ? io_getevents(th_ctx, 1, 16, evs, &ts)
+			     : io_getevents(th_ctx, 0, 16, evs, NULL);
 		CHECK(r >= 0);
 		for (int i = 0; i < r; i++) {
 			uintptr_t d = (uintptr_t)evs[i].data;
@@ -631,7 +635,7 @@ static void *reaper(void *arg)
 			CHECK(atomic_fetch_add(&th_seen[d], 1) == 0);
 		}
 		atomic_fetch_add(&th_reaped, r);
-		if (r == 0 && id % 2 == 0)
+		if (r == 0 && !wait)
 			sched_yield();
 	}
 	return NULL;
