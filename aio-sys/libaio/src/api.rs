@@ -287,22 +287,20 @@ unsafe fn getevents(
             wait_in(backend, id, min_nr, nr, events, timeout, sigmask)
         });
     }
-    // The ring holds at most `ring_nr - 1` events: never ask for more room.
-    let room = (nr as usize).min(u32::MAX as usize);
-    let got = if room == 0 {
-        0
-    } else {
-        // SAFETY: `events` is aligned, plausible, and by the C contract
-        // writable for `nr` events; it does not overlap the ring.
-        let out = unsafe { core::slice::from_raw_parts_mut(events, room) };
-        match ctx.reap(out) {
-            Reaped::Ring(n) => n,
-            Reaped::UseSyscall => {
-                // SAFETY: forwarded from the caller.
-                return ctx.while_waiting(|| unsafe {
-                    wait_in(backend, id, min_nr, nr, events, timeout, sigmask)
-                });
-            }
+    // The ring never holds more than `ring_nr` events: the slice handed to
+    // the reaper is the part of the caller's array that can be filled.
+    let room = (nr as usize).min(ctx.ring_nr as usize);
+    // SAFETY: `events` is non-null, aligned, plausible, and by the C
+    // contract writable for `nr >= room` events; it does not overlap the
+    // ring.
+    let out = unsafe { core::slice::from_raw_parts_mut(events, room) };
+    let got = match ctx.reap(out) {
+        Reaped::Ring(n) => n,
+        Reaped::UseSyscall => {
+            // SAFETY: forwarded from the caller.
+            return ctx.while_waiting(|| unsafe {
+                wait_in(backend, id, min_nr, nr, events, timeout, sigmask)
+            });
         }
     };
     let got_l = got as c_long;

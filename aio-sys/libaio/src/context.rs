@@ -52,6 +52,8 @@ pub(crate) struct Context {
     pub(crate) id: AioContext,
     /// Who serves it.
     pub(crate) backend: Backend,
+    /// Capacity of the ring in events, 0 if it is not read from user space.
+    pub(crate) ring_nr: u32,
     generation: u64,
     state: Mutex<State>,
     /// Events copied out of the ring in user space.
@@ -98,6 +100,7 @@ impl Context {
         Context {
             id,
             backend,
+            ring_nr: view.capacity().unwrap_or(0),
             generation: GENERATION.load(Ordering::Acquire),
             state: Mutex::new(State {
                 view: Some(view),
