@@ -6,6 +6,7 @@
 mod bench;
 mod probe;
 mod stats;
+mod stress;
 mod vectest;
 
 use std::process::ExitCode;
@@ -54,6 +55,9 @@ enum Cmd {
     Probe(probe::ProbeArgs),
     /// Measure IOPS, bandwidth, latency and CPU per request (fio-like).
     Bench(bench::BenchArgs),
+    /// Long-running verified checks: mixed vectored I/O, O_APPEND writers,
+    /// sparse files with concurrent readers, contexts created under load.
+    Stress(stress::StressArgs),
 }
 
 fn main() -> ExitCode {
@@ -67,6 +71,7 @@ fn main() -> ExitCode {
         Cmd::Vectest(a) => vectest::run(a, out),
         Cmd::Probe(a) => probe::run(a, out),
         Cmd::Bench(a) => bench::run(a, out),
+        Cmd::Stress(a) => stress::run(a, out),
     };
     ExitCode::from(exit as u8)
 }

@@ -308,3 +308,93 @@ fn probe_json_parses_and_reports_this_kernel() {
             .starts_with(|c: char| c.is_ascii_digit())
     );
 }
+
+#[test]
+fn stress_for_ten_seconds_finishes_with_zero_errors() {
+    let dir = scratch_dir();
+    let r = run(&[
+        "stress",
+        "--duration",
+        "10s",
+        "--json",
+        "--dir",
+        dir.to_str().unwrap(),
+    ]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).expect("stress --json is JSON");
+    assert_eq!(
+        (v["errors"].as_u64(), v["mismatches"].as_u64()),
+        (Some(0), Some(0))
+    );
+    for w in ["mixed", "append", "sparse", "contexts"] {
+        assert!(
+            v["workloads"][w]["operations"].as_u64().unwrap() > 0,
+            "{w} ran: {v}"
+        );
+    }
+    let left = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("aio-stress-"))
+        .count();
+    assert_eq!(left, 0, "stress removes its files");
+}
+
+#[test]
+fn stress_stops_at_the_ops_limit() {
+    let r = run(&["stress", "--duration", "60s", "--ops", "20000", "--json"]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert!(
+        v["elapsed_s"].as_f64().unwrap() < 30.0,
+        "stopped by --ops, not --duration: {v}"
+    );
+}
+
+#[test]
+fn bench_reports_iops_latency_cpu_and_syscalls() {
+    let (_d, f) = file_in(&scratch_dir());
+    let r = run(&[
+        "bench",
+        &f,
+        "--size",
+        "16M",
+        "--runtime",
+        "1s",
+        "--iodepth",
+        "16",
+        "--json",
+    ]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).expect("bench --json is JSON");
+    assert!(v["requests"].as_u64().unwrap() > 100);
+    assert_eq!(v["errors"], 0);
+    assert!(v["iops"].as_f64().unwrap() > 0.0);
+    assert!(v["latency_us"]["p99"].as_f64().unwrap() >= v["latency_us"]["p50"].as_f64().unwrap());
+    assert!(v["cpu"]["per_request_us"].as_f64().unwrap() > 0.0);
+    // Batching: more requests than io_submit calls at depth 16.
+    assert!(
+        v["syscalls"]["requests_per_submit"].as_f64().unwrap() > 1.0,
+        "{v}"
+    );
+
+    let r = run(&[
+        "bench",
+        &f,
+        "--size",
+        "16M",
+        "--runtime",
+        "1s",
+        "--rw",
+        "randwrite",
+        "--segments",
+        "64",
+        "--json",
+    ]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(
+        v["bytes"].as_u64().unwrap(),
+        v["requests"].as_u64().unwrap() * 64 * 4096
+    );
+}

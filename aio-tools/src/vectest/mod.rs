@@ -14,7 +14,8 @@ use std::path::PathBuf;
 
 use crate::stats::parse_size;
 
-pub use plan::Rng;
+pub use pattern::{Pattern, Word};
+pub use plan::{Rng, split};
 pub use run::run;
 pub use target::{block_device_size, logical_block_size, signatures_on};
 

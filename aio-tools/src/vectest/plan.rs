@@ -87,7 +87,7 @@ pub fn plan(size: u64, shape: Shape, rng: &mut Rng) -> Vec<Request> {
 }
 
 /// `units` whole units split into `n` nonempty parts at random cut points.
-fn split(units: u64, n: usize, unit: u64, rng: &mut Rng) -> Vec<usize> {
+pub fn split(units: u64, n: usize, unit: u64, rng: &mut Rng) -> Vec<usize> {
     let mut cuts: Vec<u64> = Vec::with_capacity(n + 1);
     if n as u64 * 4 > units {
         // Dense: choose which of the units-1 gaps are cuts.
