@@ -81,6 +81,8 @@ struct Target {
     file: File,
     size: u64,
     align: usize,
+    /// O_DIRECT: asked for, or a block device.
+    direct: bool,
 }
 
 fn open(args: &BenchArgs) -> Result<Target, String> {
@@ -346,7 +348,7 @@ pub fn run(args: &BenchArgs, out: Output) -> Exit {
                 "segments": args.segments,
                 "iodepth": args.iodepth,
                 "batch": args.batch,
-                "direct": args.direct,
+                "direct": t.direct,
                 "size": t.size,
                 "api": "sync",
                 "driver": "kernel",
@@ -382,7 +384,7 @@ pub fn run(args: &BenchArgs, out: Output) -> Exit {
                 args.bs,
                 args.segments,
                 args.iodepth,
-                if args.direct { "direct" } else { "buffered" },
+                if t.direct { "direct" } else { "buffered" },
                 m.requests,
                 m.elapsed.as_secs_f64()
             );
