@@ -107,10 +107,14 @@ pub fn lib_dir() -> &'static Path {
         assert!(built.exists(), "{} missing", built.display());
         let dir = target.join(&profile).join("libaio-staged");
         std::fs::create_dir_all(&dir).expect("staging dir");
+        // Test processes may stage concurrently (nextest runs one process
+        // per test): each makes its links under a private name and renames
+        // them into place, which replaces atomically.
         for name in ["libaio.so.1", "libaio.so"] {
-            let link = dir.join(name);
-            let _ = std::fs::remove_file(&link);
-            std::os::unix::fs::symlink(&built, &link).expect("symlink");
+            let tmp = dir.join(format!(".{name}.{}", std::process::id()));
+            let _ = std::fs::remove_file(&tmp);
+            std::os::unix::fs::symlink(&built, &tmp).expect("symlink");
+            std::fs::rename(&tmp, dir.join(name)).expect("rename symlink");
         }
         dir
     })
