@@ -146,6 +146,7 @@ fn open(args: &BenchArgs) -> Result<Target, String> {
         file,
         size: size / align as u64 * align as u64,
         align,
+        direct,
     })
 }
 
