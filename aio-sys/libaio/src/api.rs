@@ -290,34 +290,31 @@ unsafe fn getevents(
     // The ring never holds more than `ring_nr` events: the slice handed to
     // the reaper is the part of the caller's array that can be filled.
     let room = (nr as usize).min(ctx.ring_nr as usize);
-    // SAFETY: `events` is non-null, aligned, plausible, and by the C
-    // contract writable for `nr >= room` events; it does not overlap the
-    // ring.
-    let out = unsafe { core::slice::from_raw_parts_mut(events, room) };
-    let got = match ctx.reap(out) {
-        Reaped::Ring(n) => n,
-        Reaped::UseSyscall => {
-            // SAFETY: forwarded from the caller.
-            return ctx.while_waiting(|| unsafe {
-                wait_in(backend, id, min_nr, nr, events, timeout, sigmask)
-            });
-        }
-    };
-    let got_l = got as c_long;
     let zero_timeout = !timeout.is_null() && {
         // SAFETY: `timeout` is plausible and, by the C contract, readable.
         let t = unsafe { timeout.read_unaligned() };
         t.tv_sec == 0 && t.tv_nsec == 0
     };
-    if got_l >= min_nr || got_l == nr || zero_timeout {
-        ctx.ring_calls.fetch_add(1, Ordering::Relaxed);
-        return Ok(got_l);
-    }
-    // Not enough yet: wait for the rest, behind the events already copied.
+    // SAFETY: `events` is non-null, aligned, plausible, and by the C
+    // contract writable for `nr >= room` events; it does not overlap the
+    // ring.
+    let out = unsafe { core::slice::from_raw_parts_mut(events, room) };
+    let enough = |n: usize| n as c_long >= min_nr || n as c_long == nr || zero_timeout;
+    let (got, _waiting) = match ctx.reap_or_wait(out, enough) {
+        Reaped::Done(n) => {
+            ctx.ring_calls.fetch_add(1, Ordering::Relaxed);
+            return Ok(n as c_long);
+        }
+        Reaped::Wait(n, waiting) => (n, waiting),
+    };
+    // Not enough yet (or the ring may not be read now): wait for the rest,
+    // behind the events already copied. No thread reads the ring in user
+    // space until `_waiting` is dropped.
+    let got_l = got as c_long;
     // SAFETY: `events + got` is within the caller's array of `nr` events.
     let rest = unsafe { events.add(got) };
     // SAFETY: forwarded from the caller, for the part of the array left.
-    let r = ctx.while_waiting(|| unsafe {
+    let r = unsafe {
         wait_in(
             backend,
             id,
@@ -327,7 +324,7 @@ unsafe fn getevents(
             timeout,
             sigmask,
         )
-    });
+    };
     match r {
         Ok(n) => Ok(got_l + n),
         // Events were delivered: the error (a timeout, a signal) is not.

@@ -71,14 +71,27 @@ struct State {
     waiting: u32,
 }
 
-/// What [`Context::reap`] found.
-pub(crate) enum Reaped {
-    /// This many events were copied out of the ring.
-    Ring(usize),
-    /// The ring may not be read now (another thread is in the kernel's
-    /// `io_getevents` for this context, or the context is dying): use the
-    /// system call.
-    UseSyscall,
+/// What [`Context::reap_or_wait`] decided.
+pub(crate) enum Reaped<'a> {
+    /// This many events were copied out of the ring, and they are enough.
+    Done(usize),
+    /// This many events (maybe 0) were copied out of the ring and the caller
+    /// must wait in the system call for more, or the ring may not be read
+    /// now (another thread is in the kernel's `io_getevents` for this
+    /// context, ring reaping is off, or the context is dying) and the
+    /// caller must use the system call for all of it. The caller is counted
+    /// as waiting until the guard is dropped.
+    Wait(usize, Waiting<'a>),
+}
+
+/// A thread counted in [`Context`]'s `waiting`: while one exists, no thread
+/// reads the ring in user space.
+pub(crate) struct Waiting<'a>(&'a Context);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.lock().waiting -= 1;
+    }
 }
 
 impl Context {
@@ -118,23 +131,32 @@ impl Context {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Copies up to `out.len()` events out of the ring, if it may be read now.
-    pub(crate) fn reap(&self, out: &mut [IoEvent]) -> Reaped {
+    /// Copies up to `out.len()` events out of the ring if it may be read
+    /// now; if `enough(copied)` says they do not suffice (or the ring may
+    /// not be read), registers the caller as waiting in the same critical
+    /// section.
+    pub(crate) fn reap_or_wait(
+        &self,
+        out: &mut [IoEvent],
+        enough: impl FnOnce(usize) -> bool,
+    ) -> Reaped<'_> {
         let mut st = self.lock();
-        if st.waiting > 0 {
-            return Reaped::UseSyscall;
+        let mut n = 0;
+        let readable = st.waiting == 0 && st.view.as_ref().is_some_and(RingView::is_mapped);
+        if readable {
+            if let Some(view) = st.view.as_mut() {
+                n = view.try_reap(out);
+            }
+            if n > 0 {
+                self.ring_events.fetch_add(n as u64, Ordering::Relaxed);
+            }
+            if enough(n) {
+                return Reaped::Done(n);
+            }
         }
-        let Some(view) = st.view.as_mut() else {
-            return Reaped::UseSyscall;
-        };
-        if !view.is_mapped() {
-            return Reaped::UseSyscall;
-        }
-        let n = view.try_reap(out);
-        if n > 0 {
-            self.ring_events.fetch_add(n as u64, Ordering::Relaxed);
-        }
-        Reaped::Ring(n)
+        st.waiting += 1;
+        self.wait_calls.fetch_add(1, Ordering::Relaxed);
+        Reaped::Wait(n, Waiting(self))
     }
 
     /// Runs `wait` (a system call that reads the ring itself) with this
@@ -142,9 +164,8 @@ impl Context {
     pub(crate) fn while_waiting<T>(&self, wait: impl FnOnce() -> T) -> T {
         self.lock().waiting += 1;
         self.wait_calls.fetch_add(1, Ordering::Relaxed);
-        let r = wait();
-        self.lock().waiting -= 1;
-        r
+        let _waiting = Waiting(self);
+        wait()
     }
 
     /// Marks the context dead: no thread reads its ring after this returns.
