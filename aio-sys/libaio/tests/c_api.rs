@@ -119,6 +119,13 @@ fn several_threads_reap_one_context() {
     assert!(ring_events > 0 && waits > 0, "{log}");
 }
 
+/// io_destroy while another thread waits in io_getevents on the same
+/// context: the destroy returns 0, the waiter returns, nobody hangs.
+#[test]
+fn io_destroy_while_another_thread_waits() {
+    run_subtest(Against::Ours, "destroy", &[]);
+}
+
 #[test]
 fn libaio_0_1_symbols() {
     run_subtest(Against::Ours, "compat", &[]);

@@ -677,6 +677,49 @@ static void test_threads(void)
 	OK("4 threads reaping one context: 20000 events, each exactly once");
 }
 
+/* io_destroy while another thread waits in io_getevents on the same
+ * context: the destroy cancels the waiting poll and returns 0; the waiter
+ * gets the cancelled poll's event (res 0) or EINVAL, and nobody hangs. */
+static io_context_t dw_ctx;
+static atomic_int dw_started;
+static int dw_result;
+static struct io_event dw_ev;
+
+static void *destroy_waiter(void *arg)
+{
+	(void)arg;
+	atomic_store(&dw_started, 1);
+	dw_result = io_getevents(dw_ctx, 1, 1, &dw_ev, NULL);
+	return NULL;
+}
+
+static void test_destroy(void)
+{
+	int p[2];
+	MUST(pipe(p));
+	for (int round = 0; round < 20; round++) {
+		dw_ctx = new_ctx(8);
+		struct iocb cb, *cbs[1] = {&cb};
+		io_prep_poll(&cb, p[0], POLLIN);
+		CHECK_RET(io_submit(dw_ctx, 1, cbs), 1);
+		atomic_store(&dw_started, 0);
+		pthread_t t;
+		CHECK(pthread_create(&t, NULL, destroy_waiter, NULL) == 0);
+		while (!atomic_load(&dw_started))
+			sched_yield();
+		struct timespec d = {0, 5 * 1000000L};
+		nanosleep(&d, NULL);
+		CHECK_RET(io_destroy(dw_ctx), 0);
+		pthread_join(t, NULL);
+		CHECK(dw_result == -EINVAL || (dw_result == 1 && dw_ev.obj == &cb && (long)dw_ev.res == 0));
+		struct timespec zero = {0, 0};
+		CHECK_RET(io_getevents(dw_ctx, 0, 1, &dw_ev, &zero), -EINVAL);
+	}
+	close(p[0]);
+	close(p[1]);
+	OK("io_destroy while another thread waits: 20 rounds");
+}
+
 /* Programs linked against libaio before 0.4 use the LIBAIO_0.1 versions. */
 extern int io_getevents_v01(io_context_t ctx, long nr, struct io_event *events, struct timespec *timeout);
 extern int io_cancel_v01(io_context_t ctx, struct iocb *iocb);
@@ -746,7 +789,7 @@ static void test_ring(void)
 int main(int argc, char **argv)
 {
 	if (argc != 3) {
-		fprintf(stderr, "usage: %s errors|vectored|eventfd|poll|threads|compat|ring DIR\n", argv[0]);
+		fprintf(stderr, "usage: %s errors|vectored|eventfd|poll|threads|destroy|compat|ring DIR\n", argv[0]);
 		return 2;
 	}
 	setvbuf(stdout, NULL, _IONBF, 0);
@@ -762,6 +805,8 @@ int main(int argc, char **argv)
 		test_poll();
 	else if (!strcmp(t, "threads"))
 		test_threads();
+	else if (!strcmp(t, "destroy"))
+		test_destroy();
 	else if (!strcmp(t, "compat"))
 		test_compat();
 	else if (!strcmp(t, "ring"))
