@@ -143,7 +143,8 @@ pub fn read_fs_sysctl(name: &str) -> Option<u64> {
         .ok()
 }
 
-fn seccomp_mode() -> Option<u32> {
+/// The `Seccomp:` mode of this process (0 none, 1 strict, 2 filter).
+pub fn seccomp_mode() -> Option<u32> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     status
         .lines()
