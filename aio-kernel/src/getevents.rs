@@ -12,13 +12,16 @@ const EVENT_LEN: u64 = 32;
 /// `KTIME_SEC_MAX`: seconds beyond this are "forever".
 const KTIME_SEC_MAX: u64 = (i64::MAX / 1_000_000_000) as u64;
 
-/// `timespec64_to_ktime`: `None` is "forever" (note the unsigned compare:
-/// a negative `tv_sec` is forever too), `Some(0)` is "poll once".
-fn to_ktime(sec: i64, nsec: i64) -> Option<i64> {
+/// `timespec64_to_ktime`, then the hrtimer's view of it: `None` is
+/// "forever", `Some(0)` is "poll once". A negative `tv_sec` is forever
+/// (unsigned compare), and so is any other negative total: the relative
+/// expiry added to "now" trips `ktime_add_safe`'s overflow check.
+fn to_ktime(sec: i64, nsec: i64) -> Option<u64> {
     if sec as u64 >= KTIME_SEC_MAX {
         return None;
     }
-    Some(sec * 1_000_000_000 + nsec)
+    let ns = sec * 1_000_000_000 + nsec;
+    u64::try_from(ns).ok()
 }
 
 impl<H: Host> Ctx<H> {
@@ -137,7 +140,7 @@ impl<H: Host> Kernel<H> {
         }
     }
 
-    fn read_timeout(&self, timeout: u64) -> Result<Option<i64>, Errno> {
+    fn read_timeout(&self, timeout: u64) -> Result<Option<u64>, Errno> {
         if timeout == 0 {
             return Ok(None);
         }
@@ -155,7 +158,7 @@ impl<H: Host> Kernel<H> {
         min_nr: i64,
         nr: i64,
         events: u64,
-        until: Option<i64>,
+        until: Option<u64>,
         sigmask: Option<u64>,
     ) -> Result<usize, Errno> {
         let ctx = self.lookup(ctx_id)?;
@@ -166,14 +169,7 @@ impl<H: Host> Kernel<H> {
         if until == Some(0) {
             ctx.read_step(min_nr, nr, events, &mut got);
         } else {
-            let deadline = until.map(|ns| {
-                let now = self.host.now_ns();
-                if ns < 0 {
-                    now.saturating_sub(ns.unsigned_abs())
-                } else {
-                    now.saturating_add(ns as u64)
-                }
-            });
+            let deadline = until.map(|ns| self.host.now_ns().saturating_add(ns));
             let mut ready = || ctx.read_step(min_nr, nr, events, &mut got);
             // Timeout and signal both end the wait with what was gathered.
             let _: WaitOutcome = self.host.wait(deadline, sigmask, &mut ready);

@@ -82,6 +82,9 @@ mod ring;
 mod submit;
 mod sync;
 
+#[cfg(feature = "std")]
+pub mod engine;
+
 #[cfg(test)]
 mod mock;
 #[cfg(test)]

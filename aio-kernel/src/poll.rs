@@ -84,11 +84,12 @@ impl<H: Host> PollWake for PollReq<H> {
             }
             return true;
         }
-        let mask = events & self.events;
-        if mask.is_empty() {
+        // Linux ignores wake-ups outside the mask, and otherwise reports
+        // the wake-up's whole key (only the submit-time check is masked).
+        if !events.intersects(self.events) {
             return false;
         }
-        self.finish(mask.0 as i64);
+        self.finish(events.0 as i64);
         true
     }
 

@@ -197,8 +197,8 @@ impl<H: Host> Kernel<H> {
                         return Err(Errno::EPERM);
                     }
                 }
-                ioprio::CLASS_BE => {}
-                ioprio::CLASS_IDLE | ioprio::CLASS_NONE => {
+                ioprio::CLASS_BE | ioprio::CLASS_IDLE => {}
+                ioprio::CLASS_NONE => {
                     if level != 0 {
                         return Err(Errno::EINVAL);
                     }
@@ -264,12 +264,19 @@ impl<H: Host> Kernel<H> {
             segs.push(seg);
         }
         let mut total = 0u64;
+        // One segment takes the `import_ubuf` path: capped, then checked.
+        // More are checked at full length, then capped (both found by
+        // tests/differential.rs against the running kernel).
+        let single = segs.len() == 1;
         for seg in &mut segs {
-            if !access_ok(seg.iov_base, seg.iov_len) {
+            if !single && !access_ok(seg.iov_base, seg.iov_len) {
                 return Err(Errno::EFAULT);
             }
             if seg.iov_len > MAX_RW_COUNT - total {
                 seg.iov_len = MAX_RW_COUNT - total;
+            }
+            if single && !access_ok(seg.iov_base, seg.iov_len) {
+                return Err(Errno::EFAULT);
             }
             total += seg.iov_len;
         }

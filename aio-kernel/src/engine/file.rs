@@ -1,0 +1,434 @@
+//! The engine's files: an fd duplicated for the request's lifetime (as
+//! `fget` takes a reference), classified by `fstat`, and its operations
+//! mapped onto `preadv2`/`pwritev2`/`fsync`/`poll`.
+
+use std::collections::HashMap;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::{Arc, Mutex};
+use std::vec::Vec;
+
+use aio_abi::{Errno, PollEvents, RwFlags};
+
+use super::poller::Poller;
+use super::workers::Pool;
+use crate::host::{Completion, EventFd, File, FileMode, IoStatus, PollWaiter, RwOp};
+
+fn last_errno() -> Errno {
+    Errno(
+        std::io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EIO),
+    )
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Kind {
+    /// Regular files and block devices: positioned I/O on workers.
+    Positioned,
+    /// Pipes and sockets: non-blocking attempts, then readiness waits.
+    Stream,
+    /// Character devices and others: blocking I/O on workers.
+    Other,
+    Dir,
+}
+
+/// What the engine shares with its files.
+pub(crate) struct Shared {
+    pub(crate) pool: Pool,
+    pub(crate) poller: Poller,
+    /// Per-device answers of the `FMODE_NOWAIT`/`RWF_DONTCACHE` probes.
+    probes: Mutex<HashMap<u64, (bool, bool)>>,
+}
+
+impl Shared {
+    pub(crate) fn new(pool: Pool, poller: Poller) -> Shared {
+        Shared {
+            pool,
+            poller,
+            probes: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+pub(crate) struct EngineFile {
+    fd: Arc<OwnedFd>,
+    /// `st_mode & S_IFMT`.
+    fmt: u32,
+    mode: FileMode,
+    kind: Kind,
+    shared: Arc<Shared>,
+}
+
+/// Whether the file accepts `flag` (`FMODE_NOWAIT`, `FOP_DONTCACHE`): the
+/// flag is checked before the file's method runs, so one byte from or to
+/// an inaccessible page is either refused as unsupported or fails (or, on
+/// `/dev/null`, is discarded) without effect.
+fn probe_flag(fd: i32, readable: bool, flag: RwFlags, pos: i64) -> bool {
+    let iov = libc::iovec {
+        iov_base: guard_page() as *mut libc::c_void,
+        iov_len: 1,
+    };
+    // SAFETY: the only segment is a PROT_NONE page: the kernel cannot
+    // read or write it.
+    let n = unsafe {
+        if readable {
+            libc::preadv2(fd, &iov, 1, pos, flag.0)
+        } else {
+            libc::pwritev2(fd, &iov, 1, pos, flag.0)
+        }
+    };
+    !(n < 0 && last_errno() == Errno::EOPNOTSUPP)
+}
+
+/// `fget`: `EBADF` for a closed or `O_PATH` fd.
+pub(crate) fn fget(shared: &Arc<Shared>, fd: i32) -> Result<Arc<dyn File>, Errno> {
+    if fd < 0 {
+        return Err(Errno::EBADF);
+    }
+    // SAFETY: F_GETFL only inspects the fd table.
+    let fl = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    if fl < 0 || fl & libc::O_PATH != 0 {
+        return Err(Errno::EBADF);
+    }
+    // SAFETY: duplicates an open fd; the result is checked.
+    let dup = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
+    if dup < 0 {
+        return Err(last_errno());
+    }
+    // SAFETY: `dup` is a fresh fd nobody else owns.
+    let owned = unsafe { OwnedFd::from_raw_fd(dup) };
+    // SAFETY: `st` is plain data, fully written by a successful fstat.
+    let mut st: libc::stat = unsafe { core::mem::zeroed() };
+    // SAFETY: `st` is a live, writable stat buffer.
+    if unsafe { libc::fstat(dup, &mut st) } < 0 {
+        return Err(last_errno());
+    }
+    let fmt = st.st_mode & libc::S_IFMT;
+    let kind = match fmt {
+        libc::S_IFREG | libc::S_IFBLK => Kind::Positioned,
+        libc::S_IFIFO | libc::S_IFSOCK => Kind::Stream,
+        libc::S_IFDIR => Kind::Dir,
+        _ => Kind::Other,
+    };
+    let acc = fl & libc::O_ACCMODE;
+    let read = acc == libc::O_RDONLY || acc == libc::O_RDWR;
+    let write = acc == libc::O_WRONLY || acc == libc::O_RDWR;
+    let (nowait, dontcache) = match kind {
+        Kind::Positioned if fmt == libc::S_IFREG => {
+            let dev = st.st_dev;
+            let cached = shared
+                .probes
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&dev)
+                .copied();
+            match cached {
+                Some(c) => c,
+                // A write probe cannot tell FMODE_NOWAIT from a filesystem
+                // refusing buffered NOWAIT writes (ext4): assume the flag.
+                None if !read => (true, probe_flag(dup, false, RwFlags::DONTCACHE, 0)),
+                None => {
+                    let c = (
+                        probe_flag(dup, true, RwFlags::NOWAIT, 0),
+                        probe_flag(dup, true, RwFlags::DONTCACHE, 0),
+                    );
+                    shared
+                        .probes
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(dev, c);
+                    c
+                }
+            }
+        }
+        Kind::Positioned | Kind::Stream => (true, false),
+        Kind::Dir => (false, false),
+        Kind::Other if fmt == libc::S_IFCHR => (probe_flag(dup, read, RwFlags::NOWAIT, -1), false),
+        Kind::Other => (true, false),
+    };
+    let mode = FileMode {
+        read,
+        write,
+        has_read_iter: kind != Kind::Dir,
+        has_write_iter: kind != Kind::Dir,
+        has_fsync: matches!(kind, Kind::Positioned | Kind::Dir),
+        has_poll: matches!(kind, Kind::Stream | Kind::Other),
+        nowait,
+        atomic_write: false,
+        dontcache,
+        append: fl & libc::O_APPEND != 0,
+        append_only: false,
+        regular: kind == Kind::Positioned,
+    };
+    Ok(Arc::new(EngineFile {
+        fd: Arc::new(owned),
+        fmt,
+        mode,
+        kind,
+        shared: shared.clone(),
+    }))
+}
+
+/// A mapped page nobody can access (never unmapped).
+fn guard_page() -> u64 {
+    static PAGE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *PAGE.get_or_init(|| {
+        // SAFETY: a fresh anonymous PROT_NONE mapping that is never unmapped.
+        let p = unsafe {
+            libc::mmap(
+                core::ptr::null_mut(),
+                4096,
+                libc::PROT_NONE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED { 0 } else { p as u64 }
+    })
+}
+
+/// One `preadv2`/`pwritev2` over the op's segments.
+///
+/// # Safety
+///
+/// The segments must be memory the engine's caller allowed the request to
+/// read (write) or unmapped; the kernel reports unmapped memory as `EFAULT`.
+unsafe fn transfer(fd: i32, op: &RwOp, pos: i64, flags: RwFlags, write: bool) -> isize {
+    let iov: Vec<libc::iovec> = op
+        .segs
+        .iter()
+        .map(|s| libc::iovec {
+            iov_base: s.iov_base as *mut libc::c_void,
+            iov_len: s.iov_len as usize,
+        })
+        .collect();
+    let n = iov.len() as libc::c_int;
+    if write {
+        // SAFETY: the caller vouches for the segments; `iov` is live.
+        unsafe { libc::pwritev2(fd, iov.as_ptr(), n, pos, flags.0) }
+    } else {
+        // SAFETY: as above.
+        unsafe { libc::preadv2(fd, iov.as_ptr(), n, pos, flags.0) }
+    }
+}
+
+impl EngineFile {
+    fn rw(&self, op: &RwOp, done: &Completion, write: bool) -> IoStatus {
+        let fd = self.fd.as_raw_fd();
+        if op.is_empty() {
+            // Linux calls write_iter even for zero bytes, and a filesystem
+            // without buffered NOWAIT writes (ext4) refuses them; a
+            // zero-length syscall never reaches it. Ask with one byte from
+            // an inaccessible page: refused, or EFAULT with nothing written.
+            if write && self.kind == Kind::Positioned && op.flags.contains(RwFlags::NOWAIT) {
+                let probe = RwOp {
+                    segs: std::vec![aio_abi::IoVec {
+                        iov_base: guard_page(),
+                        iov_len: 1,
+                    }],
+                    ..op.clone()
+                };
+                // SAFETY: the only segment is a PROT_NONE page: nothing is
+                // read from it.
+                let n = unsafe { transfer(fd, &probe, op.pos, op.flags, true) };
+                if n < 0 && last_errno() == Errno::EOPNOTSUPP {
+                    return IoStatus::Error(Errno::EOPNOTSUPP);
+                }
+            }
+            return IoStatus::Done(0);
+        }
+        match self.kind {
+            Kind::Stream => {
+                let user_nowait = op.flags.contains(RwFlags::NOWAIT);
+                let flags = op.flags | RwFlags::NOWAIT;
+                // SAFETY: the segments were lent by the caller of
+                // `Engine::io_submit` until the event is posted.
+                let n = unsafe { transfer(fd, op, -1, flags, write) };
+                if n >= 0 {
+                    let n = n as usize;
+                    return if write && n > 0 && (n as u64) < op.len() {
+                        IoStatus::Partial(n)
+                    } else {
+                        IoStatus::Done(n)
+                    };
+                }
+                match last_errno() {
+                    Errno::EAGAIN if user_nowait => IoStatus::Error(Errno::EAGAIN),
+                    Errno::EAGAIN => IoStatus::WouldBlock(0),
+                    Errno::EOPNOTSUPP if !user_nowait => self.queue(op, done, write, -1),
+                    e => IoStatus::Error(e),
+                }
+            }
+            Kind::Positioned if op.flags.contains(RwFlags::NOWAIT) => {
+                // Never blocks: complete it here, as Linux would.
+                // SAFETY: as above.
+                let n = unsafe { transfer(fd, op, op.pos, op.flags, write) };
+                if n >= 0 {
+                    IoStatus::Done(n as usize)
+                } else {
+                    IoStatus::Error(last_errno())
+                }
+            }
+            Kind::Positioned | Kind::Other => self.queue(op, done, write, op.pos),
+            Kind::Dir => IoStatus::Error(Errno::EINVAL),
+        }
+    }
+
+    fn queue(&self, op: &RwOp, done: &Completion, write: bool, pos: i64) -> IoStatus {
+        let fd = self.fd.clone();
+        let op = op.clone();
+        let done = done.clone();
+        let other = self.kind == Kind::Other;
+        self.shared.pool.run(move || {
+            let raw = fd.as_raw_fd();
+            // SAFETY: the segments were lent by the caller of
+            // `Engine::io_submit` until the event is posted.
+            let mut n = unsafe { transfer(raw, &op, pos, op.flags, write) };
+            if n < 0 && other && last_errno() == Errno::ESPIPE {
+                // A device without positioned I/O (a tty): its position is
+                // ignored, as Linux's read_iter ignores ki_pos there.
+                // SAFETY: as above.
+                n = unsafe { transfer(raw, &op, -1, op.flags, write) };
+            }
+            let status = if n >= 0 {
+                IoStatus::Done(n as usize)
+            } else {
+                IoStatus::Error(last_errno())
+            };
+            done.finish(status);
+        });
+        IoStatus::Queued
+    }
+}
+
+impl File for EngineFile {
+    fn mode(&self) -> FileMode {
+        self.mode
+    }
+
+    fn read_iter(&self, op: &RwOp, done: &Completion) -> IoStatus {
+        self.rw(op, done, false)
+    }
+
+    fn write_iter(&self, op: &RwOp, done: &Completion) -> IoStatus {
+        self.rw(op, done, true)
+    }
+
+    fn fsync(&self, datasync: bool, done: &Completion) -> IoStatus {
+        let fd = self.fd.clone();
+        let done = done.clone();
+        self.shared.pool.run(move || {
+            let raw = fd.as_raw_fd();
+            // SAFETY: plain syscalls on an fd we own.
+            let r = unsafe {
+                if datasync {
+                    libc::fdatasync(raw)
+                } else {
+                    libc::fsync(raw)
+                }
+            };
+            done.finish(if r == 0 {
+                IoStatus::Done(0)
+            } else {
+                IoStatus::Error(last_errno())
+            });
+        });
+        IoStatus::Queued
+    }
+
+    fn poll(&self, events: PollEvents, waiter: Option<&PollWaiter>) -> PollEvents {
+        let mut pfd = libc::pollfd {
+            fd: self.fd.as_raw_fd(),
+            events: events.0 as i16,
+            revents: 0,
+        };
+        // SAFETY: one live pollfd, zero timeout.
+        let n = unsafe { libc::poll(&mut pfd, 1, 0) };
+        let ready = if n > 0 {
+            PollEvents(pfd.revents as u16 as u32)
+        } else {
+            PollEvents::EMPTY
+        };
+        if ready.intersects(events | PollEvents::ERR | PollEvents::HUP) {
+            return ready;
+        }
+        if let Some(w) = waiter {
+            let key = match self.fmt {
+                libc::S_IFIFO => wake_key_pipe,
+                libc::S_IFSOCK => wake_key_socket,
+                _ => same_key,
+            };
+            self.shared.poller.register(self.fd.clone(), events, w, key);
+        }
+        ready
+    }
+
+    fn poll_cancel(&self, _waiter: &PollWaiter) {
+        self.shared.poller.kick();
+    }
+}
+
+/// `poll(2)` reports only requested bits; Linux's wake-ups carry a key with
+/// the driver's whole class of bits. These rebuild the key.
+fn wake_key_pipe(rev: PollEvents) -> PollEvents {
+    let mut k = rev;
+    if rev.intersects(PollEvents::IN | PollEvents::RDNORM) {
+        k |= PollEvents::IN | PollEvents::RDNORM;
+    }
+    if rev.intersects(PollEvents::OUT | PollEvents::WRNORM) {
+        k |= PollEvents::OUT | PollEvents::WRNORM;
+    }
+    k
+}
+
+fn wake_key_socket(rev: PollEvents) -> PollEvents {
+    let mut k = rev;
+    if rev.intersects(PollEvents::IN | PollEvents::RDNORM) {
+        k |= PollEvents::IN | PollEvents::PRI | PollEvents::RDNORM | PollEvents::RDBAND;
+    }
+    if rev.intersects(PollEvents::OUT | PollEvents::WRNORM) {
+        k |= PollEvents::OUT | PollEvents::WRNORM | PollEvents::WRBAND;
+    }
+    k
+}
+
+fn same_key(rev: PollEvents) -> PollEvents {
+    rev
+}
+
+/// An eventfd duplicated at submission, like `eventfd_ctx_fdget`'s reference.
+pub(crate) struct EngineEventFd(OwnedFd);
+
+impl EventFd for EngineEventFd {
+    fn signal(&self) {
+        let one = 1u64.to_ne_bytes();
+        // SAFETY: writes 8 bytes from a live buffer to our own fd.
+        unsafe { libc::write(self.0.as_raw_fd(), one.as_ptr().cast(), 8) };
+    }
+}
+
+/// `eventfd_ctx_fdget`: `EBADF` if closed, `EINVAL` if not an eventfd.
+pub(crate) fn eventfd_get(fd: i32) -> Result<Arc<dyn EventFd>, Errno> {
+    if fd < 0 {
+        return Err(Errno::EBADF);
+    }
+    // SAFETY: F_GETFL only inspects the fd table.
+    let fl = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    if fl < 0 || fl & libc::O_PATH != 0 {
+        return Err(Errno::EBADF);
+    }
+    let link = std::fs::read_link(std::format!("/proc/self/fd/{fd}")).map_err(|_| Errno::EBADF)?;
+    if link.as_os_str() != "anon_inode:[eventfd]" {
+        return Err(Errno::EINVAL);
+    }
+    // SAFETY: duplicates an open fd; the result is checked.
+    let dup = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
+    if dup < 0 {
+        return Err(last_errno());
+    }
+    // SAFETY: `dup` is a fresh fd nobody else owns.
+    Ok(Arc::new(EngineEventFd(unsafe {
+        OwnedFd::from_raw_fd(dup)
+    })))
+}

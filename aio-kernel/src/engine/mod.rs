@@ -1,0 +1,469 @@
+//! The userspace engine: Linux AIO for this process, in this process.
+//!
+//! [`Engine`] has the six AIO system calls as methods, with Linux's
+//! arguments, results and errno values. Requests run on worker threads
+//! (`preadv2`/`pwritev2` with the request's `RWF_*` flags, `fsync`,
+//! `fdatasync`), pipes and sockets wait for readiness in one `poll(2)`
+//! thread instead of blocking anybody, and events land in an `mmap`ed ring
+//! with the exact `aio_ring` layout: a user-space reaper (aio-sys's
+//! `RingView`, libaio's ring-reading `io_getevents`, fio, Seastar) can take
+//! events from it without calling the engine — load `tail` with acquire,
+//! copy, store `head` with release — and the engine counts those events as
+//! consumed when it accounts slots, as Linux does.
+//!
+//! `io_submit` never blocks on I/O: buffered reads of cold data, pipes and
+//! sockets wait in the workers or the poll thread, not in the caller (Linux
+//! performs buffered I/O synchronously inside `io_submit`).
+//!
+//! User memory (iocbs, iovec arrays, `*ctxp`, event arrays, timeouts) is
+//! accessed with `process_vm_readv`/`process_vm_writev` on the own process,
+//! and data buffers only through `preadv2`/`pwritev2`, so a bad pointer is
+//! `EFAULT` — synchronously or in the event, where Linux puts it — and never
+//! a crash.
+//!
+//! Contexts are keyed by their ring address, as in Linux; one `Engine` is
+//! one address space's AIO state, and [`Engine::global`] is the process-wide
+//! one a libaio replacement needs.
+
+mod file;
+mod memory;
+mod poller;
+mod workers;
+
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::time::Instant;
+
+use aio_abi::{AioContext, Errno, IoEvent, Iocb, RwFlags};
+
+pub use memory::EngineRing;
+
+use crate::Kernel;
+use crate::host::{EventFd, File, Host, WaitOutcome};
+use file::Shared;
+
+/// Settings of an [`Engine`].
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// `fs.aio-max-nr` for this engine's contexts (default: the running
+    /// kernel's value, or 65536).
+    pub aio_max_nr: u64,
+    /// The `RWF_*` bits accepted (default: those of the running kernel's
+    /// version; see [`rw_flags_for_kernel`]).
+    pub rw_flags: RwFlags,
+    /// The most worker threads that may block in I/O at once.
+    pub max_workers: usize,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        let aio_max_nr = std::fs::read_to_string("/proc/sys/fs/aio-max-nr")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(65536);
+        let rw_flags = running_kernel()
+            .map(|(a, b)| rw_flags_for_kernel(a, b))
+            .unwrap_or(RwFlags::ALL_KNOWN);
+        Config {
+            aio_max_nr,
+            rw_flags,
+            max_workers: 64,
+        }
+    }
+}
+
+fn running_kernel() -> Option<(u32, u32)> {
+    let rel = std::fs::read_to_string("/proc/sys/kernel/osrelease").ok()?;
+    let mut parts = rel.trim().split(['.', '-']);
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next()?.parse().ok()?;
+    Some((major, minor))
+}
+
+/// The `RWF_*` flags Linux `major.minor` accepts (spec §1.4).
+pub fn rw_flags_for_kernel(major: u32, minor: u32) -> RwFlags {
+    let v = (major, minor);
+    let table = [
+        ((4, 6), RwFlags::HIPRI),
+        ((4, 7), RwFlags::DSYNC | RwFlags::SYNC),
+        ((4, 13), RwFlags::NOWAIT),
+        ((4, 16), RwFlags::APPEND),
+        ((6, 9), RwFlags::NOAPPEND),
+        ((6, 11), RwFlags::ATOMIC),
+        ((6, 14), RwFlags::DONTCACHE),
+        ((6, 17), RwFlags::NOSIGNAL),
+    ];
+    table
+        .iter()
+        .filter(|(since, _)| v >= *since)
+        .fold(RwFlags::EMPTY, |acc, (_, f)| acc | *f)
+}
+
+/// The [`Host`] of the engine: this process's memory, fds and threads.
+pub struct EngineHost {
+    shared: Arc<Shared>,
+    config: Config,
+    epoch: Instant,
+    wait_lock: Mutex<()>,
+    wait_cv: Condvar,
+    cpus: u32,
+    page: u64,
+    nice: bool,
+}
+
+fn possible_cpus() -> u32 {
+    let parse = |s: &str| -> Option<u32> {
+        let mut n = 0;
+        for range in s.trim().split(',') {
+            let mut it = range.split('-');
+            let a: u32 = it.next()?.parse().ok()?;
+            let b: u32 = match it.next() {
+                Some(b) => b.parse().ok()?,
+                None => a,
+            };
+            n += b - a + 1;
+        }
+        Some(n)
+    };
+    std::fs::read_to_string("/sys/devices/system/cpu/possible")
+        .ok()
+        .and_then(|s| parse(&s))
+        .or_else(|| {
+            std::thread::available_parallelism()
+                .ok()
+                .map(|n| n.get() as u32)
+        })
+        .unwrap_or(1)
+}
+
+/// `CAP_SYS_NICE` (23) or `CAP_SYS_ADMIN` (21) in the effective set.
+fn capable_sys_nice() -> bool {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .is_some_and(|caps| caps & (1 << 23 | 1 << 21) != 0)
+}
+
+impl Host for EngineHost {
+    type Ring = EngineRing;
+
+    fn copy_from_user(&self, addr: u64, dst: &mut [u8]) -> Result<(), Errno> {
+        memory::copy_from_user(addr, dst)
+    }
+
+    fn copy_to_user(&self, addr: u64, src: &[u8]) -> Result<(), Errno> {
+        // SAFETY: the core writes only where Linux would write (an iocb's
+        // key, `*ctxp`, the event array): memory the engine's caller handed
+        // over through an `unsafe` API whose contract covers it.
+        unsafe { memory::copy_to_user(addr, src) }
+    }
+
+    fn user_addr_limit(&self) -> u64 {
+        if cfg!(target_arch = "x86_64") {
+            0x7fff_ffff_f000
+        } else {
+            1 << 48
+        }
+    }
+
+    fn fget(&self, fd: i32) -> Result<Arc<dyn File>, Errno> {
+        file::fget(&self.shared, fd)
+    }
+
+    fn eventfd_get(&self, fd: i32) -> Result<Arc<dyn EventFd>, Errno> {
+        file::eventfd_get(fd)
+    }
+
+    fn map_ring(&self, len: u64, at: Option<u64>) -> Result<EngineRing, Errno> {
+        EngineRing::map(len, at)
+    }
+
+    fn now_ns(&self) -> u64 {
+        self.epoch.elapsed().as_nanos() as u64
+    }
+
+    fn wait(
+        &self,
+        deadline_ns: Option<u64>,
+        _sigmask: Option<u64>,
+        ready: &mut dyn FnMut() -> bool,
+    ) -> WaitOutcome {
+        let mut guard = self.wait_lock.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if ready() {
+                return WaitOutcome::Ready;
+            }
+            match deadline_ns {
+                None => {
+                    guard = self.wait_cv.wait(guard).unwrap_or_else(|e| e.into_inner());
+                }
+                Some(d) => {
+                    let now = self.now_ns();
+                    if now >= d {
+                        return WaitOutcome::TimedOut;
+                    }
+                    let left = std::time::Duration::from_nanos(d - now);
+                    guard = self
+                        .wait_cv
+                        .wait_timeout(guard, left)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0;
+                }
+            }
+        }
+    }
+
+    fn wake_all(&self) {
+        // Taking the lock orders this wake after a sleeper's last check.
+        drop(self.wait_lock.lock().unwrap_or_else(|e| e.into_inner()));
+        self.wait_cv.notify_all();
+    }
+
+    fn signal_pending(&self) -> bool {
+        false
+    }
+
+    fn current_cpu(&self) -> u32 {
+        // SAFETY: plain query.
+        let c = unsafe { libc::sched_getcpu() };
+        c.max(0) as u32
+    }
+
+    fn possible_cpus(&self) -> u32 {
+        self.cpus
+    }
+
+    fn page_size(&self) -> u64 {
+        self.page
+    }
+
+    fn aio_max_nr(&self) -> u64 {
+        self.config.aio_max_nr
+    }
+
+    fn sigset_size(&self) -> u64 {
+        8
+    }
+
+    fn rw_flags_supported(&self) -> RwFlags {
+        self.config.rw_flags
+    }
+
+    fn capable_sys_nice(&self) -> bool {
+        self.nice
+    }
+}
+
+/// Linux native AIO implemented in this process. See the [module
+/// docs](self).
+pub struct Engine {
+    kernel: Kernel<EngineHost>,
+}
+
+impl Default for Engine {
+    fn default() -> Self {
+        Engine::new()
+    }
+}
+
+impl Engine {
+    /// An engine with [`Config::default`].
+    pub fn new() -> Engine {
+        Engine::with_config(Config::default())
+    }
+
+    /// An engine with explicit settings.
+    ///
+    /// # Panics
+    ///
+    /// If the process cannot create the poll thread's eventfd.
+    pub fn with_config(config: Config) -> Engine {
+        let poller = poller::Poller::new().expect("eventfd for the engine's poll thread");
+        let shared = Arc::new(Shared::new(workers::Pool::new(config.max_workers), poller));
+        // SAFETY: plain query.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+        let host = EngineHost {
+            shared,
+            config,
+            epoch: Instant::now(),
+            wait_lock: Mutex::new(()),
+            wait_cv: Condvar::new(),
+            cpus: possible_cpus(),
+            page: if page > 0 { page as u64 } else { 4096 },
+            nice: capable_sys_nice(),
+        };
+        Engine {
+            kernel: Kernel::new(Arc::new(host)),
+        }
+    }
+
+    /// The process-wide engine (created on first use, never dropped).
+    pub fn global() -> &'static Engine {
+        static GLOBAL: OnceLock<Engine> = OnceLock::new();
+        GLOBAL.get_or_init(Engine::new)
+    }
+
+    /// `aio-nr` of this engine.
+    pub fn aio_nr(&self) -> u64 {
+        self.kernel.aio_nr()
+    }
+
+    /// `io_setup(nr_events, &ctx)`: a context whose ring holds at least
+    /// `nr_events` events; the result is the ring's address.
+    pub fn io_setup(&self, nr_events: u32) -> Result<AioContext, Errno> {
+        let mut ctx: AioContext = 0;
+        let at = &mut ctx as *mut AioContext as u64;
+        self.kernel.io_setup(nr_events, at)?;
+        Ok(ctx)
+    }
+
+    /// `io_setup` with the ring mapped at exactly `ring_addr` (the seed
+    /// patch's explicit address): `EINVAL` if not page-aligned, `EEXIST` if
+    /// anything is mapped there. The context is `ring_addr`.
+    pub fn io_setup_at(&self, nr_events: u32, ring_addr: u64) -> Result<AioContext, Errno> {
+        let mut ctx: AioContext = 0;
+        let at = &mut ctx as *mut AioContext as u64;
+        self.kernel.io_setup_at(nr_events, at, ring_addr)?;
+        Ok(ctx)
+    }
+
+    /// `io_submit(ctx, iocbs.len(), iocbs)`: how many were accepted, or the
+    /// first one's error if none was.
+    ///
+    /// # Safety
+    ///
+    /// Like the system call: each accepted iocb is written (its `aio_key`),
+    /// and until its event is posted the engine reads from (writes) the
+    /// buffers it names — for vectored requests, the buffers its iovecs
+    /// name (the iovec array itself is copied during this call). These
+    /// must be memory the caller owns and does not otherwise use until the
+    /// event arrives, or unmapped (which yields `EFAULT`, in the event or
+    /// from this call).
+    pub unsafe fn io_submit(&self, ctx: AioContext, iocbs: &[*const Iocb]) -> Result<usize, Errno> {
+        let nr = i64::try_from(iocbs.len()).map_err(|_| Errno::EINVAL)?;
+        self.kernel.io_submit(ctx, nr, iocbs.as_ptr() as u64)
+    }
+
+    /// `io_getevents(ctx, min_nr, events.len(), events, timeout)`: waits
+    /// for at least `min_nr` events (none if 0; at most once with a zero
+    /// timeout; `None` waits forever) and returns how many were stored.
+    pub fn io_getevents(
+        &self,
+        ctx: AioContext,
+        min_nr: i64,
+        events: &mut [IoEvent],
+        timeout: Option<&libc::timespec>,
+    ) -> Result<usize, Errno> {
+        let nr = i64::try_from(events.len()).map_err(|_| Errno::EINVAL)?;
+        let ts = timeout.map_or(0, |t| t as *const libc::timespec as u64);
+        // The core writes only into `events` (an exclusive borrow).
+        self.kernel
+            .io_getevents(ctx, min_nr, nr, events.as_mut_ptr() as u64, ts)
+    }
+
+    /// `io_pgetevents`: as [`Engine::io_getevents`], with a signal mask for
+    /// the wait. The engine checks and reads the mask but its waits are not
+    /// interrupted by signals, so the mask has no effect.
+    pub fn io_pgetevents(
+        &self,
+        ctx: AioContext,
+        min_nr: i64,
+        events: &mut [IoEvent],
+        timeout: Option<&libc::timespec>,
+        sigmask: Option<&libc::sigset_t>,
+    ) -> Result<usize, Errno> {
+        let nr = i64::try_from(events.len()).map_err(|_| Errno::EINVAL)?;
+        let ts = timeout.map_or(0, |t| t as *const libc::timespec as u64);
+        let sig = aio_abi::AioSigset {
+            sigmask: sigmask.map_or(0, |m| m as *const libc::sigset_t as u64),
+            sigsetsize: 8,
+        };
+        self.kernel.io_pgetevents(
+            ctx,
+            min_nr,
+            nr,
+            events.as_mut_ptr() as u64,
+            ts,
+            &sig as *const aio_abi::AioSigset as u64,
+        )
+    }
+
+    /// `io_cancel(ctx, iocb, NULL)`: `Err(EINPROGRESS)` means the request
+    /// was found and cancelled (Linux never returns 0); its event, with
+    /// `res == 0`, is in the ring. Only waiting `POLL` requests can be
+    /// cancelled; others give `EINVAL`.
+    pub fn io_cancel(&self, ctx: AioContext, iocb: *const Iocb) -> Result<(), Errno> {
+        // Only reads the iocb's key, through the kernel (EFAULT if bad).
+        self.kernel.io_cancel(ctx, iocb as u64, 0)
+    }
+
+    /// `io_destroy(ctx)`: cancels what can be cancelled, waits for every
+    /// request in flight, then releases the context and its ring.
+    pub fn io_destroy(&self, ctx: AioContext) -> Result<(), Errno> {
+        self.kernel.io_destroy(ctx)
+    }
+
+    /// `io_setup` with a raw `ctxp`, for syscall-level shims and tests.
+    ///
+    /// # Safety
+    ///
+    /// `ctxp` must be writable memory of the caller's, or unmapped.
+    pub unsafe fn sys_io_setup(&self, nr_events: u32, ctxp: u64) -> Result<(), Errno> {
+        self.kernel.io_setup(nr_events, ctxp)
+    }
+
+    /// `io_submit` with raw arguments (`nr` may be negative, `iocbpp` bad).
+    ///
+    /// # Safety
+    ///
+    /// As [`Engine::io_submit`], for the iocbs `iocbpp` points at.
+    pub unsafe fn sys_io_submit(&self, ctx: u64, nr: i64, iocbpp: u64) -> Result<usize, Errno> {
+        self.kernel.io_submit(ctx, nr, iocbpp)
+    }
+
+    /// `io_getevents` with raw arguments.
+    ///
+    /// # Safety
+    ///
+    /// `events` must have room for `nr` events of the caller's, or be
+    /// unmapped; `timeout` must be 0 or readable.
+    pub unsafe fn sys_io_getevents(
+        &self,
+        ctx: u64,
+        min_nr: i64,
+        nr: i64,
+        events: u64,
+        timeout: u64,
+    ) -> Result<usize, Errno> {
+        self.kernel.io_getevents(ctx, min_nr, nr, events, timeout)
+    }
+
+    /// `io_pgetevents` with raw arguments.
+    ///
+    /// # Safety
+    ///
+    /// As [`Engine::sys_io_getevents`].
+    pub unsafe fn sys_io_pgetevents(
+        &self,
+        ctx: u64,
+        min_nr: i64,
+        nr: i64,
+        events: u64,
+        timeout: u64,
+        usig: u64,
+    ) -> Result<usize, Errno> {
+        self.kernel
+            .io_pgetevents(ctx, min_nr, nr, events, timeout, usig)
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        // Like process exit: every context is destroyed, which waits for
+        // its requests, so no worker touches memory after we return.
+        for ctx in self.kernel.contexts() {
+            let _ = self.kernel.io_destroy(ctx);
+        }
+    }
+}

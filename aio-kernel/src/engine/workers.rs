@@ -1,0 +1,79 @@
+//! The worker pool: blocking I/O runs here, never in `io_submit`.
+
+use std::boxed::Box;
+use std::collections::VecDeque;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+type Job = Box<dyn FnOnce() + Send>;
+
+struct State {
+    jobs: VecDeque<Job>,
+    idle: usize,
+    threads: usize,
+}
+
+struct Inner {
+    state: Mutex<State>,
+    cv: Condvar,
+    max: usize,
+}
+
+/// Grows while every worker is busy (a blocked read must not starve the
+/// others), up to `max`; idle workers above one retire after a while.
+#[derive(Clone)]
+pub(crate) struct Pool(Arc<Inner>);
+
+impl Pool {
+    pub(crate) fn new(max: usize) -> Pool {
+        Pool(Arc::new(Inner {
+            state: Mutex::new(State {
+                jobs: VecDeque::new(),
+                idle: 0,
+                threads: 0,
+            }),
+            cv: Condvar::new(),
+            max: max.max(1),
+        }))
+    }
+
+    pub(crate) fn run(&self, job: impl FnOnce() + Send + 'static) {
+        let mut s = self.0.state.lock().unwrap_or_else(|e| e.into_inner());
+        s.jobs.push_back(Box::new(job));
+        if s.jobs.len() > s.idle && s.threads < self.0.max {
+            s.threads += 1;
+            let inner = self.0.clone();
+            let spawned = std::thread::Builder::new()
+                .name("aio-engine-worker".into())
+                .spawn(move || worker(inner));
+            if spawned.is_err() {
+                s.threads -= 1;
+            }
+        }
+        drop(s);
+        self.0.cv.notify_one();
+    }
+}
+
+fn worker(inner: Arc<Inner>) {
+    let mut s = inner.state.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        if let Some(job) = s.jobs.pop_front() {
+            drop(s);
+            job();
+            s = inner.state.lock().unwrap_or_else(|e| e.into_inner());
+            continue;
+        }
+        s.idle += 1;
+        let (guard, timeout) = inner
+            .cv
+            .wait_timeout(s, Duration::from_secs(10))
+            .unwrap_or_else(|e| e.into_inner());
+        s = guard;
+        s.idle -= 1;
+        if timeout.timed_out() && s.jobs.is_empty() && s.threads > 1 {
+            s.threads -= 1;
+            return;
+        }
+    }
+}
