@@ -11,7 +11,7 @@ use std::panic::{self, AssertUnwindSafe};
 
 use aio_abi::{Errno, IoVec, Iocb};
 
-use crate::core::{Core, Key, Stats, Submitted};
+use crate::core::{Core, Key, Stats};
 use crate::driver::{Backend, Driver, KernelBackend};
 use crate::error::setup_error;
 use crate::op::{Operation, ScopedIo};
@@ -162,10 +162,12 @@ impl ContextBuilder {
 ///
 /// # Dropping
 ///
-/// Dropping a context submits what is still queued, then destroys the
-/// kernel context, which returns only when every request has completed;
-/// only then are the buffers the slots still own dropped. Leaking a
-/// context (`mem::forget`) leaks its buffers, which is safe.
+/// Dropping a context destroys the kernel context, which returns only when
+/// every submitted request has completed; only then are the buffers the
+/// slots still own dropped. Requests still queued (never submitted) are
+/// dropped without running: call [`drain`](Context::drain) first to run
+/// them. Leaking a context (`mem::forget`) leaks its buffers, which is
+/// safe.
 ///
 /// ```
 /// use aio::{Context, Read, Write};
@@ -255,19 +257,17 @@ impl Context {
     /// completions (and sleeping for them if needed) to make room. Returns
     /// how many were handed over or refused by `io_submit` (those complete
     /// with the error).
+    ///
+    /// # Panics
+    /// If waiting for room fails in `io_getevents` with anything but
+    /// `EINTR` (not expected of a live context); the requests stay owned
+    /// by the context.
     pub fn submit(&self) -> usize {
         let mut core = self.core();
         let before = core.queued();
-        loop {
-            if core.submit_some() == Submitted::All {
-                break;
-            }
-            if core.reap_ring() == 0 {
-                if let Err(e) = core.step() {
-                    drop(core);
-                    panic!("aio: io_getevents failed: {e}");
-                }
-            }
+        if let Err(e) = core.flush() {
+            drop(core);
+            panic!("aio: io_getevents failed: {e}");
         }
         before
     }
@@ -281,6 +281,9 @@ impl Context {
     /// Submits what is queued, then sleeps until at least one request has
     /// completed (unless none is in flight); returns how many completions
     /// were processed.
+    ///
+    /// # Panics
+    /// As [`submit`](Context::submit).
     pub fn wait(&self) -> usize {
         let mut core = self.core();
         let before = core.stats().completions;
@@ -294,6 +297,9 @@ impl Context {
     }
 
     /// Submits what is queued and waits until nothing is in flight.
+    ///
+    /// # Panics
+    /// As [`submit`](Context::submit).
     pub fn drain(&self) {
         let mut core = self.core();
         if let Err(e) = core.drive(|c| c.in_flight() == 0 && c.queued() == 0) {
@@ -345,6 +351,10 @@ impl Context {
     /// request pushed through the scope has completed, also when `f`
     /// panics (the panic is then resumed). Requests the scope queued but
     /// never submitted are dropped if `f` panics, submitted otherwise.
+    ///
+    /// A [`Poll`](crate::Poll) pushed through the scope that never becomes
+    /// ready keeps the scope waiting (after a panic, such polls are
+    /// cancelled).
     ///
     /// Soundness does not depend on the tickets: the wait happens in this
     /// function's frame, after `f` returns, so forgetting a ticket or
@@ -462,11 +472,13 @@ impl<'a, O: Operation> Ticket<'a, O> {
         unsafe { core.take::<O>(key) }
     }
 
-    /// The output if the request is done (processing ready completions
-    /// first, without sleeping), otherwise the ticket back.
+    /// The output if the request is done, otherwise the ticket back.
+    /// Submits what is queued and fits in the ring, and processes the
+    /// completions that are ready, without sleeping.
     pub fn try_wait(self) -> Result<O::Output, Self> {
         let mut core = self.ctx.core();
         if !core.is_done(self.key) {
+            core.submit_some();
             core.reap_nonblocking();
             if !core.is_done(self.key) {
                 drop(core);

@@ -601,18 +601,14 @@ impl Core {
 
 impl Drop for Core {
     fn drop(&mut self) {
-        // Queued requests still run (a dropped ticket detaches, it does not
-        // cancel); a panic from a buffer's Drop must not skip the wait.
-        let flushed = panic::catch_unwind(AssertUnwindSafe(|| self.flush()));
-        // io_destroy returns only when every submitted request is done.
+        // Requests never submitted are dropped without running: submitting
+        // them here could block forever (a read of an empty pipe blocks
+        // inside io_submit). io_destroy returns only when every submitted
+        // request is done; only then may the slab drop the buffers.
+        self.queue.clear();
         if self.backend.destroy().is_err() {
             // The kernel may still write the buffers: leak them.
             mem::forget(mem::replace(&mut self.slab, Slab::new()));
-        }
-        if let Err(p) = flushed {
-            if !std::thread::panicking() {
-                panic::resume_unwind(p);
-            }
         }
     }
 }

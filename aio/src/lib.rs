@@ -32,9 +32,9 @@
 //!   slot until the context goes. The buffer types keep their bytes at a
 //!   stable heap address, so moving them into the slot moves no byte the
 //!   kernel was given.
-//! - **Dropping a [`Context`]** submits what is queued, then `io_destroy`s
-//!   the kernel context, which returns only when every request has
-//!   completed; only then are the slots' buffers dropped. If `io_destroy`
+//! - **Dropping a [`Context`]** `io_destroy`s the kernel context, which
+//!   returns only when every submitted request has completed; only then are
+//!   the slots' buffers dropped (with those of requests never submitted). If `io_destroy`
 //!   failed, the buffers are leaked instead. Leaking the context leaks them.
 //! - **Borrowed buffers** go through [`Context::scope`], which, like
 //!   `std::thread::scope`, runs a closure and then waits in its own frame

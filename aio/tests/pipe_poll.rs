@@ -73,3 +73,14 @@ fn hangup_is_reported() {
     let ready = ctx.run(Poll::new(&rd, PollEvents::IN)).unwrap();
     assert!(ready.contains(PollEvents::HUP), "{ready:?}");
 }
+
+#[test]
+fn queued_pipe_read_does_not_block_context_drop() {
+    // Submitting a read of an empty pipe would block inside io_submit; a
+    // context dropped with it still queued drops it instead.
+    let (rd, _wr) = pipe();
+    let ctx = Context::new(8).unwrap();
+    drop(ctx.push(Read::new(&rd, vec![0u8; 8], 0)));
+    assert_eq!(ctx.queued(), 1);
+    drop(ctx);
+}
