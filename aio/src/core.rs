@@ -1,7 +1,7 @@
 //! The completion machinery, independent of how callers wait: a slab of
 //! request slots keyed by `aio_data`, the submission queue with
 //! back-pressure, and event processing. The blocking front-end
-//! ([`Context`](crate::Context)) drives it with `step`; an async front-end
+//! ([`Context`](crate::Context)) drives it with `drive`; an async front-end
 //! can drive it from an eventfd readiness callback with `submit_some` and
 //! `reap_nonblocking` instead.
 
@@ -445,36 +445,32 @@ impl Core {
         }
     }
 
-    /// One step of progress: submit what fits, reap the ring, and sleep in
-    /// `io_getevents` for one event if nothing was ready. Returns `false`
-    /// when there is nothing left to do (nothing queued or in flight).
-    pub(crate) fn step(&mut self) -> Result<bool, Errno> {
-        self.submit_some();
-        if self.reap_ring() > 0 {
-            return Ok(true);
-        }
-        if self.in_flight == 0 {
-            return Ok(!self.queue.is_empty());
-        }
-        loop {
-            match self.reap_syscall(1, None) {
-                Ok(_) => return Ok(true),
-                Err(Errno::EINTR) => continue,
-                Err(e) => return Err(e),
-            }
-        }
-    }
-
-    /// Steps until `done` holds (checked before every step).
+    /// Makes progress until `done` holds: submits what fits, reaps the
+    /// ring, and sleeps in `io_getevents` for one event only when nothing
+    /// else can satisfy `done`. `done` is checked before each of these.
     pub(crate) fn drive(&mut self, mut done: impl FnMut(&Core) -> bool) -> Result<(), Errno> {
         loop {
             if done(self) {
                 return Ok(());
             }
-            if !self.step()? && !done(self) {
-                // Nothing queued or in flight and still not done: the
-                // condition can never hold.
-                return Err(Errno::EINVAL);
+            self.submit_some();
+            if done(self) {
+                return Ok(());
+            }
+            if self.reap_ring() > 0 {
+                continue;
+            }
+            if self.in_flight == 0 {
+                if self.queue.is_empty() {
+                    // Nothing queued or in flight and still not done: the
+                    // condition can never hold.
+                    return Err(Errno::EINVAL);
+                }
+                continue;
+            }
+            match self.reap_syscall(1, None) {
+                Ok(_) | Err(Errno::EINTR) => {}
+                Err(e) => return Err(e),
             }
         }
     }

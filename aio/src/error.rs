@@ -5,7 +5,7 @@ use std::fmt;
 use std::io;
 
 use aio_abi::{Errno, Iocb, Opcode, UIO_MAXIOV};
-use aio_sys::probe::{SetupFailure, read_fs_sysctl};
+use aio_sys::probe::{SetupFailure, read_fs_sysctl, seccomp_mode};
 
 use crate::align;
 
@@ -59,16 +59,6 @@ pub(crate) fn explained(errno: Errno, message: String) -> io::Error {
 
 fn op_name(iocb: &Iocb) -> &'static str {
     iocb.aio_lio_opcode.name().unwrap_or("request")
-}
-
-fn seccomp_mode() -> Option<u32> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("Seccomp:"))?
-        .trim()
-        .parse()
-        .ok()
 }
 
 /// The error for a failed `io_setup(depth)`.
