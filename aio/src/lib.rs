@@ -124,7 +124,10 @@
 //! `io_submit`, and a read of an empty pipe blocks there: only `O_DIRECT`
 //! on block devices and most filesystems is truly asynchronous (poll a pipe
 //! first with [`Poll`]). Slots (iocb, iovec storage, buffer storage) are reused,
-//! so a steady stream of requests allocates nothing. [`Context::stats`]
+//! so a steady stream of requests allocates nothing: buffer values of up
+//! to four machine words (a `Vec`, a `Box<[u8]>`, an [`AlignedBuf`], a `Vec`
+//! of buffers) are stored inline in the slot; larger ones, such as arrays
+//! of several `Vec`s, take one allocation per request. [`Context::stats`]
 //! counts requests, `io_submit` and `io_getevents` calls and ring reaps.
 //!
 //! # `O_DIRECT`

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use aio::{AlignedBuf, Context, IoBuf, IoBufMut, Read};
-use common::{Scratch, pattern, scratch_dir, scratch_in};
+use common::{Scratch, direct_scratch_in, pattern, scratch_dir, scratch_in};
 
 const N: usize = 64;
 const LEN: usize = 256 << 10;
@@ -60,7 +60,8 @@ struct Fixture {
 /// An O_DIRECT file of N records: reads of it really are in flight after
 /// io_submit returns.
 fn fixture() -> Fixture {
-    let scratch = scratch_in(&scratch_dir(), true);
+    let scratch =
+        direct_scratch_in(&scratch_dir()).unwrap_or_else(|| scratch_in(&scratch_dir(), false));
     let record = pattern(LEN, 42);
     let aligned = AlignedBuf::from_slice(&record, 4096);
     for i in 0..N {

@@ -16,7 +16,7 @@ use std::os::unix::fs::FileExt;
 use std::panic::{self, AssertUnwindSafe};
 
 use aio::{AlignedBuf, Context, Reap};
-use common::{pattern, scratch_dir, scratch_in, shm_dir};
+use common::{direct_scratch_in, pattern, scratch_dir, scratch_in, shm_dir};
 
 fn syscall_ctx(depth: u32) -> Context {
     let ctx = Context::builder()
@@ -34,7 +34,7 @@ struct Page([u8; 4096]);
 #[test]
 fn panic_in_scope_waits_for_reads_into_stack_buffers() {
     // O_DIRECT so that the reads are still in flight when the panic starts.
-    let s = scratch_in(&scratch_dir(), true);
+    let s = direct_scratch_in(&scratch_dir()).unwrap_or_else(|| scratch_in(&scratch_dir(), false));
     let data = pattern(16 * 4096, 6);
     s.file
         .write_all_at(&AlignedBuf::from_slice(&data, 4096), 0)
