@@ -236,3 +236,30 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn rw_flags_and_ioprio_reach_the_kernel() {
+    use aio::{RwFlags, ioprio};
+    let t = tmpfs();
+    let ctx = Context::new(8).unwrap();
+    let prio = ioprio::value(ioprio::CLASS_BE, 4);
+    let (n, _) = ctx.run(
+        Write::new(&t.file, b"flagged".to_vec(), 0)
+            .rw_flags(RwFlags::DSYNC)
+            .ioprio(prio),
+    );
+    assert_eq!(n.unwrap(), 7);
+    let (n, buf) = ctx.run(
+        ReadV::new(&t.file, vec![vec![0u8; 3], vec![0u8; 4]], 0)
+            .rw_flags(RwFlags::HIPRI)
+            .ioprio(prio),
+    );
+    assert_eq!(n.unwrap(), 7);
+    assert_eq!(buf.concat(), b"flagged");
+    // The idle class needs no privilege; an invalid class is refused.
+    let (n, _) =
+        ctx.run(Read::new(&t.file, vec![0u8; 7], 0).ioprio(ioprio::value(ioprio::CLASS_IDLE, 0)));
+    assert_eq!(n.unwrap(), 7);
+    let (r, _) = ctx.run(Read::new(&t.file, vec![0u8; 7], 0).ioprio(ioprio::value(7, 0)));
+    assert_eq!(aio::errno(&r.unwrap_err()), Some(libc::EINVAL));
+}
