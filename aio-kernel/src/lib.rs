@@ -71,7 +71,7 @@
 #![warn(missing_docs)]
 
 extern crate alloc;
-#[cfg(any(feature = "std", test))]
+#[cfg(any(feature = "std", feature = "sim", test))]
 extern crate std;
 
 mod context;
@@ -85,8 +85,8 @@ mod sync;
 #[cfg(feature = "std")]
 pub mod engine;
 
-#[cfg(test)]
-mod mock;
+#[cfg(any(test, feature = "sim"))]
+pub mod sim;
 #[cfg(test)]
 mod tests;
 

@@ -82,7 +82,7 @@ impl<R: RingMemory> Ring<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mock::MockRing;
+    use crate::sim::MockRing;
     use aio_abi::RingHeader;
     use zerocopy::FromBytes;
 

@@ -10,7 +10,7 @@ use zerocopy::{FromBytes, IntoBytes};
 
 use crate::Kernel;
 use crate::host::{FileMode, IoStatus};
-use crate::mock::{MockFile, MockHost, PAGE, Step};
+use crate::sim::{MockFile, MockHost, PAGE, Step};
 
 struct T {
     host: Arc<MockHost>,

@@ -1,5 +1,7 @@
-//! A deterministic host for unit tests: sparse user memory, scripted files,
-//! virtual time with timers, a settable CPU and pending-signal flag.
+//! A deterministic simulated host, for unit tests and fuzzing: sparse user
+//! memory (any address is safe to pass), scripted files, virtual time with
+//! timers, a settable CPU and pending-signal flag. Nothing here touches the
+//! real system.
 
 use alloc::boxed::Box;
 use alloc::collections::{BTreeMap, VecDeque};
@@ -14,11 +16,15 @@ use crate::host::{
     Completion, EventFd, File, FileMode, Host, IoStatus, PollWaiter, RingMemory, RwOp, WaitOutcome,
 };
 
-pub(crate) const PAGE: u64 = 4096;
+/// The largest simulated file (writes beyond it fail with `EFBIG`).
+pub const MAX_FILE: usize = 16 << 20;
 
-/// User memory: regions keyed by start address.
+/// The simulated page size.
+pub const PAGE: u64 = 4096;
+
+/// User memory: regions keyed by start address; everything else faults.
 #[derive(Default)]
-pub(crate) struct Mem {
+pub struct Mem {
     regions: Mutex<BTreeMap<u64, Region>>,
 }
 
@@ -37,7 +43,8 @@ impl Mem {
         (end <= start + size).then(|| (start, r.clone()))
     }
 
-    pub(crate) fn map(&self, addr: u64, len: usize, writable: bool) -> bool {
+    /// Maps `len` zeroed bytes at `addr`; false if it would overlap.
+    pub fn map(&self, addr: u64, len: usize, writable: bool) -> bool {
         let mut regions = self.regions.lock().unwrap();
         let end = addr + len as u64;
         let overlaps = regions.iter().any(|(&s, r)| {
@@ -58,7 +65,7 @@ impl Mem {
     }
 
     /// Fills a region regardless of its protection (test setup).
-    pub(crate) fn regions_write_ro(&self, addr: u64, src: &[u8]) {
+    pub fn regions_write_ro(&self, addr: u64, src: &[u8]) {
         let (start, r) = self.find(addr, src.len() as u64).unwrap();
         let off = (addr - start) as usize;
         r.data.lock().unwrap()[off..off + src.len()].copy_from_slice(src);
@@ -68,7 +75,8 @@ impl Mem {
         self.regions.lock().unwrap().remove(&addr);
     }
 
-    pub(crate) fn read(&self, addr: u64, dst: &mut [u8]) -> Result<(), Errno> {
+    /// Copies out of mapped memory; `EFAULT` if any byte is unmapped.
+    pub fn read(&self, addr: u64, dst: &mut [u8]) -> Result<(), Errno> {
         if dst.is_empty() {
             return Ok(());
         }
@@ -79,7 +87,8 @@ impl Mem {
         Ok(())
     }
 
-    pub(crate) fn write(&self, addr: u64, src: &[u8]) -> Result<(), Errno> {
+    /// Copies into writable memory; `EFAULT` otherwise.
+    pub fn write(&self, addr: u64, src: &[u8]) -> Result<(), Errno> {
         if src.is_empty() {
             return Ok(());
         }
@@ -94,8 +103,8 @@ impl Mem {
     }
 }
 
-/// A ring that lives in the mock's user memory, so `lookup` can read `id`.
-pub(crate) struct MockRing {
+/// A ring that lives in the simulated's user memory, so `lookup` can read `id`.
+pub struct MockRing {
     mem: Arc<Mem>,
     addr: u64,
     len: u64,
@@ -103,7 +112,7 @@ pub(crate) struct MockRing {
 
 impl MockRing {
     /// A ring in a private memory map, for layout tests.
-    pub(crate) fn new(addr: u64, len: u64) -> Self {
+    pub fn new(addr: u64, len: u64) -> Self {
         let mem = Arc::new(Mem::default());
         assert!(mem.map(addr, len as usize, true));
         MockRing { mem, addr, len }
@@ -143,22 +152,31 @@ impl RingMemory for MockRing {
 
 type Timer = (u64, Box<dyn FnOnce() + Send>);
 
-pub(crate) struct MockHost {
-    pub(crate) mem: Arc<Mem>,
+/// The simulated host.
+pub struct MockHost {
+    /// Its user memory.
+    pub mem: Arc<Mem>,
     next_ring: AtomicU64,
     files: Mutex<BTreeMap<i32, Arc<dyn File>>>,
-    pub(crate) eventfds: Mutex<BTreeMap<i32, Arc<MockEventFd>>>,
+    /// Eventfds by fd number.
+    pub eventfds: Mutex<BTreeMap<i32, Arc<MockEventFd>>>,
     now: AtomicU64,
     timers: Mutex<Vec<Timer>>,
-    pub(crate) cpu: AtomicU32,
-    pub(crate) cpus: u32,
-    pub(crate) signal: AtomicBool,
-    pub(crate) aio_max_nr: AtomicU64,
-    pub(crate) wakes: AtomicU64,
+    /// The CPU [`Host::current_cpu`] reports.
+    pub cpu: AtomicU32,
+    /// `num_possible_cpus()`.
+    pub cpus: u32,
+    /// Whether a signal is pending.
+    pub signal: AtomicBool,
+    /// `fs.aio-max-nr`.
+    pub aio_max_nr: AtomicU64,
+    /// How many times waiters were woken.
+    pub wakes: AtomicU64,
 }
 
 impl MockHost {
-    pub(crate) fn new(cpus: u32) -> Arc<Self> {
+    /// A host with `cpus` possible CPUs and nothing mapped or open.
+    pub fn new(cpus: u32) -> Arc<Self> {
         Arc::new(MockHost {
             mem: Arc::new(Mem::default()),
             next_ring: AtomicU64::new(0x7000_0000),
@@ -174,23 +192,26 @@ impl MockHost {
         })
     }
 
-    pub(crate) fn add_file(&self, fd: i32, file: Arc<dyn File>) {
+    /// Installs `file` as `fd`.
+    pub fn add_file(&self, fd: i32, file: Arc<dyn File>) {
         self.files.lock().unwrap().insert(fd, file);
     }
 
-    pub(crate) fn add_eventfd(&self, fd: i32) -> Arc<MockEventFd> {
+    /// Installs a new eventfd as `fd`.
+    pub fn add_eventfd(&self, fd: i32) -> Arc<MockEventFd> {
         let e = Arc::new(MockEventFd::default());
         self.eventfds.lock().unwrap().insert(fd, e.clone());
         e
     }
 
     /// Runs `f` at virtual time `now + after_ns`, during some `wait`.
-    pub(crate) fn at(&self, after_ns: u64, f: impl FnOnce() + Send + 'static) {
+    pub fn at(&self, after_ns: u64, f: impl FnOnce() + Send + 'static) {
         let t = self.now.load(Ordering::SeqCst) + after_ns;
         self.timers.lock().unwrap().push((t, Box::new(f)));
     }
 
-    pub(crate) fn now(&self) -> u64 {
+    /// Virtual monotonic time.
+    pub fn now(&self) -> u64 {
         self.now.load(Ordering::SeqCst)
     }
 }
@@ -307,9 +328,11 @@ impl Host for MockHost {
     }
 }
 
+/// A simulated eventfd: counts its signals.
 #[derive(Default)]
-pub(crate) struct MockEventFd {
-    pub(crate) count: AtomicU64,
+pub struct MockEventFd {
+    /// Signals so far.
+    pub count: AtomicU64,
 }
 
 impl EventFd for MockEventFd {
@@ -320,7 +343,7 @@ impl EventFd for MockEventFd {
 
 /// What a scripted file does on its next read or write call.
 #[derive(Clone, Copy, Debug)]
-pub(crate) enum Step {
+pub enum Step {
     /// Move at most `n` bytes and return `Partial`.
     Short(usize),
     /// Move at most `n` bytes and return `WouldBlock`; the file stops being
@@ -333,21 +356,29 @@ pub(crate) enum Step {
 }
 
 /// An in-memory file whose transfers follow a script.
-pub(crate) struct MockFile {
+pub struct MockFile {
     mem: Arc<Mem>,
-    pub(crate) data: Mutex<Vec<u8>>,
-    pub(crate) mode: FileMode,
-    pub(crate) script: Mutex<VecDeque<Step>>,
+    /// The file's contents.
+    pub data: Mutex<Vec<u8>>,
+    /// Its mode bits.
+    pub mode: FileMode,
+    /// What the next calls do.
+    pub script: Mutex<VecDeque<Step>>,
     /// `(pos, len)` of every call, to check where each resume started.
-    pub(crate) calls: Mutex<Vec<(i64, u64)>>,
-    pub(crate) queued: Mutex<Vec<(RwOp, bool, Completion)>>,
-    pub(crate) ready: Mutex<PollEvents>,
-    pub(crate) waiters: Mutex<Vec<(PollEvents, PollWaiter)>>,
-    pub(crate) fsync_status: Mutex<Option<IoStatus>>,
+    pub calls: Mutex<Vec<(i64, u64)>>,
+    /// Operations queued by [`Step::Queue`], with their completions.
+    pub queued: Mutex<Vec<(RwOp, bool, Completion)>>,
+    /// Current readiness.
+    pub ready: Mutex<PollEvents>,
+    /// Registered poll waiters.
+    pub waiters: Mutex<Vec<(PollEvents, PollWaiter)>>,
+    /// What the next fsync returns (default `Done(0)`).
+    pub fsync_status: Mutex<Option<IoStatus>>,
 }
 
 impl MockFile {
-    pub(crate) fn new(host: &MockHost, data: Vec<u8>, mode: FileMode) -> Arc<Self> {
+    /// A file with `data` in `host`'s memory world.
+    pub fn new(host: &MockHost, data: Vec<u8>, mode: FileMode) -> Arc<Self> {
         Arc::new(MockFile {
             mem: host.mem.clone(),
             data: Mutex::new(data),
@@ -361,7 +392,8 @@ impl MockFile {
         })
     }
 
-    pub(crate) fn regular() -> FileMode {
+    /// The mode of a read-write regular file with every method.
+    pub fn regular() -> FileMode {
         FileMode {
             read: true,
             write: true,
@@ -375,12 +407,13 @@ impl MockFile {
         }
     }
 
-    pub(crate) fn push(&self, steps: &[Step]) {
+    /// Appends steps to the script.
+    pub fn push(&self, steps: &[Step]) {
         self.script.lock().unwrap().extend(steps.iter().copied());
     }
 
     /// Changes readiness and wakes the waiters, as a driver's wake-up would.
-    pub(crate) fn set_ready(&self, ev: PollEvents) {
+    pub fn set_ready(&self, ev: PollEvents) {
         *self.ready.lock().unwrap() = ev;
         let waiters = core::mem::take(&mut *self.waiters.lock().unwrap());
         let mut keep = Vec::new();
@@ -393,7 +426,7 @@ impl MockFile {
     }
 
     /// Performs a queued operation fully and reports it.
-    pub(crate) fn finish_queued(&self) {
+    pub fn finish_queued(&self) {
         let q = core::mem::take(&mut *self.queued.lock().unwrap());
         for (op, write, done) in q {
             let n = self.transfer(&op, write, u64::MAX);
@@ -418,6 +451,14 @@ impl MockFile {
             }
             let r = if write {
                 let end = (pos + len) as usize;
+                if end > MAX_FILE {
+                    // `s_maxbytes`: the simulated files stay small.
+                    return if moved > 0 {
+                        IoStatus::Done(moved as usize)
+                    } else {
+                        IoStatus::Error(Errno::EFBIG)
+                    };
+                }
                 if data.len() < end {
                     data.resize(end, 0);
                 }
