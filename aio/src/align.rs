@@ -148,30 +148,46 @@ fn is_direct_raw(fd: RawFd) -> io::Result<bool> {
 /// request aligned to it needs no system call to be checked.
 const SAFE_ALIGN: u64 = 4096;
 
-/// Refuses a read or write that `O_DIRECT` would reject with a bare
-/// `EINVAL`. Cheap when the request is 4 KiB-aligned (nothing to check) and
-/// otherwise one `fcntl`, plus one `statx` for `O_DIRECT` files.
-pub(crate) fn check_direct(fd: RawFd, offset: i64, segments: &[IoVec]) -> io::Result<()> {
-    let aligned = offset as u64 % SAFE_ALIGN == 0
-        && segments
-            .iter()
-            .all(|v| (v.iov_base | v.iov_len) % SAFE_ALIGN == 0);
-    if aligned {
-        return Ok(());
-    }
-    // A bad fd is the kernel's to report (EBADF in the result).
-    if !is_direct_raw(fd).unwrap_or(false) {
-        return Ok(());
-    }
-    let Ok(alignment) = dio_alignment_raw(fd) else {
-        return Ok(());
-    };
-    match alignment.violation(offset, segments) {
-        None => Ok(()),
-        Some(text) => Err(explained(
-            Errno::EINVAL,
-            format!("refused before submission: {text}"),
-        )),
+/// Refuses reads and writes that `O_DIRECT` would reject with a bare
+/// `EINVAL`, remembering what it learnt about the last descriptor.
+///
+/// Costs nothing for 4 KiB-aligned requests; otherwise one `fcntl` per
+/// descriptor (plus one `statx` for `O_DIRECT` ones) for as long as the
+/// cache lives, which is one submission batch.
+#[derive(Default)]
+pub(crate) struct DirectCache {
+    last: Option<(RawFd, Option<DioAlignment>)>,
+}
+
+impl DirectCache {
+    pub(crate) fn check(&mut self, fd: RawFd, offset: i64, segments: &[IoVec]) -> io::Result<()> {
+        let aligned = offset as u64 % SAFE_ALIGN == 0
+            && segments
+                .iter()
+                .all(|v| (v.iov_base | v.iov_len) % SAFE_ALIGN == 0);
+        if aligned {
+            return Ok(());
+        }
+        let alignment = match self.last {
+            Some((cached, alignment)) if cached == fd => alignment,
+            _ => {
+                // A bad fd is the kernel's to report (EBADF in the result).
+                let alignment = if is_direct_raw(fd).unwrap_or(false) {
+                    dio_alignment_raw(fd).ok()
+                } else {
+                    None
+                };
+                self.last = Some((fd, alignment));
+                alignment
+            }
+        };
+        match alignment.and_then(|a| a.violation(offset, segments)) {
+            None => Ok(()),
+            Some(text) => Err(explained(
+                Errno::EINVAL,
+                format!("refused before submission: {text}"),
+            )),
+        }
     }
 }
 

@@ -101,7 +101,8 @@ impl ContextBuilder {
 
     /// Whether reads and writes on `O_DIRECT` descriptors are checked for
     /// alignment before submission (default yes). The check costs nothing
-    /// for 4 KiB-aligned requests and one `fcntl` otherwise.
+    /// for 4 KiB-aligned requests, otherwise one `fcntl` per descriptor per
+    /// `io_submit` batch.
     pub fn check_direct_alignment(mut self, yes: bool) -> Self {
         self.check_direct = yes;
         self
@@ -233,8 +234,9 @@ impl Context {
     /// [`wait`](Context::wait) or [`Ticket::wait`].
     ///
     /// A read or write on an `O_DIRECT` descriptor that breaks the file's
-    /// alignment is refused here: its ticket completes at once with an
-    /// error naming the required alignment.
+    /// alignment is refused when it would be submitted: its ticket
+    /// completes with an error naming the required alignment, and the
+    /// kernel never sees it.
     #[must_use = "dropping the ticket detaches the request; call wait() for its result"]
     pub fn push<O>(&self, op: O) -> Ticket<'_, O>
     where

@@ -52,6 +52,8 @@ struct Slot {
     synchronous: bool,
     /// Refused before submission, with this error.
     early: Option<io::Error>,
+    /// The O_DIRECT alignment check has run.
+    checked: bool,
     generation: u32,
     /// The ticket was dropped: release the slot when it is done.
     detached: bool,
@@ -69,6 +71,7 @@ impl Slot {
             res: 0,
             synchronous: false,
             early: None,
+            checked: false,
             generation: 0,
             detached: false,
             scope: 0,
@@ -249,8 +252,7 @@ impl Core {
         self.backend.reaps_ring()
     }
 
-    /// Prepares a request in a free slot and queues it (or completes it at
-    /// once if it is refused before submission).
+    /// Prepares a request in a free slot and queues it.
     pub(crate) fn push<K>(
         &mut self,
         prepare: impl FnOnce(&mut Vec<IoVec>) -> (Iocb, K),
@@ -281,28 +283,44 @@ impl Core {
         slot.detached = false;
         slot.synchronous = false;
         slot.early = None;
+        slot.checked = !self.check_direct;
+        slot.state = State::Queued;
         self.stats.requests += 1;
-        let op = iocb.aio_lio_opcode;
-        let refused = if self.check_direct && (op.is_read() || op.is_write()) {
-            align::check_direct(iocb.fd(), iocb.aio_offset, &slot.iovs).err()
-        } else {
-            None
-        };
-        match refused {
-            Some(e) => {
-                slot.state = State::Done;
-                slot.res = Errno::EINVAL.as_res();
-                slot.early = Some(e);
-            }
-            None => {
-                slot.state = State::Queued;
-                self.queue.push_back(idx);
-                if scope != 0 {
-                    self.scope_count(scope, 1);
-                }
-            }
+        self.queue.push_back(idx);
+        if scope != 0 {
+            self.scope_count(scope, 1);
         }
         key
+    }
+
+    /// Refuses, among the next `room` queued requests, the reads and writes
+    /// that `O_DIRECT` would reject with a bare `EINVAL`: they finish with
+    /// an error naming the alignment and never reach the kernel. Checked
+    /// here rather than at push so that one `fcntl` serves a whole batch on
+    /// the same descriptor.
+    fn refuse_misaligned(&mut self, room: usize) {
+        let mut cache = align::DirectCache::default();
+        let (mut i, mut kept) = (0, 0);
+        while kept < room && i < self.queue.len() {
+            let idx = self.queue[i];
+            let slot = self.slab.slot(idx);
+            let op = slot.iocb.aio_lio_opcode;
+            if !slot.checked && (op.is_read() || op.is_write()) {
+                slot.checked = true;
+                let (fd, offset) = (slot.iocb.fd(), slot.iocb.aio_offset);
+                if let Err(e) = cache.check(fd, offset, &slot.iovs) {
+                    slot.early = Some(e);
+                    self.queue.remove(i);
+                    self.finish(idx, Errno::EINVAL.as_res(), true);
+                    // finish may have run a buffer's Drop, which could have
+                    // reopened the descriptor number: forget what we knew.
+                    cache = align::DirectCache::default();
+                    continue;
+                }
+            }
+            i += 1;
+            kept += 1;
+        }
     }
 
     fn scope_count(&mut self, scope: u64, delta: isize) {
@@ -338,6 +356,12 @@ impl Core {
             let room = self.limit.saturating_sub(self.in_flight);
             if room == 0 {
                 return Submitted::Full;
+            }
+            if self.check_direct {
+                self.refuse_misaligned(room);
+                if self.queue.is_empty() {
+                    return Submitted::All;
+                }
             }
             let n = room.min(self.queue.len());
             self.ptrs.clear();
