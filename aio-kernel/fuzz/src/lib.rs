@@ -257,6 +257,9 @@ impl World {
             ptrs.extend_from_slice(&addr.to_ne_bytes());
             objs.push(addr);
         }
+        // A NULL after the batch: an oversized `nr` stops there (EFAULT)
+        // instead of resubmitting stale pointers of an earlier batch.
+        ptrs.extend_from_slice(&0u64.to_ne_bytes());
         self.host.mem.write(ARRAYS, &ptrs).unwrap();
         let nr = match inp.byte().unwrap_or(0) {
             0 => -1,

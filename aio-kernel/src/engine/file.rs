@@ -146,13 +146,31 @@ pub(crate) fn fget(shared: &Arc<Shared>, fd: i32) -> Result<Arc<dyn File>, Errno
         Kind::Other if fmt == libc::S_IFCHR => (probe_flag(dup, read, RwFlags::NOWAIT, -1), false),
         Kind::Other => (true, false),
     };
+    // A device without a poll method reports exactly DEFAULT_POLLMASK to
+    // poll(2) whatever is asked; Linux's aio_poll then uses that mask (and
+    // refuses a request it cannot satisfy) instead of waiting.
+    let has_poll = match kind {
+        Kind::Stream => true,
+        Kind::Other if fmt == libc::S_IFCHR => {
+            let mut pfd = libc::pollfd {
+                fd: dup,
+                events: -1,
+                revents: 0,
+            };
+            // SAFETY: one live pollfd, zero timeout.
+            let n = unsafe { libc::poll(&mut pfd, 1, 0) };
+            !(n == 1 && pfd.revents as u16 as u32 == crate::DEFAULT_POLLMASK.0)
+        }
+        Kind::Other => true,
+        Kind::Positioned | Kind::Dir => false,
+    };
     let mode = FileMode {
         read,
         write,
         has_read_iter: kind != Kind::Dir,
         has_write_iter: kind != Kind::Dir,
         has_fsync: matches!(kind, Kind::Positioned | Kind::Dir),
-        has_poll: matches!(kind, Kind::Stream | Kind::Other),
+        has_poll,
         nowait,
         atomic_write: false,
         dontcache,
@@ -239,6 +257,10 @@ impl EngineFile {
             return IoStatus::Done(0);
         }
         match self.kind {
+            // sock_read_iter/sock_write_iter refuse a position (pipes ignore it).
+            Kind::Stream if self.fmt == libc::S_IFSOCK && op.pos != 0 => {
+                IoStatus::Error(Errno::ESPIPE)
+            }
             Kind::Stream => {
                 let user_nowait = op.flags.contains(RwFlags::NOWAIT);
                 let flags = op.flags | RwFlags::NOWAIT;
