@@ -1191,7 +1191,7 @@ fn aio_sys_ring_view_reaps_the_engine_ring() {
     let engine = aio_kernel::engine::Engine::new();
     let fx = Fixture::new();
     let ctx = engine.io_setup(8).unwrap();
-    let mut bufs = vec![[0u8; 16]; 5];
+    let mut bufs = [[0u8; 16]; 5];
     let iocbs: Vec<Iocb> = bufs
         .iter_mut()
         .enumerate()
@@ -1223,7 +1223,7 @@ fn aio_sys_ring_view_reaps_the_engine_ring() {
     // SAFETY: as above; the first round's events have all been reaped.
     assert_eq!(unsafe { engine.io_submit(ctx, &ptrs) }, Ok(5));
     assert_eq!(engine.io_getevents(ctx, 5, &mut evs, None), Ok(5));
-    drop(view);
+    let _ = view.context();
     engine.io_destroy(ctx).unwrap();
 }
 
