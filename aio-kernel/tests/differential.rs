@@ -1202,15 +1202,17 @@ fn aio_sys_ring_view_reaps_the_engine_ring() {
     let ptrs: Vec<*const Iocb> = iocbs.iter().map(|i| i as *const Iocb).collect();
     // SAFETY: the iocbs and buffers outlive the requests (reaped below).
     assert_eq!(unsafe { engine.io_submit(ctx, &ptrs) }, Ok(5));
-    // SAFETY: `ctx` is the engine's ring address, live until io_destroy.
-    let mut view = unsafe { aio_sys::RingView::new(ctx) };
-    assert!(view.is_mapped());
     let mut got = Vec::new();
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while got.len() < 5 && std::time::Instant::now() < deadline {
-        let mut out = [IoEvent::default(); 5];
-        let n = view.try_reap(&mut out);
-        got.extend_from_slice(&out[..n]);
+    {
+        // SAFETY: `ctx` is the engine's ring address, live until io_destroy.
+        let mut view = unsafe { aio_sys::RingView::new(ctx) };
+        assert!(view.is_mapped());
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while got.len() < 5 && std::time::Instant::now() < deadline {
+            let mut out = [IoEvent::default(); 5];
+            let n = view.try_reap(&mut out);
+            got.extend_from_slice(&out[..n]);
+        }
     }
     let mut data: Vec<u64> = got.iter().map(|e| e.data).collect();
     data.sort();
@@ -1223,7 +1225,6 @@ fn aio_sys_ring_view_reaps_the_engine_ring() {
     // SAFETY: as above; the first round's events have all been reaped.
     assert_eq!(unsafe { engine.io_submit(ctx, &ptrs) }, Ok(5));
     assert_eq!(engine.io_getevents(ctx, 5, &mut evs, None), Ok(5));
-    let _ = view.context();
     engine.io_destroy(ctx).unwrap();
 }
 
