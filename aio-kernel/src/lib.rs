@@ -46,27 +46,54 @@
 //!   current Linux rejects a nonzero `*ctxp` with `EINVAL`, as
 //!   [`Kernel::io_setup`] does.
 //!
-//! Differences of the engine (all found or checked by `tests/differential.rs`):
+//! Differences of the engine, each checked against the running kernel by
+//! `tests/differential.rs` (which compares `io_submit`'s result, every
+//! event's `data`/`obj`/`res`/`res2`, the files, the buffers, pipe contents
+//! and eventfd counts) or, where Linux cannot be compared, stated here:
 //!
 //! - Buffered I/O, pipes and sockets complete **asynchronously**: their
 //!   events are usually not in the ring when `io_submit` returns, where
 //!   Linux would have blocked and posted them first (spec §3.5). Events may
-//!   therefore arrive in a different order; their contents agree.
+//!   therefore arrive in a different order; their contents agree. Two
+//!   requests of one batch that touch the same bytes of a file (or append
+//!   to it) may take effect in a different order than in Linux, which runs
+//!   them one after the other inside `io_submit`.
 //! - **Signals** never interrupt the engine's waits: `io_getevents` never
 //!   returns `EINTR`, and `io_pgetevents` checks and reads the sigmask but
 //!   does not install it.
-//! - **File capabilities** are inferred: `FMODE_NOWAIT` for regular files is
-//!   probed with a one-byte `RWF_NOWAIT` read when the fd is readable and
-//!   assumed otherwise; `RWF_DONTCACHE` support is probed the same way and
-//!   assumed absent for write-only fds; `RWF_ATOMIC` is never supported;
-//!   append-only inodes are not detected; character devices are assumed to
-//!   have a `poll` method (Linux's `EINVAL` for an unpollable file whose
-//!   default mask misses the request becomes a wait).
+//! - **File capabilities** are inferred from outside the kernel:
+//!   `FMODE_NOWAIT` and `RWF_DONTCACHE` support are probed once per device
+//!   with a one-byte request against an inaccessible page (refused, or
+//!   `EFAULT` without effect); `FMODE_NOWAIT` is assumed for write-only
+//!   regular files; `RWF_ATOMIC` is never supported; append-only inodes are
+//!   not detected (`RWF_NOAPPEND` is then not `EPERM`); a character device
+//!   whose `poll(2)` reports exactly the default mask is taken to have no
+//!   `poll` method.
+//! - **POLL results** after a wait are `poll(2)`'s bits widened to the key
+//!   Linux's wake-up carries for pipes and sockets; for other files they
+//!   are `poll(2)`'s bits.
+//! - **Accepted `RWF_*` bits** follow the running kernel's version
+//!   ([`engine::rw_flags_for_kernel`]), not the filesystem.
 //! - **Privilege** for the real-time I/O priority class is read from the
 //!   effective capability set.
 //! - **User memory** is accessed with `process_vm_readv`/`process_vm_writev`
 //!   on the own process: a seccomp filter that forbids them makes every
-//!   request fail with `EFAULT`.
+//!   call fail with `EFAULT`.
+//! - **fork**: Linux gives a child `EINVAL` for its parent's contexts; the
+//!   engine's state is copied into the child without its threads, so the
+//!   engine must not be used across `fork`.
+//! - **io_destroy** unmaps the ring after the requests in flight finish
+//!   (Linux unmaps it first); the `aio-nr` of an engine counts only its own
+//!   contexts.
+//!
+//! Where the shared spec and the running kernel (6.18 here) disagree, the
+//! kernel wins and the core follows it: a negative `io_getevents` timeout
+//! sleeps forever (the hrtimer's overflow check), it does not expire; a
+//! vectored request with one segment is capped to `MAX_RW_COUNT` before its
+//! range is checked, with several segments each is checked at full length
+//! first; a `POLL` woken later reports the wake-up's whole mask; the idle
+//! I/O priority class accepts a level; sockets refuse a nonzero offset with
+//! `-ESPIPE` in the event.
 #![no_std]
 #![warn(missing_docs)]
 
