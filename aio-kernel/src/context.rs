@@ -54,6 +54,10 @@ pub(crate) struct Ctx<H: Host> {
     pub(crate) ring_lock: SpinLock<()>,
     /// `ctx->active_reqs`: requests `io_cancel` can find.
     pub(crate) active: SpinLock<Vec<Arc<dyn Cancel>>>,
+    /// Reads and writes waiting for readiness (the retry path): not
+    /// cancellable by `io_cancel`, as in Linux, but ended by `io_destroy`,
+    /// which would otherwise wait for a pipe that may never be written.
+    pub(crate) parked: SpinLock<Vec<Arc<dyn Cancel>>>,
     /// Requests submitted and not yet completed.
     pub(crate) inflight: AtomicUsize,
 }
@@ -242,6 +246,7 @@ impl<H: Host> Kernel<H> {
             }),
             ring_lock: SpinLock::new(()),
             active: SpinLock::new(Vec::new()),
+            parked: SpinLock::new(Vec::new()),
             inflight: AtomicUsize::new(0),
         });
         {
@@ -299,6 +304,10 @@ impl<H: Host> Kernel<H> {
         *self.aio_nr.lock() -= ctx.max_reqs as u64;
         let active = core::mem::take(&mut *ctx.active.lock());
         for req in active {
+            req.cancel();
+        }
+        let parked = core::mem::take(&mut *ctx.parked.lock());
+        for req in parked {
             req.cancel();
         }
         true

@@ -11,7 +11,7 @@ use aio_abi::{
 };
 use zerocopy::{FromBytes, FromZeros};
 
-use crate::context::{Ctx, Kernel};
+use crate::context::{Cancel, Ctx, Kernel};
 use crate::host::{Completion, EventFd, File, FileMode, Host, IoStatus, PollWaiter, PollWake};
 use crate::host::{Resume, RwOp};
 use crate::poll;
@@ -444,6 +444,13 @@ impl<H: Host> RwReq<H> {
                         return;
                     }
                     let want = self.wanted();
+                    self.common.ctx.parked.lock().push(self.clone());
+                    if self.common.ctx.dead.load(Ordering::Acquire) {
+                        // io_destroy already swept the parked list.
+                        self.unpark();
+                        self.common.complete(self.interrupted());
+                        return;
+                    }
                     let waiter = PollWaiter(self.clone());
                     let ready = if self.common.file.mode().has_poll {
                         self.common.file.poll(want, Some(&waiter))
@@ -454,6 +461,7 @@ impl<H: Host> RwReq<H> {
                         // The waiter's wake continues the transfer.
                         return;
                     }
+                    self.unpark();
                     self.issue()
                 }
                 IoStatus::Error(e) => {
@@ -463,6 +471,26 @@ impl<H: Host> RwReq<H> {
                     return;
                 }
             }
+        }
+    }
+
+    fn unpark(&self) {
+        let me = self as *const Self as *const u8;
+        self.common
+            .ctx
+            .parked
+            .lock()
+            .retain(|r| Arc::as_ptr(r) as *const u8 != me);
+    }
+
+    /// The result of a transfer ended by `io_destroy` while waiting: the
+    /// bytes moved so far, or `-EINTR` like a read interrupted at exit.
+    fn interrupted(&self) -> i64 {
+        let done = self.state.lock().done;
+        if done > 0 {
+            done as i64
+        } else {
+            Errno::EINTR.as_res()
         }
     }
 
@@ -491,6 +519,17 @@ impl<H: Host> Resume for RwReq<H> {
     }
 }
 
+impl<H: Host> Cancel for RwReq<H> {
+    fn obj(&self) -> u64 {
+        self.common.event.obj
+    }
+
+    fn cancel(self: Arc<Self>) {
+        self.common.complete(self.interrupted());
+        self.common.file.poll_cancel(&PollWaiter(self.clone()));
+    }
+}
+
 impl<H: Host> PollWake for RwReq<H> {
     fn wake(self: Arc<Self>, events: PollEvents) -> bool {
         if self.common.is_completed() {
@@ -500,6 +539,7 @@ impl<H: Host> PollWake for RwReq<H> {
         if !events.is_empty() && !events.intersects(want | PollEvents::ERR | PollEvents::HUP) {
             return false;
         }
+        self.unpark();
         self.call_file();
         true
     }

@@ -852,6 +852,27 @@ fn destroy_cancels_polls_and_waits_for_io() {
 }
 
 #[test]
+fn destroy_ends_transfers_waiting_for_readiness() {
+    let t = T::new(1);
+    let ctx = t.setup(8);
+    let f = t.file(3, pattern(100), MockFile::regular());
+    *f.ready.lock().unwrap() = PollEvents::EMPTY;
+    f.push(&[Step::Block(0), Step::Block(4)]);
+    let buf = t.alloc(10);
+    let (r, addrs) = t.submit(
+        ctx,
+        &[Iocb::pread(3, buf, 10, 0), Iocb::pread(3, buf, 10, 0)],
+    );
+    assert_eq!(r, Ok(2));
+    assert_eq!(f.waiters.lock().unwrap().len(), 2);
+    // Not cancellable through io_cancel, like Linux's file reads.
+    assert_eq!(t.k.io_cancel(ctx, addrs[0], 0), Err(Errno::EINVAL));
+    // io_destroy does not wait for readiness that may never come.
+    assert_eq!(t.k.io_destroy(ctx), Ok(()));
+    assert!(f.waiters.lock().unwrap().is_empty());
+}
+
+#[test]
 fn fsync_queued_and_failing() {
     let t = T::new(1);
     let ctx = t.setup(8);

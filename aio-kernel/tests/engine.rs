@@ -144,6 +144,24 @@ fn destroy_wakes_a_waiting_reaper_with_einval() {
 }
 
 #[test]
+fn destroy_does_not_wait_for_an_empty_pipe() {
+    let engine = Engine::new();
+    let fx = Fixture::new();
+    let ctx = engine.io_setup(8).unwrap();
+    let mut buf = [0u8; 8];
+    let iocb = Iocb::pread(fx.pipe_r.as_raw_fd(), buf.as_mut_ptr() as u64, 8, 0);
+    assert_eq!(
+        // SAFETY: `iocb` and `buf` outlive the request: io_destroy ends it.
+        unsafe { engine.io_submit(ctx, &[&iocb as *const Iocb]) },
+        Ok(1)
+    );
+    assert_eq!(engine.io_cancel(ctx, &iocb), Err(Errno::EINVAL));
+    let t0 = std::time::Instant::now();
+    engine.io_destroy(ctx).unwrap();
+    assert!(t0.elapsed() < Duration::from_secs(2));
+}
+
+#[test]
 fn eventfd_counts_completions_for_epoll_integration() {
     let engine = Engine::new();
     let fx = Fixture::new();
