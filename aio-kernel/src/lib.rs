@@ -42,6 +42,9 @@
 //!   `read_iter` either blocks inside `io_submit` or completes; the seed's
 //!   retry model is kept so that hosts can wait for readiness without
 //!   blocking. Bytes moved before an error make the request succeed short.
+//!   `io_destroy` ends a transfer parked on readiness (result: the bytes
+//!   moved so far, or `-EINTR`) instead of waiting for readiness that may
+//!   never come; `io_cancel` refuses it like any file I/O.
 //! - **Explicit ring address** ([`Kernel::io_setup_at`]) is an extension;
 //!   current Linux rejects a nonzero `*ctxp` with `EINVAL`, as
 //!   [`Kernel::io_setup`] does.
