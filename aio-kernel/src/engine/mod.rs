@@ -24,6 +24,47 @@
 //! Contexts are keyed by their ring address, as in Linux; one `Engine` is
 //! one address space's AIO state, and [`Engine::global`] is the process-wide
 //! one a libaio replacement needs.
+//!
+//! # Example
+//!
+//! ```
+//! use std::os::fd::AsRawFd;
+//! use aio_abi::{IoEvent, IoVec, Iocb};
+//! use aio_kernel::engine::Engine;
+//!
+//! let path = std::env::temp_dir().join(format!("aio-kernel-doc-{}", std::process::id()));
+//! let file = std::fs::OpenOptions::new()
+//!     .read(true).write(true).create(true).truncate(true).open(&path)?;
+//! let fd = file.as_raw_fd();
+//!
+//! let engine = Engine::new();
+//! let ctx = engine.io_setup(8)?;
+//!
+//! // Write "hello world" with one PWRITEV of two segments.
+//! let (a, b) = (*b"hello ", *b"world");
+//! let iov = [
+//!     IoVec { iov_base: a.as_ptr() as u64, iov_len: 6 },
+//!     IoVec { iov_base: b.as_ptr() as u64, iov_len: 5 },
+//! ];
+//! let write = Iocb::pwritev(fd, iov.as_ptr() as u64, 2, 0).with_data(1);
+//! // SAFETY: `write`, `iov`, `a` and `b` live until the event is reaped.
+//! assert_eq!(unsafe { engine.io_submit(ctx, &[&write]) }, Ok(1));
+//! let mut events = [IoEvent::default(); 1];
+//! assert_eq!(engine.io_getevents(ctx, 1, &mut events, None), Ok(1));
+//! assert_eq!((events[0].data, events[0].res), (1, 11));
+//!
+//! // Read it back with PREAD.
+//! let mut buf = [0u8; 11];
+//! let read = Iocb::pread(fd, buf.as_mut_ptr() as u64, 11, 0).with_data(2);
+//! // SAFETY: as above, for `read` and `buf`.
+//! assert_eq!(unsafe { engine.io_submit(ctx, &[&read]) }, Ok(1));
+//! assert_eq!(engine.io_getevents(ctx, 1, &mut events, None), Ok(1));
+//! assert_eq!(&buf, b"hello world");
+//!
+//! engine.io_destroy(ctx)?;
+//! std::fs::remove_file(&path)?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 mod file;
 mod memory;
