@@ -74,6 +74,8 @@ struct Outcome {
     pipe: Vec<u8>,
     efd: u64,
     buffers_digest: Vec<u8>,
+    /// Each iocb's `aio_key` afterwards (the kernel writes 0 on acceptance).
+    keys: Vec<u32>,
 }
 
 type Build = dyn Fn(&Fixture, &mut Arena) -> Vec<Iocb>;
@@ -85,7 +87,7 @@ fn run(side: &dyn Side, build: &Build, wait: Duration) -> Outcome {
     let fx = Fixture::new();
     let mut arena = Arena::new();
     let iocbs = build(&fx, &mut arena);
-    let ctx = Ctx::new(side, 256);
+    let ctx = Ctx::new(side, 64);
     let submit = ctx.submit(&iocbs);
     let n = *submit.as_ref().unwrap_or(&0);
     let mut evs = ctx.collect(n, wait);
@@ -99,6 +101,11 @@ fn run(side: &dyn Side, build: &Build, wait: Duration) -> Outcome {
         }
         evs.extend(ctx.collect(n - evs.len(), Duration::from_secs(2)));
     }
+    // SAFETY: volatile reads of our own iocbs; nothing writes them now.
+    let keys = iocbs
+        .iter()
+        .map(|i| unsafe { std::ptr::read_volatile(&i.aio_key) })
+        .collect();
     let index = |e: &IoEvent| {
         iocbs
             .iter()
@@ -121,6 +128,7 @@ fn run(side: &dyn Side, build: &Build, wait: Duration) -> Outcome {
         pipe: fx.drain_pipe(),
         efd: fx.take_efd(),
         buffers_digest: arena.buffers().to_vec(),
+        keys,
     }
 }
 
@@ -164,6 +172,9 @@ fn compare(what: &str, build: &Build, wait: Duration) -> Result<(), String> {
                 b.len()
             );
         }
+    }
+    if linux.keys != engine.keys {
+        msg += &format!("  keys: linux {:?} engine {:?}\n", linux.keys, engine.keys);
     }
     if linux.efd != engine.efd {
         msg += &format!("  eventfd: linux {} engine {}\n", linux.efd, engine.efd);
@@ -1294,6 +1305,8 @@ struct Spec {
     resfd: Option<u8>,
     ioprio: Option<u16>,
     poll_mask: u64,
+    /// Garbage in `aio_key` and in `aio_reqprio` without IOCB_FLAG_IOPRIO.
+    junk: Option<(u32, i16)>,
 }
 
 fn spec() -> impl Strategy<Value = Spec> {
@@ -1360,9 +1373,10 @@ fn spec() -> impl Strategy<Value = Spec> {
         prop::option::weighted(0.15, 0u8..3),
         prop::option::weighted(0.1, any::<u16>()),
         prop_oneof![4 => 0u64..0x40, 1 => any::<u16>().prop_map(u64::from), 1 => Just(0x1_0000u64)],
+        prop::option::weighted(0.1, (any::<u32>(), any::<i16>())),
     )
         .prop_map(
-            |(op, fd, buf, len, segs, off, rwf, reserved, resfd, ioprio, poll_mask)| Spec {
+            |(op, fd, buf, len, segs, off, rwf, reserved, resfd, ioprio, poll_mask, junk)| Spec {
                 // Appending writes race with each other on the engine's
                 // workers; they are covered by explicit scenarios.
                 rwf: rwf & !RwFlags::APPEND.0,
@@ -1376,6 +1390,7 @@ fn spec() -> impl Strategy<Value = Spec> {
                 resfd,
                 ioprio,
                 poll_mask,
+                junk,
             },
         )
 }
@@ -1482,6 +1497,10 @@ fn build_batch(specs: &[Spec], fx: &Fixture, a: &mut Arena) -> Vec<Iocb> {
                 Some(1) => iocb = iocb.with_eventfd(fx.closed),
                 Some(_) => iocb = iocb.with_eventfd(fd(&fx.data)),
                 None => {}
+            }
+            if let Some((key, prio)) = s.junk {
+                iocb.aio_key = key;
+                iocb.aio_reqprio = prio;
             }
             if let Some(p) = s.ioprio {
                 // Real-time class needs privileges both sides agree on.

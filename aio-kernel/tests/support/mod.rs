@@ -168,10 +168,20 @@ pub struct Ctx<'a> {
 
 impl<'a> Ctx<'a> {
     pub fn new(side: &'a dyn Side, nr: u32) -> Ctx<'a> {
-        let mut id = 0u64;
-        // SAFETY: `id` is a live u64.
-        unsafe { side.setup(nr, &mut id as *mut u64 as u64) }.expect("io_setup");
-        Ctx { side, id }
+        // aio-nr is system-wide: other processes' contexts can fill
+        // aio-max-nr for a moment. Wait for room rather than fail.
+        let end = Instant::now() + Duration::from_secs(30);
+        loop {
+            let mut id = 0u64;
+            // SAFETY: `id` is a live u64.
+            match unsafe { side.setup(nr, &mut id as *mut u64 as u64) } {
+                Ok(()) => return Ctx { side, id },
+                Err(Errno::EAGAIN) if Instant::now() < end => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                Err(e) => panic!("io_setup({nr}) on {}: {e:?}", side.name()),
+            }
+        }
     }
 
     /// Submits `iocbs` (kept at stable addresses by the caller).
@@ -439,6 +449,9 @@ pub fn linux_aio_available() -> bool {
             let _ = Linux.destroy(id);
             true
         }
-        Err(_) => false,
+        // Compiled out, or filtered by seccomp; EAGAIN (aio-nr full for a
+        // moment) does not mean unavailable.
+        Err(Errno::ENOSYS) | Err(Errno::EPERM) => false,
+        Err(_) => true,
     }
 }
