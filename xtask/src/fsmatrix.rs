@@ -34,12 +34,28 @@ const PACKAGES: &[&str] = &["aio-sys", "aio"];
 const PREFIX: &str = "aio-fsmatrix-";
 const MIB: u64 = 1 << 20;
 
+mod nfs;
+
 /// Options of `cargo xtask fs-matrix`.
 pub struct Options {
-    /// Run only these targets (all when empty).
+    /// Run only these targets (the default ones when empty).
     pub only: Vec<String>,
     /// Kill a test binary that runs longer than this.
     pub timeout: Duration,
+    /// The `vectest` row: only `cargo xtask kernel test` sets it, inside its
+    /// VM, where the device is a blank scratch disk.
+    pub vectest: Option<Vectest>,
+}
+
+/// What the `vectest` row runs: `<tool> vectest <device>`, literally.
+#[derive(Clone)]
+pub struct Vectest {
+    /// The `aio-tools` binary (None: it could not be built).
+    pub tool: Option<PathBuf>,
+    /// The device, `/dev/sdb` in the VM.
+    pub device: PathBuf,
+    /// The serial number the device must have (checked before writing).
+    pub serial: Option<String>,
 }
 
 enum Kind {
@@ -62,6 +78,16 @@ enum Kind {
     Zram {
         mib: u64,
     },
+    /// An NFSv3 mount over 127.0.0.1 of a tmpfs this machine exports with
+    /// its own (kernel) NFS server.
+    Nfs {
+        mib: u64,
+    },
+    /// No contract variable: the tests use a temp dir, as under `cargo test`.
+    Plain,
+    /// `aio-tools vectest <device>` (see [`Vectest`]) instead of the test
+    /// binaries.
+    Vectest,
     // Pipe and socket-pair rows come with `aio-tools vectest` (they run
     // vectest over a pipe / socketpair, not the test binaries); add them
     // here as their own kinds then.
@@ -70,13 +96,19 @@ enum Kind {
 struct Target {
     name: &'static str,
     kind: Kind,
+    /// Part of a run without `--only`. The others (jfs, reiserfs, nfs,
+    /// plain, vectest) are run by `cargo xtask kernel test` in a VM whose
+    /// kernel has them, and on the host only when asked for.
+    default: bool,
 }
 
 impl Target {
     fn class(&self) -> &'static str {
         match self.kind {
-            Kind::LoopFs { .. } | Kind::Tmpfs { .. } => "filesystem",
+            Kind::LoopFs { .. } | Kind::Tmpfs { .. } | Kind::Nfs { .. } => "filesystem",
             Kind::RawLoop { .. } | Kind::Zram { .. } => "block device",
+            Kind::Plain => "temp dir",
+            Kind::Vectest => "seed command",
         }
     }
 }
@@ -97,14 +129,17 @@ const TARGETS: &[Target] = &[
     Target {
         name: "ext2",
         kind: ext("mkfs.ext2", "ext2"),
+        default: true,
     },
     Target {
         name: "ext3",
         kind: ext("mkfs.ext3", "ext3"),
+        default: true,
     },
     Target {
         name: "ext4",
         kind: ext("mkfs.ext4", "ext4"),
+        default: true,
     },
     Target {
         name: "xfs",
@@ -115,6 +150,7 @@ const TARGETS: &[Target] = &[
             fstype: "xfs",
             mib: 320,
         },
+        default: true,
     },
     Target {
         name: "btrfs",
@@ -125,24 +161,75 @@ const TARGETS: &[Target] = &[
             fstype: "btrfs",
             mib: 256,
         },
+        default: true,
     },
     Target {
         name: "tmpfs",
         kind: Kind::Tmpfs { mib: 256 },
+        default: true,
     },
     Target {
         name: "loop",
         kind: Kind::RawLoop { mib: 64 },
+        default: true,
     },
     Target {
         name: "zram0",
         kind: Kind::Zram { mib: 64 },
+        default: true,
+    },
+    Target {
+        name: "jfs",
+        kind: Kind::LoopFs {
+            mkfs: "mkfs.jfs",
+            package: "jfsutils",
+            args: &["-q"],
+            fstype: "jfs",
+            mib: 64,
+        },
+        default: false,
+    },
+    // -f twice: no questions.
+    Target {
+        name: "reiserfs",
+        kind: Kind::LoopFs {
+            mkfs: "mkfs.reiserfs",
+            package: "reiserfsprogs",
+            args: &["-f", "-f", "-q"],
+            fstype: "reiserfs",
+            mib: 64,
+        },
+        default: false,
+    },
+    Target {
+        name: "nfs",
+        kind: Kind::Nfs { mib: 1024 },
+        default: false,
+    },
+    Target {
+        name: "plain",
+        kind: Kind::Plain,
+        default: false,
+    },
+    Target {
+        name: "vectest",
+        kind: Kind::Vectest,
+        default: false,
     },
 ];
 
 /// Names of all targets, for `--only`'s help.
 pub fn target_names() -> Vec<&'static str> {
     TARGETS.iter().map(|t| t.name).collect()
+}
+
+/// Names of the targets a run without `--only` has.
+pub fn default_target_names() -> Vec<&'static str> {
+    TARGETS
+        .iter()
+        .filter(|t| t.default)
+        .map(|t| t.name)
+        .collect()
 }
 
 type Action = Box<dyn FnOnce() -> io::Result<()>>;
@@ -237,14 +324,60 @@ fn missing_tool(msg: String) -> Problem {
 enum Location {
     Dir(PathBuf),
     Device(PathBuf),
+    /// Neither variable.
+    Plain,
+    /// Not the test binaries: `<tool> vectest <device>`.
+    Vectest {
+        tool: PathBuf,
+        device: PathBuf,
+    },
 }
 
 impl Location {
-    fn var(&self) -> (&'static str, &Path) {
+    fn var(&self) -> Option<(&'static str, &Path)> {
         match self {
-            Location::Dir(p) => (DIR_VAR, p),
-            Location::Device(p) => (DEVICE_VAR, p),
+            Location::Dir(p) => Some((DIR_VAR, p)),
+            Location::Device(p) => Some((DEVICE_VAR, p)),
+            Location::Plain | Location::Vectest { .. } => None,
         }
+    }
+}
+
+/// Whether /proc/filesystems lists `fstype` (a module not loaded yet is
+/// not listed; mount(2) may still load it).
+pub fn kernel_lists_fs(fstype: &str) -> bool {
+    fs::read_to_string("/proc/filesystems")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.split_whitespace().last() == Some(fstype))
+}
+
+/// For a filesystem /proc/filesystems does not list: mount(2) of the blank
+/// device, which asks the kernel for the type (loading its module if it
+/// can) before reading anything. ENODEV there is the real answer "this
+/// kernel has no such filesystem", whether or not its mkfs is installed.
+fn probe_fs(dev: &Path, dir: &Path, fstype: &str) -> Result<(), Problem> {
+    if kernel_lists_fs(fstype) {
+        return Ok(());
+    }
+    let probe = dir.join("probe");
+    syscall(
+        "creating the probe mount point",
+        fs::create_dir(&probe),
+        &[],
+    )?;
+    let r = sys::mount(&dev.to_string_lossy(), &probe, fstype, None);
+    if r.is_ok() {
+        // A blank device never mounts; be safe anyway.
+        let _ = sys::unmount(&probe);
+    }
+    let _ = fs::remove_dir(&probe);
+    match r {
+        Err(e) if e.raw_os_error() == Some(libc::ENODEV) => Err(Problem::Unsupported {
+            errno: libc::ENODEV,
+            what: format!("mount -t {fstype}: {e} (the kernel has no {fstype})"),
+        }),
+        _ => Ok(()),
     }
 }
 
@@ -296,6 +429,7 @@ fn prepare(
     target: &Target,
     dir: &Path,
     logs: &Path,
+    vectest: Option<&Vectest>,
     cleanup: &mut Cleanup,
 ) -> Result<Location, Problem> {
     match target.kind {
@@ -306,13 +440,14 @@ fn prepare(
             fstype,
             mib,
         } => {
+            let image = sparse_image(dir, mib)?;
+            let dev = attach(&image, cleanup)?;
+            probe_fs(&dev, dir, fstype)?;
             let Some(mkfs_path) = proc::which(mkfs) else {
                 return Err(missing_tool(format!(
                     "{mkfs} is not installed (apt-get install {package})"
                 )));
             };
-            let image = sparse_image(dir, mib)?;
-            let dev = attach(&image, cleanup)?;
             let log = logs.join(format!("{}-mkfs.log", target.name));
             let out = syscall("creating the mkfs log", File::create(&log), &[])?;
             let err = syscall("creating the mkfs log", out.try_clone(), &[])?;
@@ -373,14 +508,141 @@ fn prepare(
             out!("    /dev/zram0 reset and sized to {mib} MiB");
             Ok(Location::Device(PathBuf::from("/dev/zram0")))
         }
+        Kind::Nfs { mib } => nfs::prepare(dir, mib, cleanup).map(Location::Dir),
+        Kind::Plain => Ok(Location::Plain),
+        Kind::Vectest => prepare_vectest(vectest),
+    }
+}
+
+/// Checks what the `vectest` row needs: the tool with a `vectest`
+/// subcommand, and the scratch device with the expected serial number.
+fn prepare_vectest(vectest: Option<&Vectest>) -> Result<Location, Problem> {
+    let Some(v) = vectest else {
+        return Err(Problem::Skipped(
+            "only in `cargo xtask kernel test`, whose VM has a blank scratch disk \
+             (it overwrites the device)"
+                .into(),
+        ));
+    };
+    let Some(tool) = &v.tool else {
+        return Err(Problem::Skipped("aio-tools is not built yet".into()));
+    };
+    let help = Command::new(tool)
+        .arg("--help")
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| Problem::Failed(format!("running {} --help: {e}", tool.display())))?;
+    let text = String::from_utf8_lossy(&help.stdout);
+    if !text.lines().any(|l| l.trim_start().starts_with("vectest")) {
+        return Err(Problem::Skipped(
+            "aio-tools has no vectest subcommand yet (not built yet)".into(),
+        ));
+    }
+    if let Some(serial) = &v.serial {
+        // Through the node's device number, not its name: the check is
+        // about what writing to this path would overwrite.
+        use std::os::unix::fs::FileTypeExt as _;
+        use std::os::unix::fs::MetadataExt as _;
+        let meta = fs::metadata(&v.device)
+            .map_err(|e| Problem::Failed(format!("{}: {e}", v.device.display())))?;
+        if !meta.file_type().is_block_device() {
+            return Err(Problem::Failed(format!(
+                "{} is not a block device",
+                v.device.display()
+            )));
+        }
+        let (major, minor) = (libc::major(meta.rdev()), libc::minor(meta.rdev()));
+        let sysdev = PathBuf::from(format!("/sys/dev/block/{major}:{minor}/device"));
+        // VPD page 0x80 is 4 header bytes then the serial number.
+        let vpd = fs::read(sysdev.join("vpd_pg80")).unwrap_or_default();
+        let found = String::from_utf8_lossy(vpd.get(4..).unwrap_or_default())
+            .trim_matches(|c: char| c == '\0' || c.is_whitespace())
+            .to_string();
+        if found != *serial {
+            return Err(Problem::Failed(format!(
+                "{} has serial {found:?}, not the scratch disk's {serial:?}; \
+                 refusing to write to it",
+                v.device.display()
+            )));
+        }
+    }
+    Ok(Location::Vectest {
+        tool: tool.clone(),
+        device: v.device.clone(),
+    })
+}
+
+/// Runs `<tool> vectest <device>`; its exit status is the verdict.
+fn run_vectest(
+    tool: &Path,
+    device: &Path,
+    logs: &Path,
+    timeout: Duration,
+) -> Result<String, Problem> {
+    let log = logs.join("vectest.log");
+    let out = syscall("creating the vectest log", File::create(&log), &[])?;
+    let err = syscall("creating the vectest log", out.try_clone(), &[])?;
+    out!("    $ aio-tools vectest {}", device.display());
+    let mut cmd = Command::new(tool);
+    cmd.arg("vectest")
+        .arg(device)
+        .env_remove(DIR_VAR)
+        .env_remove(DEVICE_VAR)
+        .stdout(out)
+        .stderr(err);
+    let waited = proc::run(&mut cmd, Some(timeout));
+    let text = fs::read_to_string(&log).unwrap_or_default();
+    for line in text.lines().take(60) {
+        out!("      {line}");
+    }
+    let last = text
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("")
+        .trim()
+        .to_string();
+    match waited {
+        Ok(Wait::Exited(s)) if s.success() => Ok(last),
+        Ok(Wait::Exited(s)) => Err(Problem::Failed(format!(
+            "aio-tools vectest {} failed ({}): {last}",
+            device.display(),
+            proc::describe(&s)
+        ))),
+        Ok(Wait::TimedOut) => Err(Problem::Failed(format!(
+            "aio-tools vectest killed after {} s",
+            timeout.as_secs()
+        ))),
+        Ok(Wait::Interrupted) => Err(Problem::Interrupted),
+        Err(e) => Err(Problem::Failed(format!("cannot run aio-tools: {e}"))),
     }
 }
 
 /// One test executable cargo built.
-struct TestBin {
+pub struct TestBin {
     label: String,
     path: PathBuf,
     manifest_dir: PathBuf,
+}
+
+impl TestBin {
+    /// For the VM's plan file.
+    pub fn to_json(&self) -> Value {
+        json!({
+            "label": self.label,
+            "path": self.path.display().to_string(),
+            "manifest_dir": self.manifest_dir.display().to_string(),
+        })
+    }
+
+    /// Back from the plan file.
+    pub fn from_json(v: &Value) -> Option<TestBin> {
+        Some(TestBin {
+            label: v["label"].as_str()?.to_string(),
+            path: PathBuf::from(v["path"].as_str()?),
+            manifest_dir: PathBuf::from(v["manifest_dir"].as_str()?),
+        })
+    }
 }
 
 #[derive(Default, Clone, Copy)]
@@ -503,7 +765,7 @@ fn run_binaries(
     timeout: Duration,
     counts: &mut Counts,
 ) -> Result<(), Problem> {
-    let (var, value) = loc.var();
+    let var = loc.var();
     let mut failures = Vec::new();
     for (i, bin) in bins.iter().enumerate() {
         let log = logs.join(format!("{row}-{i}.log"));
@@ -514,9 +776,11 @@ fn run_binaries(
             .env("CARGO_MANIFEST_DIR", &bin.manifest_dir)
             .env_remove(DIR_VAR)
             .env_remove(DEVICE_VAR)
-            .env(var, value)
             .stdout(out)
             .stderr(err);
+        if let Some((var, value)) = var {
+            cmd.env(var, value);
+        }
         let started = Instant::now();
         let waited = proc::run(&mut cmd, Some(timeout));
         let secs = started.elapsed().as_secs_f64();
@@ -612,18 +876,27 @@ fn run_target(
             cleanup.push(format!("removing {}", dir.display()), move || {
                 remove_dir_safely(&owned)
             });
-            prepare(target, &dir, logs, &mut cleanup)
+            prepare(target, &dir, logs, opts.vectest.as_ref(), &mut cleanup)
         })
         .and_then(|loc| {
-            let (var, value) = loc.var();
-            row.location = Some((var, value.to_path_buf()));
-            out!("    {var}={}", value.display());
+            if let Location::Vectest { tool, device } = &loc {
+                row.binaries = 0;
+                return run_vectest(tool, device, logs, opts.timeout);
+            }
+            match loc.var() {
+                Some((var, value)) => {
+                    row.location = Some((var, value.to_path_buf()));
+                    out!("    {var}={}", value.display());
+                }
+                None => out!("    neither {DIR_VAR} nor {DEVICE_VAR}: the tests use a temp dir"),
+            }
             run_binaries(bins, &loc, logs, target.name, opts.timeout, &mut row.counts)
+                .map(|()| format!("{} tests ran", row.counts.passed + row.counts.failed))
         });
     let cleanup_errors = cleanup.finish();
     let mut interrupted = false;
     match result {
-        Ok(()) => row.detail = format!("{} tests ran", row.counts.passed + row.counts.failed),
+        Ok(detail) => row.detail = detail,
         Err(Problem::Unsupported { errno, what }) => {
             row.status = Status::Unsupported;
             row.errno = Some(sys::errno_name(errno));
@@ -745,6 +1018,11 @@ fn lock() -> Result<sys::Lock, Problem> {
     }
 }
 
+/// Cargo's target directory of the workspace (`CARGO_TARGET_DIR` if set).
+pub fn target_dir() -> Result<PathBuf, String> {
+    cargo_target_dir(&proc::workspace_root())
+}
+
 fn cargo_target_dir(root: &Path) -> Result<PathBuf, String> {
     let out = Command::new(proc::cargo())
         .current_dir(root)
@@ -766,22 +1044,25 @@ fn cargo_target_dir(root: &Path) -> Result<PathBuf, String> {
         .ok_or_else(|| "cargo metadata has no target_directory".into())
 }
 
-fn print_table(rows: &[Row]) {
-    out!();
-    out!(
-        "{:<7} {:<12} {:<11} {:>4} {:>6} {:>6} {:>7} {:>7}  detail",
-        "target",
-        "kind",
-        "status",
-        "ran",
-        "passed",
-        "failed",
-        "ignored",
-        "time"
+/// The guest's (or host's) kernel release.
+fn kernel_release() -> String {
+    fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
+fn format_table(rows: &[Row]) -> String {
+    let mut t = String::new();
+    let _ = writeln!(t, "fs matrix on Linux {}", kernel_release());
+    let _ = writeln!(
+        t,
+        "{:<8} {:<12} {:<11} {:>4} {:>6} {:>6} {:>7} {:>7}  detail",
+        "target", "kind", "status", "ran", "passed", "failed", "ignored", "time"
     );
     for r in rows {
-        out!(
-            "{:<7} {:<12} {:<11} {:>4} {:>6} {:>6} {:>7} {:>6.1}s  {}{}",
+        let line = format!(
+            "{:<8} {:<12} {:<11} {:>4} {:>6} {:>6} {:>7} {:>6.1}s  {}{}",
             r.name,
             r.class,
             r.status.as_str(),
@@ -795,14 +1076,19 @@ fn print_table(rows: &[Row]) {
                 .map(|e| format!("[{e}] "))
                 .unwrap_or_default(),
             r.detail
+                .lines()
+                .map(str::trim)
+                .collect::<Vec<_>>()
+                .join(" / ")
         );
+        let _ = writeln!(t, "{}", line.trim_end());
     }
+    t
 }
 
 fn to_json(rows: &[Row], bins: &[TestBin]) -> Value {
-    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     json!({
-        "kernel": kernel.trim(),
+        "kernel": kernel_release(),
         "contract": { "filesystem": DIR_VAR, "block device": DEVICE_VAR },
         "test_binaries": bins.iter().map(|b| b.label.clone()).collect::<Vec<_>>(),
         "targets": rows.iter().map(|r| json!({
@@ -824,8 +1110,33 @@ fn to_json(rows: &[Row], bins: &[TestBin]) -> Value {
     })
 }
 
-/// Runs the matrix.
-pub fn run(opts: &Options) -> Outcome {
+/// The targets `opts` asks for, or why not.
+fn select(opts: &Options) -> Result<Vec<&'static Target>, Outcome> {
+    let unknown: Vec<&String> = opts
+        .only
+        .iter()
+        .filter(|n| !TARGETS.iter().any(|t| t.name == n.as_str()))
+        .collect();
+    if !unknown.is_empty() {
+        return Err(Outcome::Failed(format!(
+            "unknown target(s) {unknown:?}; known: {}",
+            target_names().join(", ")
+        )));
+    }
+    Ok(TARGETS
+        .iter()
+        .filter(|t| {
+            if opts.only.is_empty() {
+                t.default
+            } else {
+                opts.only.iter().any(|n| n == t.name)
+            }
+        })
+        .collect())
+}
+
+/// Root and loop devices, or why the matrix cannot run here.
+fn check_privileges() -> Result<(), Outcome> {
     let skip = |msg: String| {
         if proc::is_ci() {
             Outcome::Failed(format!("{msg} (required in CI)"))
@@ -834,27 +1145,39 @@ pub fn run(opts: &Options) -> Outcome {
         }
     };
     if !proc::is_root() {
-        return skip("needs root for loop devices, mkfs and mount; run as root".into());
-    }
-    if !Path::new("/dev/loop-control").exists() {
-        return skip("no /dev/loop-control: this kernel or container has no loop devices".into());
-    }
-    let unknown: Vec<&String> = opts
-        .only
-        .iter()
-        .filter(|n| !TARGETS.iter().any(|t| t.name == n.as_str()))
-        .collect();
-    if !unknown.is_empty() {
-        return Outcome::Failed(format!(
-            "unknown target(s) {unknown:?}; known: {}",
-            target_names().join(", ")
+        return Err(skip(
+            "needs root for loop devices, mkfs and mount; run as root".into(),
         ));
     }
-    let targets: Vec<&Target> = TARGETS
-        .iter()
-        .filter(|t| opts.only.is_empty() || opts.only.iter().any(|n| n == t.name))
-        .collect();
+    if !Path::new("/dev/loop-control").exists() {
+        return Err(skip(
+            "no /dev/loop-control: this kernel or container has no loop devices".into(),
+        ));
+    }
+    Ok(())
+}
 
+/// `cargo test --no-run` of the matrix's packages, for a run elsewhere (the
+/// VM of `cargo xtask kernel test`); `logs` gets cargo's messages.
+pub fn build_binaries(logs: &Path) -> Result<Vec<TestBin>, String> {
+    match build_test_binaries(&proc::workspace_root(), logs) {
+        Ok(b) => Ok(b),
+        Err(Problem::Interrupted) => Err("interrupted".into()),
+        Err(Problem::Failed(e) | Problem::Skipped(e) | Problem::Unsupported { what: e, .. }) => {
+            Err(e)
+        }
+    }
+}
+
+/// Runs the matrix.
+pub fn run(opts: &Options) -> Outcome {
+    if let Err(o) = check_privileges() {
+        return o;
+    }
+    let targets = match select(opts) {
+        Ok(t) => t,
+        Err(o) => return o,
+    };
     let root = proc::workspace_root();
     let target_dir = match cargo_target_dir(&root) {
         Ok(d) => d,
@@ -864,15 +1187,55 @@ pub fn run(opts: &Options) -> Outcome {
     if let Err(e) = fs::create_dir_all(&logs) {
         return Outcome::Failed(format!("creating {}: {e}", logs.display()));
     }
-    let bins = match build_test_binaries(&root, &logs) {
+    let bins = match build_binaries(&logs) {
         Ok(b) => b,
-        Err(Problem::Interrupted) => return Outcome::Failed("interrupted".into()),
-        Err(Problem::Failed(e) | Problem::Skipped(e) | Problem::Unsupported { what: e, .. }) => {
-            return Outcome::Failed(e);
-        }
+        Err(e) => return Outcome::Failed(e),
     };
+    run_rows(
+        opts,
+        &targets,
+        &bins,
+        &logs,
+        &target_dir.join("fs-matrix.json"),
+        None,
+    )
+}
+
+/// Runs the matrix with test binaries built elsewhere (inside the VM of
+/// `cargo xtask kernel test`): logs go to `out/fs-matrix/`, the JSON to
+/// `out/fs-matrix.json`, the table to `out/fs-matrix.txt`.
+pub fn run_prebuilt(opts: &Options, bins: &[TestBin], out: &Path) -> Outcome {
+    if let Err(o) = check_privileges() {
+        return o;
+    }
+    let targets = match select(opts) {
+        Ok(t) => t,
+        Err(o) => return o,
+    };
+    let logs = out.join("fs-matrix");
+    if let Err(e) = fs::create_dir_all(&logs) {
+        return Outcome::Failed(format!("creating {}: {e}", logs.display()));
+    }
+    run_rows(
+        opts,
+        &targets,
+        bins,
+        &logs,
+        &out.join("fs-matrix.json"),
+        Some(&out.join("fs-matrix.txt")),
+    )
+}
+
+fn run_rows(
+    opts: &Options,
+    targets: &[&Target],
+    bins: &[TestBin],
+    logs: &Path,
+    json_path: &Path,
+    table_path: Option<&Path>,
+) -> Outcome {
     out!("    {} test binaries:", bins.len());
-    for b in &bins {
+    for b in bins {
         out!("      {}", b.label);
     }
 
@@ -898,7 +1261,7 @@ pub fn run(opts: &Options) -> Outcome {
     let mut rows = Vec::new();
     let mut interrupted = false;
     for target in targets {
-        let (row, stop) = run_target(target, &work, &logs, &bins, opts);
+        let (row, stop) = run_target(target, &work, logs, bins, opts);
         rows.push(row);
         if stop || proc::interrupted() {
             interrupted = true;
@@ -907,10 +1270,16 @@ pub fn run(opts: &Options) -> Outcome {
     }
     let top_errors = top.finish();
 
-    print_table(&rows);
-    let json_path = target_dir.join("fs-matrix.json");
-    let json = serde_json::to_string_pretty(&to_json(&rows, &bins)).unwrap_or_default();
-    match fs::write(&json_path, json + "\n") {
+    let table = format_table(&rows);
+    out!();
+    out!("{}", table.trim_end());
+    if let Some(path) = table_path {
+        if let Err(e) = fs::write(path, &table) {
+            err!("xtask: writing {}: {e}", path.display());
+        }
+    }
+    let json = serde_json::to_string_pretty(&to_json(&rows, bins)).unwrap_or_default();
+    match fs::write(json_path, json + "\n") {
         Ok(()) => out!("wrote {}", json_path.display()),
         Err(e) => err!("xtask: writing {}: {e}", json_path.display()),
     }

@@ -154,3 +154,105 @@ pub fn describe(status: &ExitStatus) -> String {
         _ => status.to_string(),
     }
 }
+
+/// Like [`run`], but with the child's stdout and stderr piped: every line is
+/// handed to `on_line` as it arrives (stdout and stderr interleaved by
+/// arrival), so long commands (a kernel build, a VM's console) show progress.
+pub fn run_streaming(
+    cmd: &mut Command,
+    timeout: Option<Duration>,
+    on_line: &mut dyn FnMut(&str),
+) -> io::Result<Wait> {
+    use std::io::{BufRead, BufReader, Read};
+    use std::sync::mpsc;
+
+    fn pump(from: impl Read + Send + 'static, to: mpsc::Sender<String>) {
+        std::thread::spawn(move || {
+            let mut reader = BufReader::new(from);
+            let mut buf = Vec::new();
+            loop {
+                buf.clear();
+                match reader.read_until(b'\n', &mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {
+                        let line = String::from_utf8_lossy(&buf);
+                        let line = line.trim_end_matches(['\n', '\r']);
+                        if to.send(line.to_string()).is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+        });
+    }
+
+    if interrupted() {
+        return Ok(Wait::Interrupted);
+    }
+    cmd.process_group(0)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn()?;
+    let group = child.id() as i32;
+    CHILD_GROUP.store(group, Ordering::SeqCst);
+    if interrupted() {
+        kill_group(group);
+    }
+    let (tx, rx) = mpsc::channel();
+    if let Some(out) = child.stdout.take() {
+        pump(out, tx.clone());
+    }
+    if let Some(err) = child.stderr.take() {
+        pump(err, tx);
+    } else {
+        drop(tx);
+    }
+    let started = Instant::now();
+    let mut status = None;
+    let mut timed_out = false;
+    loop {
+        match rx.recv_timeout(Duration::from_millis(100)) {
+            Ok(line) => on_line(&line),
+            // Both pipes closed: only the exit status is left.
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                if status.is_none() {
+                    status = Some(child.wait());
+                }
+                break;
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+        }
+        if status.is_none() {
+            match child.try_wait() {
+                Ok(Some(s)) => status = Some(Ok(s)),
+                Ok(None) => {}
+                Err(e) => status = Some(Err(e)),
+            }
+        }
+        if status.is_none() && timeout.is_some_and(|t| started.elapsed() > t) {
+            timed_out = true;
+            kill_group(group);
+            status = Some(child.wait());
+        }
+        // A grandchild holding the pipes must not keep us here once the
+        // child is gone: drain what is buffered, then stop.
+        if status.is_some() {
+            kill_group(group);
+            while let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) {
+                on_line(&line);
+            }
+            break;
+        }
+    }
+    CHILD_GROUP.store(0, Ordering::SeqCst);
+    kill_group(group);
+    let status = status.unwrap_or_else(|| child.wait())?;
+    if interrupted() {
+        Ok(Wait::Interrupted)
+    } else if timed_out {
+        Ok(Wait::TimedOut)
+    } else {
+        Ok(Wait::Exited(status))
+    }
+}

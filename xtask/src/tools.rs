@@ -116,7 +116,7 @@ fn list(tools: &[&Tool]) -> String {
         .join(", ")
 }
 
-fn apt_get(args: &[&str]) -> Result<(), String> {
+pub fn apt_get(args: &[&str]) -> Result<(), String> {
     out!("    $ apt-get {}", args.join(" "));
     let mut cmd = Command::new("apt-get");
     cmd.args(args).env("DEBIAN_FRONTEND", "noninteractive");
