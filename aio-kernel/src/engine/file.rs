@@ -164,11 +164,22 @@ pub(crate) fn fget(shared: &Arc<Shared>, fd: i32) -> Result<Arc<dyn File>, Errno
         Kind::Other => true,
         Kind::Positioned | Kind::Dir => false,
     };
+    // Anonymous inodes have no type bits; of them only the eventfd has a
+    // read_iter (and no write_iter); timerfd, epoll and the like have
+    // neither, so AIO refuses them with EINVAL.
+    let (has_read_iter, has_write_iter) = match kind {
+        Kind::Dir => (false, false),
+        Kind::Other if fmt == 0 => {
+            let link = std::fs::read_link(std::format!("/proc/self/fd/{dup}")).unwrap_or_default();
+            (link.as_os_str() == "anon_inode:[eventfd]", false)
+        }
+        _ => (true, true),
+    };
     let mode = FileMode {
         read,
         write,
-        has_read_iter: kind != Kind::Dir,
-        has_write_iter: kind != Kind::Dir,
+        has_read_iter,
+        has_write_iter,
         has_fsync: matches!(kind, Kind::Positioned | Kind::Dir),
         has_poll,
         nowait,
