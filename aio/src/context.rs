@@ -114,6 +114,18 @@ impl ContextBuilder {
     /// sysctl to raise and the current values), AIO blocked by a seccomp
     /// filter or missing from the kernel, a depth out of range.
     pub fn build(self) -> io::Result<Context> {
+        let (core, eventfd) = self.build_core(self.eventfd)?;
+        Ok(Context {
+            core: RefCell::new(core),
+            eventfd,
+            depth: self.depth,
+            driver: self.driver,
+        })
+    }
+
+    /// The completion machinery this builder describes, with an eventfd
+    /// signalled by every completion if `eventfd`.
+    pub(crate) fn build_core(&self, eventfd: bool) -> io::Result<(Core, Option<OwnedFd>)> {
         let use_ring = match self.reap {
             Reap::Auto => !under_valgrind(),
             Reap::Ring => true,
@@ -124,7 +136,7 @@ impl ContextBuilder {
                 KernelBackend::new(self.depth, use_ring).map_err(|e| setup_error(self.depth, e))?,
             ),
         };
-        let eventfd = if self.eventfd {
+        let eventfd = if eventfd {
             // SAFETY: eventfd takes no pointers.
             let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
             if fd < 0 {
@@ -137,12 +149,13 @@ impl ContextBuilder {
         };
         let resfd = eventfd.as_ref().map(|fd| fd.as_raw_fd());
         let core = Core::new(backend, self.depth as usize, resfd, self.check_direct);
-        Ok(Context {
-            core: RefCell::new(core),
-            eventfd,
-            depth: self.depth,
-            driver: self.driver,
-        })
+        Ok((core, eventfd))
+    }
+
+    /// The queue depth set so far.
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    pub(crate) fn depth(&self) -> u32 {
+        self.depth
     }
 }
 

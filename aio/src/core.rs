@@ -10,6 +10,7 @@ use std::io;
 use std::mem;
 use std::os::fd::RawFd;
 use std::panic::{self, AssertUnwindSafe};
+use std::task::Waker;
 use std::time::Duration;
 
 use aio_abi::{Errno, IoEvent, IoVec, Iocb, Opcode};
@@ -59,6 +60,8 @@ struct Slot {
     detached: bool,
     /// The scope the request belongs to (0: none).
     scope: u64,
+    /// The async front-end's task waiting for the request.
+    waker: Option<Waker>,
 }
 
 impl Slot {
@@ -75,6 +78,7 @@ impl Slot {
             generation: 0,
             detached: false,
             scope: 0,
+            waker: None,
         }
     }
 }
@@ -121,8 +125,12 @@ impl Slab {
         self.chunks.len() * CHUNK
     }
 
-    /// Returns a finished slot to the free list and drops what it kept.
-    fn release(&mut self, idx: u32) {
+    /// Returns a finished slot to the free list and hands back what it
+    /// kept, for the caller to drop once the slab is consistent (a
+    /// buffer's Drop may panic or, in the async front-end, must not run
+    /// under the core's lock).
+    #[must_use]
+    fn release(&mut self, idx: u32) -> Erased {
         let slot = self.slot(idx);
         debug_assert_eq!(slot.state, State::Done);
         slot.state = State::Free;
@@ -130,10 +138,10 @@ impl Slab {
         slot.early = None;
         slot.detached = false;
         slot.scope = 0;
-        let mut keep = mem::replace(&mut slot.keep, Erased::empty());
+        slot.waker = None;
+        let keep = mem::replace(&mut slot.keep, Erased::empty());
         self.free.push(idx);
-        // Last, so that a panicking Drop leaves the slab consistent.
-        keep.clear();
+        keep
     }
 }
 
@@ -200,6 +208,12 @@ pub(crate) struct Core {
     /// Open scopes and their requests not yet done.
     scopes: Vec<(u64, usize)>,
     next_scope: u64,
+    /// Async front-end: buffers of detached requests are moved to
+    /// `graveyard` instead of being dropped under its lock.
+    defer_drops: bool,
+    graveyard: Vec<Erased>,
+    /// Wakers of requests that finished, to be woken outside the lock.
+    wakers: Vec<Waker>,
 }
 
 // SAFETY: `ptrs` only holds addresses during a submission; the slab holds
@@ -233,6 +247,24 @@ impl Core {
             stats: Stats::default(),
             scopes: Vec::new(),
             next_scope: 1,
+            defer_drops: false,
+            graveyard: Vec::new(),
+            wakers: Vec::new(),
+        }
+    }
+
+    /// Keeps buffer drops for [`Core::take_deferred`] instead of running
+    /// them inside the core's methods.
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    pub(crate) fn defer_drops(&mut self) {
+        self.defer_drops = true;
+    }
+
+    /// Frees a finished slot, dropping its buffers now or deferring them.
+    fn release(&mut self, idx: u32) {
+        let keep = self.slab.release(idx);
+        if self.defer_drops && !keep.is_empty() {
+            self.graveyard.push(keep);
         }
     }
 
@@ -336,11 +368,14 @@ impl Core {
         slot.res = res;
         slot.synchronous = synchronous;
         let (scope, detached) = (slot.scope, slot.detached);
+        if let Some(w) = slot.waker.take() {
+            self.wakers.push(w);
+        }
         if scope != 0 {
             self.scope_count(scope, -1);
         }
         if detached {
-            self.slab.release(idx);
+            self.release(idx);
         }
     }
 
@@ -418,6 +453,9 @@ impl Core {
             slot.state = State::Done;
             slot.res = ev.res;
             let scope = slot.scope;
+            if let Some(w) = slot.waker.take() {
+                self.wakers.push(w);
+            }
             self.in_flight -= 1;
             if scope != 0 {
                 self.scope_count(scope, -1);
@@ -429,7 +467,7 @@ impl Core {
             let key = Key::from_data(self.events[i].data);
             if let Some(slot) = self.slab.get(key.idx) {
                 if slot.detached && slot.state == State::Done && slot.generation == key.generation {
-                    self.slab.release(key.idx);
+                    self.release(key.idx);
                 }
             }
         }
@@ -532,7 +570,7 @@ impl Core {
         // SAFETY: per the contract, this slot holds the `O::Keep` stored by
         // `push` for this key, not yet taken.
         let keep = unsafe { slot.keep.take::<O::Keep>() };
-        self.slab.release(key.idx);
+        drop(self.slab.release(key.idx));
         O::complete(result, keep)
     }
 
@@ -544,7 +582,7 @@ impl Core {
             return;
         }
         if slot.state == State::Done {
-            self.slab.release(key.idx);
+            self.release(key.idx);
         } else {
             slot.detached = true;
         }
@@ -603,7 +641,7 @@ impl Core {
             let slot = self.slab.slot(idx);
             if slot.scope == scope && slot.state == State::Done {
                 // Every slot must be cleared, even if one Drop panics.
-                if let Err(p) = panic::catch_unwind(AssertUnwindSafe(|| self.slab.release(idx))) {
+                if let Err(p) = panic::catch_unwind(AssertUnwindSafe(|| self.release(idx))) {
                     first_panic.get_or_insert(p);
                 }
             }
@@ -616,6 +654,97 @@ impl Core {
     /// Submits everything queued, reaping as needed.
     pub(crate) fn flush(&mut self) -> Result<(), Errno> {
         self.drive(|core| core.queue.is_empty())
+    }
+}
+
+/// What the async front-end needs beyond the blocking one: per-request
+/// wakers, withdrawal of a dropped future's request, and shutdown.
+#[cfg(feature = "tokio")]
+impl Core {
+    /// Records the task to wake when the request of `key` finishes.
+    pub(crate) fn set_waker(&mut self, key: Key, waker: &Waker) {
+        let slot = self.slab.slot(key.idx);
+        debug_assert_eq!(slot.generation, key.generation);
+        match &slot.waker {
+            Some(w) if w.will_wake(waker) => {}
+            _ => slot.waker = Some(waker.clone()),
+        }
+    }
+
+    /// Whether the request of `key` is still waiting for submission.
+    pub(crate) fn is_queued(&self, key: Key) -> bool {
+        let idx = key.idx as usize;
+        let slot = &self.slab.chunks[idx / CHUNK][idx % CHUNK];
+        slot.generation == key.generation && slot.state == State::Queued
+    }
+
+    /// The future of `key` is gone. A request the kernel never saw is
+    /// removed from the queue and a finished one released: their buffers
+    /// are returned, to be dropped outside the lock. One in flight is
+    /// detached (its slot drops the buffers when the event arrives) and,
+    /// if it is a poll, cancelled (its event then comes with res 0). The
+    /// waker is returned too, so that no executor code runs under the lock.
+    pub(crate) fn withdraw(&mut self, key: Key) -> (Erased, Option<Waker>) {
+        let slot = self.slab.slot(key.idx);
+        if slot.generation != key.generation {
+            return (Erased::empty(), None);
+        }
+        let waker = slot.waker.take();
+        match slot.state {
+            State::Queued => {
+                slot.state = State::Done;
+                // Usually pushed last: search from the back.
+                if let Some(pos) = self.queue.iter().rposition(|&i| i == key.idx) {
+                    self.queue.remove(pos);
+                }
+                (self.slab.release(key.idx), waker)
+            }
+            State::Done => (self.slab.release(key.idx), waker),
+            State::InFlight => {
+                slot.detached = true;
+                if slot.iocb.aio_lio_opcode == Opcode::POLL {
+                    let iocb: *mut Iocb = &mut slot.iocb;
+                    // SAFETY: the iocb this poll was submitted from, in a
+                    // slot that does not move; its event still arrives and
+                    // releases the slot.
+                    let _ = unsafe { self.backend.cancel(iocb) };
+                }
+                (Erased::empty(), waker)
+            }
+            State::Free => unreachable!("a live key names a free slot"),
+        }
+    }
+
+    /// Moves the wakers of finished requests and the buffers of detached
+    /// ones into the caller's vectors (whose capacity is reused), to be
+    /// woken and dropped outside the lock.
+    pub(crate) fn take_deferred(&mut self, wakers: &mut Vec<Waker>, graveyard: &mut Vec<Erased>) {
+        wakers.append(&mut self.wakers);
+        graveyard.append(&mut self.graveyard);
+    }
+
+    /// Whether finished requests wait for their wakers to be called.
+    pub(crate) fn has_deferred(&self) -> bool {
+        !self.wakers.is_empty() || !self.graveyard.is_empty()
+    }
+
+    /// Shutdown: finishes queued requests with `ECANCELED` (the kernel
+    /// never sees them), cancels waiting polls, and waits until every
+    /// request in flight has its event, so that the results are there for
+    /// futures polled later and no buffer is in the kernel's hands.
+    pub(crate) fn close(&mut self) -> Result<(), Errno> {
+        while let Some(idx) = self.queue.pop_front() {
+            self.finish(idx, Errno::ECANCELED.as_res(), true);
+        }
+        for idx in 0..self.slab.len() as u32 {
+            let slot = self.slab.slot(idx);
+            if slot.state == State::InFlight && slot.iocb.aio_lio_opcode == Opcode::POLL {
+                let iocb: *mut Iocb = &mut slot.iocb;
+                // SAFETY: as in `withdraw`.
+                let _ = unsafe { self.backend.cancel(iocb) };
+            }
+        }
+        self.drive(|c| c.in_flight == 0)
     }
 }
 

@@ -71,6 +71,11 @@ impl Erased {
         }
     }
 
+    /// Whether no value is stored.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.drop_fn.is_none()
+    }
+
     /// Drops the stored value, if any.
     pub(crate) fn clear(&mut self) {
         if let Some(drop_fn) = self.drop_fn.take() {

@@ -152,6 +152,8 @@ mod driver;
 mod erased;
 mod error;
 mod op;
+#[cfg(feature = "tokio")]
+pub mod tokio;
 
 pub use aio_abi::{PollEvents, RwFlags, ioprio};
 

@@ -1,0 +1,622 @@
+//! The tokio front-end (feature `tokio`): futures over the same slots,
+//! batching and reaping as the blocking [`Context`](crate::Context).
+//!
+//! ```
+//! use aio::tokio::File;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> std::io::Result<()> {
+//! let dir = tempfile::tempdir()?;
+//! let file = File::options()
+//!     .read(true)
+//!     .write(true)
+//!     .create(true)
+//!     .open(dir.path().join("data"))
+//!     .await?;
+//! // Buffers move into the request and come back with the result.
+//! let (n, _bufs) = file
+//!     .writev_at(vec![b"hello, ".to_vec(), b"world".to_vec()], 0)
+//!     .await;
+//! assert_eq!(n?, 12);
+//! let (n, bufs) = file.readv_at(vec![vec![0u8; 5], vec![0u8; 7]], 0).await;
+//! assert_eq!(n?, 12);
+//! assert_eq!((&bufs[0][..], &bufs[1][..]), (&b"hello"[..], &b", world"[..]));
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # The driver
+//!
+//! A [`Handle`] is one AIO context whose eventfd is registered with the
+//! runtime's reactor ([`AsyncFd`]) and served by a task spawned on that
+//! runtime: it reaps completions from the ring and wakes the futures
+//! waiting for them. [`Handle::current`] is the runtime's shared driver
+//! (one per runtime, created on first use); [`Builder`] creates others.
+//! Both runtime flavours are supported, and every future is `Send`.
+//!
+//! # Batching
+//!
+//! A request is queued when its future is first polled, and the future
+//! asks to be polled again at once; on that second poll it hands
+//! everything queued to the kernel in one `io_submit`. So the requests of
+//! futures polled in the same pass (under `join_all`, `FuturesUnordered`,
+//! or in tasks scheduled one after the other) reach the kernel together:
+//! [`Handle::stats`] counts the `io_submit` calls. When the ring is full,
+//! the rest is submitted by the driver as completions make room.
+//!
+//! # Cancellation and shutdown
+//!
+//! Linux cannot cancel file I/O, so the request's slot in the driver, not
+//! the future, owns the buffers from the first poll until the event:
+//!
+//! - a future dropped before its first poll drops its buffers with it;
+//! - dropped while queued (not yet submitted), its request is removed from
+//!   the queue and its buffers dropped: the kernel never sees it;
+//! - dropped while in flight, its slot keeps the buffers until the event
+//!   arrives, then drops them; a [`poll`] is cancelled with `io_cancel`
+//!   and its slot released when the cancellation's event arrives;
+//! - dropped after completion, before being polled again, the result and
+//!   buffers are dropped.
+//!
+//! When the runtime shuts down, the driver task is dropped: it finishes
+//! queued requests with `ECANCELED`, cancels waiting polls and waits
+//! (blocking the thread that drops the runtime, for as long as the
+//! in-flight I/O takes) until every request in flight has its event.
+//! Futures that outlive the runtime then return their results when polled,
+//! new ones fail with `ECANCELED`, and no buffer is in the kernel's hands.
+//! The context itself (`io_destroy`, which also waits for in-flight
+//! requests) goes when the last handle, file and future are gone.
+//!
+//! # Limitation: buffered I/O blocks the worker
+//!
+//! Linux completes buffered file I/O (and a read of an empty pipe or
+//! socket) inside `io_submit`: submitting it blocks the tokio worker
+//! thread that polls the future for as long as the I/O takes, like a
+//! synchronous `pread`. Only `O_DIRECT` reads and writes (see
+//! [`OpenOptions::direct`]) and [`poll`] are truly asynchronous with this
+//! driver. Routing buffered files to the userspace engine, which runs them
+//! on its own threads, is planned; until then use `O_DIRECT`, or
+//! `tokio::fs` for buffered files whose pages may not be cached.
+
+mod file;
+
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::marker::PhantomData;
+use std::mem;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context as TaskContext, Poll as TaskPoll, Waker};
+
+use ::tokio::io::Interest;
+use ::tokio::io::unix::AsyncFd;
+use ::tokio::runtime;
+use aio_abi::{Errno, PollEvents};
+
+use crate::context::{ContextBuilder, Reap};
+use crate::core::{Core, Key, Stats, Submitted};
+use crate::erased::Erased;
+use crate::error::explained;
+use crate::op::{Operation, Poll};
+
+pub use file::{File, OpenOptions};
+
+/// Configures a [`Handle`]: a driver of its own, on the current runtime.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let handle = aio::tokio::Builder::new().queue_depth(256).build().unwrap();
+/// assert_eq!(handle.queue_depth(), 256);
+/// # }
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct Builder {
+    inner: ContextBuilder,
+}
+
+impl Builder {
+    /// The defaults of [`ContextBuilder`].
+    pub fn new() -> Builder {
+        Builder::default()
+    }
+
+    /// The most requests in flight at once (default 128); more are queued.
+    pub fn queue_depth(mut self, depth: u32) -> Self {
+        self.inner = self.inner.queue_depth(depth);
+        self
+    }
+
+    /// How completions are collected (default [`Reap::Auto`]; use
+    /// [`Reap::Syscall`] under tools that cannot see the kernel write the
+    /// ring).
+    pub fn reap(mut self, reap: Reap) -> Self {
+        self.inner = self.inner.reap(reap);
+        self
+    }
+
+    /// See [`ContextBuilder::check_direct_alignment`].
+    pub fn check_direct_alignment(mut self, yes: bool) -> Self {
+        self.inner = self.inner.check_direct_alignment(yes);
+        self
+    }
+
+    /// Creates the context and spawns its driver task on the current
+    /// runtime, whose I/O driver must be enabled.
+    ///
+    /// Errors: no runtime, the runtime's I/O disabled, or `io_setup`
+    /// failing (see [`ContextBuilder::build`]).
+    pub fn build(self) -> io::Result<Handle> {
+        let rt = runtime::Handle::try_current().map_err(io::Error::other)?;
+        let handle = self.build_on(&rt)?;
+        Ok(handle)
+    }
+
+    fn build_on(&self, rt: &runtime::Handle) -> io::Result<Handle> {
+        let (mut core, eventfd) = self.inner.build_core(true)?;
+        core.defer_drops();
+        let eventfd = eventfd.expect("asked for an eventfd");
+        let afd = {
+            let _entered = rt.enter();
+            // SAFETY: the AsyncFd owns the eventfd, which stays open and
+            // is never swapped for another until the AsyncFd is dropped.
+            unsafe { AsyncFd::register_with_interest(eventfd, Interest::READABLE) }?
+        };
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                core,
+                closed: false,
+                orphaned: false,
+                backlog: false,
+                driver: None,
+                default_of: None,
+            }),
+            depth: self.inner.depth(),
+        });
+        rt.spawn(DriverTask {
+            shared: shared.clone(),
+            afd,
+            wakers: Vec::with_capacity(self.inner.depth() as usize),
+            graveyard: Vec::new(),
+        });
+        Ok(Handle {
+            user: Arc::new(User { shared }),
+        })
+    }
+}
+
+/// A driver: an AIO context served by a task on a tokio runtime.
+///
+/// Cheap to clone (all clones share the context). Files, futures and the
+/// driver's task keep the context alive; when the last handle, file and
+/// future are gone, the task finishes the requests still in flight (those
+/// of dropped futures) and ends.
+#[derive(Clone)]
+pub struct Handle {
+    user: Arc<User>,
+}
+
+impl fmt::Debug for Handle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Handle")
+            .field("depth", &self.user.shared.depth)
+            .field("stats", &self.stats())
+            .finish_non_exhaustive()
+    }
+}
+
+/// One driver per running runtime, for [`Handle::current`].
+static DEFAULTS: Mutex<Vec<(runtime::Id, Handle)>> = Mutex::new(Vec::new());
+
+fn defaults() -> MutexGuard<'static, Vec<(runtime::Id, Handle)>> {
+    DEFAULTS.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Handle {
+    /// The current runtime's driver, created with the defaults on first
+    /// use; it lives as long as the runtime.
+    ///
+    /// Errors: called outside a runtime, or as [`Builder::build`].
+    pub fn current() -> io::Result<Handle> {
+        let rt = runtime::Handle::try_current().map_err(io::Error::other)?;
+        let id = rt.id();
+        let mut defaults = defaults();
+        if let Some((_, h)) = defaults.iter().find(|(i, _)| *i == id) {
+            if !h.user.shared.lock().closed {
+                return Ok(h.clone());
+            }
+        }
+        let handle = Builder::new().build_on(&rt)?;
+        handle.user.shared.lock().default_of = Some(id);
+        // An entry left by a runtime that ended (ids are reused) goes.
+        let stale = defaults
+            .iter()
+            .position(|(i, _)| *i == id)
+            .map(|pos| defaults.swap_remove(pos));
+        defaults.push((id, handle.clone()));
+        drop(defaults);
+        drop(stale);
+        Ok(handle)
+    }
+
+    /// A driver of its own on the current runtime, with the defaults.
+    pub fn new() -> io::Result<Handle> {
+        Builder::new().build()
+    }
+
+    /// A builder.
+    pub fn builder() -> Builder {
+        Builder::new()
+    }
+
+    /// Runs any operation; see the module docs for batching and
+    /// cancellation. The descriptor the operation names must stay open
+    /// until the future completes or is dropped.
+    pub fn run<O>(&self, op: O) -> Op<'static, O>
+    where
+        O: Operation + Send + 'static,
+    {
+        Op::new(self.clone(), op)
+    }
+
+    /// Waits until `fd` is ready for one of `events` (`IOCB_CMD_POLL`);
+    /// `POLLERR` and `POLLHUP` are always reported. Dropping the future
+    /// cancels the poll.
+    pub fn poll<'a>(&self, fd: BorrowedFd<'a>, events: PollEvents) -> Op<'a, Poll> {
+        Op::new(self.clone(), Poll::new(fd, events))
+    }
+
+    /// Counters of requests, `io_submit` and `io_getevents` calls, ring
+    /// reaps and completions.
+    pub fn stats(&self) -> Stats {
+        self.user.shared.lock().core.stats()
+    }
+
+    /// Requests handed to the kernel whose events have not been processed.
+    pub fn in_flight(&self) -> usize {
+        self.user.shared.lock().core.in_flight()
+    }
+
+    /// Requests queued for the next `io_submit`.
+    pub fn queued(&self) -> usize {
+        self.user.shared.lock().core.queued()
+    }
+
+    /// The queue depth given to `io_setup`.
+    pub fn queue_depth(&self) -> u32 {
+        self.user.shared.depth
+    }
+
+    /// Whether completions are reaped from the ring without system calls.
+    pub fn reaps_ring(&self) -> bool {
+        self.user.shared.lock().core.reaps_ring()
+    }
+
+    /// Whether the runtime the driver ran on has shut down: new requests
+    /// then fail with `ECANCELED`.
+    pub fn is_closed(&self) -> bool {
+        self.user.shared.lock().closed
+    }
+}
+
+/// Waits until `fd` is ready for one of `events`, with the current
+/// runtime's driver: [`Handle::poll`] on [`Handle::current`].
+///
+/// ```
+/// use aio::PollEvents;
+/// use tokio::net::UnixStream;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let (a, _b) = UnixStream::pair().unwrap();
+/// let ready = aio::tokio::poll(&a, PollEvents::OUT).await.unwrap();
+/// assert!(ready.contains(PollEvents::OUT));
+/// # }
+/// ```
+pub async fn poll(fd: impl AsFd, events: PollEvents) -> io::Result<PollEvents> {
+    let handle = Handle::current()?;
+    handle.poll(fd.as_fd(), events).await
+}
+
+/// What users hold; when the last one goes, the driver task may end.
+struct User {
+    shared: Arc<Shared>,
+}
+
+impl Drop for User {
+    fn drop(&mut self) {
+        let driver = {
+            let mut st = self.shared.lock();
+            st.orphaned = true;
+            st.driver.take()
+        };
+        if let Some(w) = driver {
+            w.wake();
+        }
+    }
+}
+
+struct Shared {
+    state: Mutex<State>,
+    depth: u32,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // The core stays consistent when a panic unwinds through it (no
+        // foreign code runs under this lock but the buffers' `prepare`,
+        // which runs before a slot is taken).
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+struct State {
+    core: Core,
+    /// The runtime shut down: the core was drained; nothing new runs.
+    closed: bool,
+    /// No handle, file or future is left.
+    orphaned: bool,
+    /// The ring was full at the last submission: the driver submits the
+    /// rest as completions make room.
+    backlog: bool,
+    /// The driver task, woken when the last user goes.
+    driver: Option<Waker>,
+    /// The runtime whose default driver this is ([`Handle::current`]).
+    default_of: Option<runtime::Id>,
+}
+
+impl State {
+    fn flush(&mut self) {
+        self.backlog = self.core.submit_some() == Submitted::Full;
+    }
+
+    /// Wakers and buffers finished by this thread's submission (requests
+    /// `io_submit` refused), to be handled outside the lock. Rare: the
+    /// vectors are allocated only then.
+    fn deferred(&mut self) -> Option<Deferred> {
+        if !self.core.has_deferred() {
+            return None;
+        }
+        let mut d = Deferred::default();
+        self.core.take_deferred(&mut d.wakers, &mut d.graveyard);
+        Some(d)
+    }
+}
+
+#[derive(Default)]
+struct Deferred {
+    wakers: Vec<Waker>,
+    graveyard: Vec<Erased>,
+}
+
+impl Deferred {
+    fn run(self) {
+        for w in self.wakers {
+            w.wake();
+        }
+        drop(self.graveyard);
+    }
+}
+
+fn closed_error() -> io::Error {
+    explained(
+        Errno::ECANCELED,
+        "the tokio runtime of this aio driver has shut down".into(),
+    )
+}
+
+/// The future of one request: `(io::Result<usize>, B)` for reads and
+/// writes, `io::Result<()>` for syncs, `io::Result<PollEvents>` for polls.
+///
+/// `'a` is the borrow of the file the request names. The request is
+/// queued at the first poll; see the module docs for batching and for
+/// what dropping the future does.
+#[must_use = "futures do nothing unless polled"]
+pub struct Op<'a, O: Operation> {
+    handle: Handle,
+    state: OpState<O>,
+    _fd: PhantomData<&'a ()>,
+}
+
+enum OpState<O> {
+    /// Not polled yet: the future owns the operation and its buffers.
+    Unpushed(O),
+    /// Queued or in flight: the slot of `Key` owns the buffers.
+    Pushed(Key),
+    /// The output was returned.
+    Finished,
+}
+
+impl<O: Operation> fmt::Debug for Op<'_, O> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = match &self.state {
+            OpState::Unpushed(_) => "unpushed",
+            OpState::Pushed(_) => "pushed",
+            OpState::Finished => "finished",
+        };
+        f.debug_struct("Op").field("state", &state).finish()
+    }
+}
+
+// The operation is never pinned: it is moved into the slot at the first
+// poll, and the slot's buffers have stable addresses by their own contract.
+impl<O: Operation> Unpin for Op<'_, O> {}
+
+impl<'a, O: Operation + Send + 'static> Op<'a, O> {
+    fn new(handle: Handle, op: O) -> Self {
+        Op {
+            handle,
+            state: OpState::Unpushed(op),
+            _fd: PhantomData,
+        }
+    }
+}
+
+impl<O: Operation + Send + 'static> Future for Op<'_, O> {
+    type Output = O::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> TaskPoll<O::Output> {
+        let this = &mut *self;
+        match mem::replace(&mut this.state, OpState::Finished) {
+            OpState::Unpushed(op) => {
+                let mut st = this.handle.user.shared.lock();
+                if st.closed {
+                    drop(st);
+                    // Never reaches a slot: the buffers come straight back.
+                    let (_, keep) = op.prepare(&mut Vec::new());
+                    return TaskPoll::Ready(O::complete(Err(closed_error()), keep));
+                }
+                let key = st.core.push(|iovs| op.prepare(iovs), 0);
+                st.core.set_waker(key, cx.waker());
+                drop(st);
+                this.state = OpState::Pushed(key);
+                // Submit on the next poll, after the futures polled in the
+                // same pass have queued theirs.
+                cx.waker().wake_by_ref();
+                TaskPoll::Pending
+            }
+            OpState::Pushed(key) => {
+                let mut st = this.handle.user.shared.lock();
+                if st.core.is_queued(key) {
+                    st.flush();
+                }
+                let out = if st.core.is_done(key) {
+                    // SAFETY: `key` came from `push` with this `O`, and the
+                    // state is now `Finished`, so it is taken once.
+                    Some(unsafe { st.core.take::<O>(key) })
+                } else {
+                    st.core.set_waker(key, cx.waker());
+                    this.state = OpState::Pushed(key);
+                    None
+                };
+                let deferred = st.deferred();
+                drop(st);
+                if let Some(d) = deferred {
+                    d.run();
+                }
+                match out {
+                    Some(out) => TaskPoll::Ready(out),
+                    None => TaskPoll::Pending,
+                }
+            }
+            OpState::Finished => panic!("aio::tokio::Op polled after completion"),
+        }
+    }
+}
+
+impl<O: Operation> Drop for Op<'_, O> {
+    fn drop(&mut self) {
+        if let OpState::Pushed(key) = self.state {
+            let (keep, waker) = self.handle.user.shared.lock().core.withdraw(key);
+            // Outside the lock: a buffer's Drop may use this driver.
+            drop(waker);
+            drop(keep);
+        }
+    }
+}
+
+/// The task that serves a context: reaps completions when the eventfd
+/// becomes readable, wakes the futures, submits what the ring had no room
+/// for. Dropped at runtime shutdown, it drains the context.
+struct DriverTask {
+    shared: Arc<Shared>,
+    afd: AsyncFd<OwnedFd>,
+    /// Reused for the wakers and detached buffers of each reap.
+    wakers: Vec<Waker>,
+    graveyard: Vec<Erased>,
+}
+
+/// Reads (and so resets) an eventfd's counter.
+fn read_eventfd(fd: &OwnedFd) -> io::Result<u64> {
+    let mut count = [0u8; 8];
+    // SAFETY: reads at most 8 bytes into a local array.
+    let n = unsafe { libc::read(fd.as_raw_fd(), count.as_mut_ptr().cast(), 8) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(u64::from_ne_bytes(count))
+}
+
+impl Future for DriverTask {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> TaskPoll<()> {
+        let this = &mut *self;
+        loop {
+            // Consume the eventfd's count before reaping, so that an event
+            // posted after the reap makes it readable again.
+            let signalled = match this.afd.poll_read_ready(cx) {
+                TaskPoll::Ready(Ok(mut guard)) => {
+                    match guard.try_io(|fd| read_eventfd(fd.get_ref())) {
+                        Ok(_) => {
+                            // Readiness that arrives after the read has a
+                            // newer tick and is not cleared by this.
+                            guard.clear_ready();
+                            true
+                        }
+                        // Spurious: readiness cleared; poll again to
+                        // register for the next one.
+                        Err(_would_block) => continue,
+                    }
+                }
+                // The reactor is gone (runtime shutting down): end, which
+                // drains the context in Drop.
+                TaskPoll::Ready(Err(_)) => return TaskPoll::Ready(()),
+                TaskPoll::Pending => false,
+            };
+            let mut st = this.shared.lock();
+            match &st.driver {
+                Some(w) if w.will_wake(cx.waker()) => {}
+                _ => st.driver = Some(cx.waker().clone()),
+            }
+            st.core.reap_nonblocking();
+            if st.backlog {
+                st.flush();
+            }
+            let done = st.orphaned && st.core.in_flight() == 0 && st.core.queued() == 0;
+            st.core.take_deferred(&mut this.wakers, &mut this.graveyard);
+            drop(st);
+            for w in this.wakers.drain(..) {
+                w.wake();
+            }
+            this.graveyard.clear();
+            if done {
+                return TaskPoll::Ready(());
+            }
+            if !signalled {
+                return TaskPoll::Pending;
+            }
+        }
+    }
+}
+
+impl Drop for DriverTask {
+    fn drop(&mut self) {
+        let mut st = self.shared.lock();
+        st.closed = true;
+        st.driver = None;
+        if let Err(e) = st.core.close() {
+            // The slots keep the buffers; the context's io_destroy waits
+            // for the requests before they are freed.
+            eprintln!("aio::tokio: draining the context at shutdown failed: {e}");
+        }
+        st.core.take_deferred(&mut self.wakers, &mut self.graveyard);
+        let default_of = st.default_of;
+        drop(st);
+        for w in self.wakers.drain(..) {
+            w.wake();
+        }
+        self.graveyard.clear();
+        if let Some(id) = default_of {
+            let mut defaults = defaults();
+            let mine = defaults
+                .iter()
+                .position(|(i, h)| *i == id && Arc::ptr_eq(&h.user.shared, &self.shared))
+                .map(|pos| defaults.swap_remove(pos));
+            drop(defaults);
+            drop(mine);
+        }
+    }
+}

@@ -1,0 +1,179 @@
+//! The tokio driver: requests of futures polled together reach the kernel
+//! in one `io_submit` (shown with the driver's counters), on both runtime
+//! flavours; readiness of sockets and pipes through `IOCB_CMD_POLL`.
+#![cfg(feature = "tokio")]
+
+mod common;
+
+use std::io::Write as _;
+use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+use std::time::Duration;
+
+use aio::PollEvents;
+use aio::tokio::{File, Handle};
+use common::{pattern, scratch_in, shm_dir};
+use futures::StreamExt;
+use futures::future::join_all;
+use futures::stream::FuturesUnordered;
+
+const N: usize = 32;
+
+fn data_file() -> (common::Scratch, Vec<u8>) {
+    let mut s = scratch_in(&shm_dir(), false);
+    let data = pattern(N * 512, 3);
+    s.file.write_all(&data).unwrap();
+    (s, data)
+}
+
+fn check(results: Vec<(std::io::Result<usize>, Vec<u8>)>, data: &[u8]) {
+    for (i, (n, buf)) in results.into_iter().enumerate() {
+        assert_eq!(n.unwrap(), 512);
+        assert_eq!(&buf[..], &data[i * 512..(i + 1) * 512], "read {i}");
+    }
+}
+
+async fn thirty_two_reads_join_all() {
+    let (s, data) = data_file();
+    let handle = Handle::new().unwrap();
+    let file = File::from_std_with(s.file.try_clone().unwrap(), &handle);
+    let reads = (0..N).map(|i| file.read_at(vec![0u8; 512], (i * 512) as u64));
+    check(join_all(reads).await, &data);
+    let stats = handle.stats();
+    assert_eq!((stats.requests, stats.submitted), (N as u64, N as u64));
+    assert_eq!(stats.submit_calls, 1, "{stats:?}");
+}
+
+async fn thirty_two_reads_futures_unordered() {
+    let (s, data) = data_file();
+    let handle = Handle::new().unwrap();
+    let file = File::from_std_with(s.file.try_clone().unwrap(), &handle);
+    let mut reads: FuturesUnordered<_> = (0..N)
+        .map(|i| {
+            let f = file.read_at(vec![0u8; 512], (i * 512) as u64);
+            async move { (i, f.await) }
+        })
+        .collect();
+    let mut got: Vec<_> = (0..N).map(|_| None).collect();
+    while let Some((i, r)) = reads.next().await {
+        got[i] = Some(r);
+    }
+    check(got.into_iter().map(Option::unwrap).collect(), &data);
+    assert_eq!(handle.stats().submit_calls, 1, "{:?}", handle.stats());
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn thirty_two_reads_one_io_submit_current_thread() {
+    thirty_two_reads_join_all().await;
+    thirty_two_reads_futures_unordered().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thirty_two_reads_one_io_submit_multi_thread() {
+    thirty_two_reads_join_all().await;
+    thirty_two_reads_futures_unordered().await;
+    // The same from inside a worker thread.
+    tokio::spawn(thirty_two_reads_join_all()).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_beyond_the_queue_depth_are_submitted_as_room_appears() {
+    let (s, data) = data_file();
+    let handle = Handle::builder().queue_depth(4).build().unwrap();
+    let file = File::from_std_with(s.file.try_clone().unwrap(), &handle);
+    let reads = (0..N).map(|i| file.read_at(vec![0u8; 512], (i * 512) as u64));
+    check(join_all(reads).await, &data);
+    let stats = handle.stats();
+    assert_eq!(stats.submitted, N as u64);
+    assert!(stats.submit_calls >= (N / 4) as u64, "{stats:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_runtime_has_one_default_driver() {
+    let a = Handle::current().unwrap();
+    let b = tokio::spawn(async { Handle::current().unwrap() })
+        .await
+        .unwrap();
+    let before = a.stats().requests;
+    let (x, _y) = tokio::net::UnixStream::pair().unwrap();
+    b.poll(x.as_fd(), PollEvents::OUT).await.unwrap();
+    assert_eq!(a.stats().requests, before + 1);
+}
+
+fn pipe() -> (std::fs::File, std::fs::File) {
+    let mut fds = [0; 2];
+    // SAFETY: `fds` has room for the two descriptors.
+    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+    // SAFETY: both descriptors are new and owned by nobody else.
+    unsafe {
+        (
+            OwnedFd::from_raw_fd(fds[0]).into(),
+            OwnedFd::from_raw_fd(fds[1]).into(),
+        )
+    }
+}
+
+async fn poll_readiness() {
+    let handle = Handle::new().unwrap();
+    // Socket pair: writable at once; readable only once the peer writes.
+    let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+    let ready = handle.poll(a.as_fd(), PollEvents::OUT).await.unwrap();
+    assert!(ready.contains(PollEvents::OUT), "{ready:?}");
+    let wait = tokio::spawn({
+        let handle = handle.clone();
+        let a = a.try_clone().unwrap();
+        async move { handle.poll(a.as_fd(), PollEvents::IN).await }
+    });
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert!(!wait.is_finished(), "readable before the peer wrote");
+    (&b).write_all(b"x").unwrap();
+    let ready = wait.await.unwrap().unwrap();
+    assert!(ready.contains(PollEvents::IN), "{ready:?}");
+
+    // Pipe: readable once written; hang-up once the writer closes.
+    let (rd, mut wr) = pipe();
+    let pending = handle.poll(rd.as_fd(), PollEvents::IN);
+    let writer = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        wr.write_all(b"ping").unwrap();
+        wr
+    });
+    let ready = pending.await.unwrap();
+    assert!(ready.contains(PollEvents::IN), "{ready:?}");
+    drop(writer.await.unwrap());
+    let mut rest = [0u8; 8];
+    assert_eq!(std::io::Read::read(&mut &rd, &mut rest).unwrap(), 4);
+    let ready = aio::tokio::poll(&rd, PollEvents::IN).await.unwrap();
+    assert!(ready.contains(PollEvents::HUP), "{ready:?}");
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn poll_readiness_current_thread() {
+    poll_readiness().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poll_readiness_multi_thread() {
+    poll_readiness().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_a_waiting_poll_cancels_it() {
+    let handle = Handle::new().unwrap();
+    let (rd, _wr) = pipe();
+    let timed_out = tokio::time::timeout(
+        Duration::from_millis(20),
+        handle.poll(rd.as_fd(), PollEvents::IN),
+    )
+    .await;
+    assert!(timed_out.is_err(), "an empty pipe became readable");
+    // The drop asked the kernel to cancel the poll; its event (res 0)
+    // releases the slot.
+    for _ in 0..200 {
+        if handle.in_flight() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(handle.in_flight(), 0);
+    assert_eq!(handle.stats().completions, 1);
+}
