@@ -9,7 +9,10 @@ mod common;
 use std::fs::File;
 
 use aio::{AlignedBuf, Context, Fdatasync, Fsync, Read, ReadV, Write, WriteV};
-use common::{BlockDevice, Scratch, direct_scratch_in, pattern, scratch_dir, scratch_in, shm_dir};
+use common::{
+    BlockDevice, Scratch, bufs_from, concat, direct_scratch_in, layout, pattern, scratch_dir,
+    scratch_in, shm_dir,
+};
 use proptest::prelude::*;
 
 /// A file to test on and the granularity its requests must respect.
@@ -62,44 +65,6 @@ fn raw_device() -> Option<Target> {
         _scratch: None,
         _device: Some(dev),
     })
-}
-
-/// Splits `total` bytes into at most 512 segments that are multiples of
-/// `unit`, sized pseudo-randomly from `seed` (from many small segments to
-/// a few large ones).
-fn layout(total: usize, unit: usize, seed: u64) -> Vec<usize> {
-    let units = total / unit;
-    let smallest_max = units.div_ceil(512) as u64;
-    let max = smallest_max + seed % (units as u64 / 3).max(1);
-    let mut state = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    let mut left = units;
-    let mut out = Vec::new();
-    while left > 0 {
-        state = state
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        let n = ((state >> 33) % max + 1).min(left as u64) as usize;
-        out.push(n * unit);
-        left -= n;
-    }
-    out
-}
-
-fn bufs_from(data: &[u8], lens: &[usize], align: usize) -> Vec<AlignedBuf> {
-    let mut at = 0;
-    lens.iter()
-        .map(|&len| {
-            let b = AlignedBuf::from_slice(&data[at..at + len], align);
-            at += len;
-            b
-        })
-        .collect()
-}
-
-fn concat(bufs: &[AlignedBuf]) -> Vec<u8> {
-    bufs.iter().flat_map(|b| b.iter().copied()).collect()
 }
 
 /// Writes with layout `seed_w`, reads back with layout `seed_r`, both

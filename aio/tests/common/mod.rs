@@ -9,6 +9,8 @@
 #![allow(dead_code)]
 
 use std::fs::{File, OpenOptions};
+
+use aio::AlignedBuf;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -100,6 +102,44 @@ pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
                 % 251) as u8
         })
         .collect()
+}
+
+/// Splits `total` bytes into at most 512 segments that are multiples of
+/// `unit`, sized pseudo-randomly from `seed` (from many small segments to
+/// a few large ones).
+pub fn layout(total: usize, unit: usize, seed: u64) -> Vec<usize> {
+    let units = total / unit;
+    let smallest_max = units.div_ceil(512) as u64;
+    let max = smallest_max + seed % (units as u64 / 3).max(1);
+    let mut state = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    let mut left = units;
+    let mut out = Vec::new();
+    while left > 0 {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let n = ((state >> 33) % max + 1).min(left as u64) as usize;
+        out.push(n * unit);
+        left -= n;
+    }
+    out
+}
+
+pub fn bufs_from(data: &[u8], lens: &[usize], align: usize) -> Vec<AlignedBuf> {
+    let mut at = 0;
+    lens.iter()
+        .map(|&len| {
+            let b = AlignedBuf::from_slice(&data[at..at + len], align);
+            at += len;
+            b
+        })
+        .collect()
+}
+
+pub fn concat(bufs: &[AlignedBuf]) -> Vec<u8> {
+    bufs.iter().flat_map(|b| b.iter().copied()).collect()
 }
 
 /// A raw block device for tests, detached (if we attached it) on drop.

@@ -1,0 +1,160 @@
+//! Every operation of `aio::tokio::File` on tmpfs (buffered) and on an
+//! `O_DIRECT` file in the scratch directory, on both runtime flavours:
+//! data written with one segment layout reads back byte-exact through
+//! another.
+#![cfg(feature = "tokio")]
+
+mod common;
+
+use std::path::Path;
+
+use aio::AlignedBuf;
+use aio::tokio::{File, Handle};
+use common::{bufs_from, concat, layout, pattern, scratch_dir, shm_dir};
+
+/// Opens a fresh file in `dir` through the tokio API; `None` if `direct`
+/// and the filesystem has no `O_DIRECT`.
+async fn open(dir: &Path, direct: bool, handle: &Handle) -> Option<(File, tempfile::TempDir)> {
+    let tmp = tempfile::tempdir_in(dir).unwrap();
+    let r = File::options()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .direct(direct)
+        .handle(handle)
+        .open(tmp.path().join("f"))
+        .await;
+    match r {
+        Ok(f) => Some((f, tmp)),
+        Err(e) if direct && e.raw_os_error() == Some(libc::EINVAL) => {
+            eprintln!("SKIPPED: {} does not support O_DIRECT", dir.display());
+            None
+        }
+        Err(e) => panic!("open in {}: {e}", dir.display()),
+    }
+}
+
+async fn every_operation(dir: &Path, direct: bool) {
+    let handle = Handle::new().unwrap();
+    let Some((file, _tmp)) = open(dir, direct, &handle).await else {
+        return;
+    };
+    let (unit, align) = if direct {
+        let a = aio::dio_alignment(&file).unwrap();
+        (a.offset, a.memory.max(8))
+    } else {
+        // Buffered I/O takes any size; 512 keeps layouts within UIO_MAXIOV.
+        (512, 1)
+    };
+    let total = 64 * unit.max(4096);
+
+    // Vectored in, vectored out, in two different layouts.
+    for (w, r) in [(1, 2), (7, 3)] {
+        let data = pattern(total, w ^ r);
+        let wl = layout(total, unit, w);
+        let rl = layout(total, unit, r);
+        assert_ne!(wl, rl);
+        let (n, _) = file.writev_at(bufs_from(&data, &wl, align), 0).await;
+        assert_eq!(n.unwrap(), total);
+        let zero: Vec<AlignedBuf> = rl.iter().map(|&l| AlignedBuf::new(l, align)).collect();
+        let (n, back) = file.readv_at(zero, 0).await;
+        assert_eq!(n.unwrap(), total);
+        assert!(concat(&back) == data, "layouts {wl:?} -> {rl:?} differ");
+    }
+
+    // One segment in, one out, at a nonzero offset.
+    let data = pattern(total, 9);
+    let at = total as u64;
+    let (n, _) = file.write_at(AlignedBuf::from_slice(&data, align), at).await;
+    assert_eq!(n.unwrap(), total);
+    let (n, back) = file.read_at(AlignedBuf::new(total, align), at).await;
+    assert_eq!(n.unwrap(), total);
+    assert!(back[..] == data[..]);
+
+    // The looping forms, and a read past the end.
+    let data = pattern(total, 11);
+    let (r, _) = file
+        .write_all_at(AlignedBuf::from_slice(&data, align), 2 * at)
+        .await;
+    r.unwrap();
+    let (r, back) = file
+        .read_exact_at(AlignedBuf::new(total, align), 2 * at)
+        .await;
+    r.unwrap();
+    assert!(back[..] == data[..]);
+    let (r, _) = file
+        .read_exact_at(AlignedBuf::new(total, align), 2 * at + unit as u64)
+        .await;
+    assert_eq!(r.unwrap_err().kind(), std::io::ErrorKind::UnexpectedEof);
+
+    file.sync_all().await.unwrap();
+    file.sync_data().await.unwrap();
+    let ready = file.poll(aio::PollEvents::IN).await.unwrap();
+    assert!(ready.contains(aio::PollEvents::IN));
+
+    // A misaligned O_DIRECT read is refused with the alignment named.
+    if direct && unit > 1 {
+        let (r, _) = file.read_at(vec![0u8; 3], 1).await;
+        let e = r.unwrap_err();
+        assert_eq!(aio::errno(&e), Some(libc::EINVAL));
+        assert!(e.to_string().contains("O_DIRECT"), "{e}");
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn every_operation_on_tmpfs_current_thread() {
+    every_operation(&shm_dir(), false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_operation_on_tmpfs_multi_thread() {
+    every_operation(&shm_dir(), false).await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn every_operation_on_an_o_direct_file_current_thread() {
+    every_operation(&scratch_dir(), true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_operation_on_an_o_direct_file_multi_thread() {
+    every_operation(&scratch_dir(), true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_on_both_workers_share_the_default_driver() {
+    let tmp = tempfile::tempdir_in(shm_dir()).unwrap();
+    let path = tmp.path().join("f");
+    let file = std::sync::Arc::new(
+        File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .open(&path)
+            .await
+            .unwrap(),
+    );
+    let tasks: Vec<_> = (0..64u64)
+        .map(|i| {
+            let file = file.clone();
+            tokio::spawn(async move {
+                let data = pattern(1000, i);
+                let (r, _) = file.write_all_at(data.clone(), i * 1000).await;
+                r.unwrap();
+                let (r, back) = file.read_exact_at(vec![0u8; 1000], i * 1000).await;
+                r.unwrap();
+                assert_eq!(back, data);
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(file.handle().stats().completions, 128);
+}
+
+#[test]
+fn outside_a_runtime_the_handle_says_so() {
+    let e = Handle::current().unwrap_err();
+    assert!(e.to_string().contains("runtime"), "{e}");
+}
