@@ -671,6 +671,11 @@ impl Core {
         }
     }
 
+    /// How many more requests the ring has room for now.
+    pub(crate) fn room(&self) -> usize {
+        self.limit.saturating_sub(self.in_flight)
+    }
+
     /// Whether the request of `key` is still waiting for submission.
     pub(crate) fn is_queued(&self, key: Key) -> bool {
         let idx = key.idx as usize;

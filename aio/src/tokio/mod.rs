@@ -88,6 +88,7 @@ use std::mem;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::cell::Cell;
 use std::task::{Context as TaskContext, Poll as TaskPoll, Waker};
 
 use ::tokio::io::Interest;
@@ -172,6 +173,10 @@ impl Builder {
                 backlog: false,
                 driver: None,
                 default_of: None,
+                owed: false,
+                batch: 0,
+                driver_polls: 0,
+                owed_since: 0,
             }),
             depth: self.inner.depth(),
         });
@@ -365,38 +370,80 @@ struct State {
     driver: Option<Waker>,
     /// The runtime whose default driver this is ([`Handle::current`]).
     default_of: Option<runtime::Id>,
+    /// Requests are queued and the future that queued the first of them
+    /// (the batch's flusher) will submit them when it is polled again.
+    owed: bool,
+    /// Identifies the batch a flusher owes.
+    batch: u64,
+    /// Driver polls so far, and their count when the owed batch began.
+    driver_polls: u64,
+    owed_since: u64,
 }
 
 impl State {
+    /// Submits what is queued (as much as the ring has room for), then
+    /// processes the events already in the ring: buffered I/O completes
+    /// inside `io_submit`, so its futures are woken without waiting for
+    /// the driver task.
     fn flush(&mut self) {
+        self.owed = false;
         self.backlog = self.core.submit_some() == Submitted::Full;
+        self.core.reap_ring();
     }
 
-    /// Wakers and buffers finished by this thread's submission (requests
-    /// `io_submit` refused), to be handled outside the lock. Rare: the
-    /// vectors are allocated only then.
+    /// Queues the request of a future's first poll; returns the batch it
+    /// must flush on its next poll, if it is the batch's first request.
+    fn enqueue<O: Operation>(&mut self, op: O, waker: &Waker) -> (Key, Option<u64>) {
+        let key = self.core.push(|iovs| op.prepare(iovs), 0);
+        self.core.set_waker(key, waker);
+        if !self.owed {
+            self.owed = true;
+            self.batch += 1;
+            self.owed_since = self.driver_polls;
+            (key, Some(self.batch))
+        } else {
+            if self.core.queued() >= self.core.room() {
+                // The batch cannot grow any more.
+                self.flush();
+            }
+            (key, None)
+        }
+    }
+
+    /// Wakers and buffers that this thread's submission or reap finished,
+    /// to be handled once the lock is released.
     fn deferred(&mut self) -> Option<Deferred> {
         if !self.core.has_deferred() {
             return None;
         }
-        let mut d = Deferred::default();
+        let mut d = Deferred {
+            wakers: SCRATCH_WAKERS.take(),
+            graveyard: SCRATCH_GRAVEYARD.take(),
+        };
         self.core.take_deferred(&mut d.wakers, &mut d.graveyard);
         Some(d)
     }
 }
 
-#[derive(Default)]
+thread_local! {
+    // Reused across calls so that waking futures allocates nothing.
+    static SCRATCH_WAKERS: Cell<Vec<Waker>> = const { Cell::new(Vec::new()) };
+    static SCRATCH_GRAVEYARD: Cell<Vec<Erased>> = const { Cell::new(Vec::new()) };
+}
+
 struct Deferred {
     wakers: Vec<Waker>,
     graveyard: Vec<Erased>,
 }
 
 impl Deferred {
-    fn run(self) {
-        for w in self.wakers {
+    fn run(mut self) {
+        for w in self.wakers.drain(..) {
             w.wake();
         }
-        drop(self.graveyard);
+        self.graveyard.clear();
+        SCRATCH_WAKERS.set(self.wakers);
+        SCRATCH_GRAVEYARD.set(self.graveyard);
     }
 }
 
@@ -423,8 +470,9 @@ pub struct Op<'a, O: Operation> {
 enum OpState<O> {
     /// Not polled yet: the future owns the operation and its buffers.
     Unpushed(O),
-    /// Queued or in flight: the slot of `Key` owns the buffers.
-    Pushed(Key),
+    /// Queued or in flight: the slot of `Key` owns the buffers. With a
+    /// batch number, this future submits that batch when polled again.
+    Pushed(Key, Option<u64>),
     /// The output was returned.
     Finished,
 }
@@ -433,7 +481,7 @@ impl<O: Operation> fmt::Debug for Op<'_, O> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let state = match &self.state {
             OpState::Unpushed(_) => "unpushed",
-            OpState::Pushed(_) => "pushed",
+            OpState::Pushed(..) => "pushed",
             OpState::Finished => "finished",
         };
         f.debug_struct("Op").field("state", &state).finish()
@@ -468,18 +516,24 @@ impl<O: Operation + Send + 'static> Future for Op<'_, O> {
                     let (_, keep) = op.prepare(&mut Vec::new());
                     return TaskPoll::Ready(O::complete(Err(closed_error()), keep));
                 }
-                let key = st.core.push(|iovs| op.prepare(iovs), 0);
-                st.core.set_waker(key, cx.waker());
+                let (key, batch) = st.enqueue(op, cx.waker());
+                let deferred = st.deferred();
                 drop(st);
-                this.state = OpState::Pushed(key);
-                // Submit on the next poll, after the futures polled in the
-                // same pass have queued theirs.
-                cx.waker().wake_by_ref();
+                this.state = OpState::Pushed(key, batch);
+                if let Some(d) = deferred {
+                    d.run();
+                }
+                if batch.is_some() {
+                    // Submit on the next poll, after the futures polled in
+                    // the same pass have queued theirs.
+                    cx.waker().wake_by_ref();
+                }
                 TaskPoll::Pending
             }
-            OpState::Pushed(key) => {
+            OpState::Pushed(key, batch) => {
                 let mut st = this.handle.user.shared.lock();
-                if st.core.is_queued(key) {
+                let owes = batch.is_some_and(|b| st.owed && st.batch == b);
+                if owes || st.core.is_queued(key) {
                     st.flush();
                 }
                 let out = if st.core.is_done(key) {
@@ -488,7 +542,7 @@ impl<O: Operation + Send + 'static> Future for Op<'_, O> {
                     Some(unsafe { st.core.take::<O>(key) })
                 } else {
                     st.core.set_waker(key, cx.waker());
-                    this.state = OpState::Pushed(key);
+                    this.state = OpState::Pushed(key, None);
                     None
                 };
                 let deferred = st.deferred();
@@ -508,11 +562,21 @@ impl<O: Operation + Send + 'static> Future for Op<'_, O> {
 
 impl<O: Operation> Drop for Op<'_, O> {
     fn drop(&mut self) {
-        if let OpState::Pushed(key) = self.state {
-            let (keep, waker) = self.handle.user.shared.lock().core.withdraw(key);
+        if let OpState::Pushed(key, batch) = self.state {
+            let mut st = self.handle.user.shared.lock();
+            let (keep, waker) = st.core.withdraw(key);
+            // The batch this future owed goes to the kernel now.
+            if batch.is_some_and(|b| st.owed && st.batch == b) {
+                st.flush();
+            }
+            let deferred = st.deferred();
+            drop(st);
             // Outside the lock: a buffer's Drop may use this driver.
             drop(waker);
             drop(keep);
+            if let Some(d) = deferred {
+                d.run();
+            }
         }
     }
 }
@@ -571,8 +635,12 @@ impl Future for DriverTask {
                 Some(w) if w.will_wake(cx.waker()) => {}
                 _ => st.driver = Some(cx.waker().clone()),
             }
+            st.driver_polls += 1;
             st.core.reap_nonblocking();
-            if st.backlog {
+            // A batch owed since before the previous driver poll: its
+            // flusher is not being polled; submit for it.
+            let stale = st.owed && st.owed_since + 1 < st.driver_polls;
+            if st.backlog || stale {
                 st.flush();
             }
             let done = st.orphaned && st.core.in_flight() == 0 && st.core.queued() == 0;

@@ -1,0 +1,265 @@
+//! 4 KiB random `O_DIRECT` reads at 32 in flight, in one process, on the
+//! same file, with:
+//!
+//! - the sync API (`Context`, refilling the requests that completed after
+//!   each wait, one `io_submit` per refill);
+//! - the tokio API on a current-thread runtime (`FuturesUnordered` of
+//!   32 `File::read_at` futures, one replaced as each completes) and on a
+//!   multi-thread runtime (32 tasks, each awaiting one read at a time);
+//! - what `tokio::fs` does: `spawn_blocking` of a `pread` per request
+//!   (`tokio::fs::File` has no positioned read), 32 tasks on a
+//!   multi-thread runtime.
+//!
+//! Phases are interleaved for `ROUNDS` rounds; the medians and their
+//! ratios are printed at the end.
+//!
+//! `cargo run --release -p aio --features tokio --example tokio_bench -- [FILE] [REQUESTS] [ROUNDS] [sync|ct|mt|fs]`
+//!
+//! FILE defaults to a 1 GiB file in `$AIO_TEST_DIR` (else the temporary
+//! directory), created with `O_DIRECT` and removed at the end; REQUESTS per
+//! phase defaults to 100 000, ROUNDS to 3.
+
+use std::fs::OpenOptions;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use aio::tokio::{File, Handle};
+use aio::{AlignedBuf, Context, Read, Ticket};
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+
+const DEPTH: usize = 32;
+const BS: usize = 4096;
+
+/// A xorshift stream of block offsets, shared by the tasks of a phase.
+struct Offsets {
+    state: AtomicU64,
+    blocks: u64,
+}
+
+impl Offsets {
+    fn new(seed: u64, blocks: u64) -> Offsets {
+        Offsets {
+            state: AtomicU64::new(seed | 1),
+            blocks,
+        }
+    }
+
+    fn next(&self) -> u64 {
+        let mut x = self.state.load(Ordering::Relaxed);
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.state.store(x, Ordering::Relaxed);
+        (x % self.blocks) * BS as u64
+    }
+}
+
+fn sync_api(file: &std::fs::File, n: usize, offs: &Offsets) -> f64 {
+    let ctx = Context::builder()
+        .queue_depth(DEPTH as u32)
+        .build()
+        .unwrap();
+    let start = Instant::now();
+    let mut tickets: Vec<Option<Ticket<'_, Read<AlignedBuf>>>> = (0..DEPTH)
+        .map(|_| Some(ctx.push(Read::new(file, AlignedBuf::new(BS, BS), offs.next()))))
+        .collect();
+    ctx.submit();
+    let (mut issued, mut done) = (DEPTH, 0);
+    while done < n {
+        ctx.wait();
+        for slot in &mut tickets {
+            if slot.as_ref().is_some_and(|t| t.is_done()) {
+                let (r, buf) = slot.take().unwrap().wait();
+                assert_eq!(r.unwrap(), BS);
+                done += 1;
+                if issued < n {
+                    issued += 1;
+                    *slot = Some(ctx.push(Read::new(file, buf, offs.next())));
+                }
+            }
+        }
+        ctx.submit();
+    }
+    n as f64 / start.elapsed().as_secs_f64()
+}
+
+fn tokio_current_thread(file: &std::fs::File, n: usize, offs: &Offsets) -> (f64, aio::Stats) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let handle = Handle::builder()
+            .queue_depth(DEPTH as u32)
+            .build()
+            .unwrap();
+        let file = File::from_std_with(file.try_clone().unwrap(), &handle);
+        let start = Instant::now();
+        let mut reads: FuturesUnordered<_> = (0..DEPTH)
+            .map(|_| file.read_at(AlignedBuf::new(BS, BS), offs.next()))
+            .collect();
+        let (mut issued, mut done) = (DEPTH, 0);
+        while let Some((r, buf)) = reads.next().await {
+            assert_eq!(r.unwrap(), BS);
+            done += 1;
+            if issued < n {
+                issued += 1;
+                reads.push(file.read_at(buf, offs.next()));
+            }
+        }
+        assert_eq!(done, n);
+        (n as f64 / start.elapsed().as_secs_f64(), handle.stats())
+    })
+}
+
+fn tokio_multi_thread(file: &std::fs::File, n: usize, offs: &Arc<Offsets>) -> (f64, aio::Stats) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let handle = Handle::builder()
+            .queue_depth(DEPTH as u32)
+            .build()
+            .unwrap();
+        let file = Arc::new(File::from_std_with(file.try_clone().unwrap(), &handle));
+        let start = Instant::now();
+        let tasks: Vec<_> = (0..DEPTH)
+            .map(|t| {
+                let (file, offs) = (file.clone(), offs.clone());
+                tokio::spawn(async move {
+                    let mut buf = AlignedBuf::new(BS, BS);
+                    for _ in (t..n).step_by(DEPTH) {
+                        let (r, b) = file.read_at(buf, offs.next()).await;
+                        assert_eq!(r.unwrap(), BS);
+                        buf = b;
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        (n as f64 / start.elapsed().as_secs_f64(), handle.stats())
+    })
+}
+
+fn spawn_blocking_pread(file: &std::fs::File, n: usize, offs: &Arc<Offsets>) -> f64 {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let file = Arc::new(file.try_clone().unwrap());
+    rt.block_on(async {
+        let start = Instant::now();
+        let tasks: Vec<_> = (0..DEPTH)
+            .map(|t| {
+                let (file, offs) = (file.clone(), offs.clone());
+                tokio::spawn(async move {
+                    let mut buf = AlignedBuf::new(BS, BS);
+                    for _ in (t..n).step_by(DEPTH) {
+                        let (file, off) = (file.clone(), offs.next());
+                        let (r, b) = tokio::task::spawn_blocking(move || {
+                            let r = file.read_at(&mut buf, off);
+                            (r, buf)
+                        })
+                        .await
+                        .unwrap();
+                        assert_eq!(r.unwrap(), BS);
+                        buf = b;
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        n as f64 / start.elapsed().as_secs_f64()
+    })
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let path = args.next().filter(|p| !p.is_empty());
+    let n: usize = args.next().map_or(100_000, |s| s.parse().unwrap());
+    let rounds: usize = args.next().map_or(3, |s| s.parse().unwrap());
+    // One phase only (sync, ct, mt or fs), for profiling.
+    let only = args.next();
+    let run = |phase: &str| only.as_deref().is_none_or(|o| o == phase);
+    let created = path.is_none();
+    let path = path.map_or_else(
+        || {
+            let dir = std::env::var_os("AIO_TEST_DIR").map_or_else(std::env::temp_dir, PathBuf::from);
+            dir.join(format!("aio-tokio-bench-{}", std::process::id()))
+        },
+        PathBuf::from,
+    );
+    let file = OpenOptions::new()
+        .read(true)
+        .write(created)
+        .create_new(created)
+        .custom_flags(libc::O_DIRECT)
+        .open(&path)
+        .unwrap_or_else(|e| panic!("open {} with O_DIRECT: {e}", path.display()));
+    if created {
+        let chunk = AlignedBuf::from_slice(&vec![0x5au8; 1 << 20], BS);
+        for i in 0..1024u64 {
+            file.write_all_at(&chunk, i << 20).unwrap();
+        }
+        file.sync_all().unwrap();
+    }
+    let blocks = file.metadata().unwrap().len() / BS as u64;
+    println!(
+        "{} ({} MiB), 4 KiB random O_DIRECT reads, {DEPTH} in flight, {n} per phase, {rounds} rounds",
+        path.display(),
+        blocks * BS as u64 >> 20
+    );
+    let (mut sync, mut ct, mut mt, mut fs) = (vec![], vec![], vec![], vec![]);
+    for round in 0..rounds {
+        let seed = 0x9e37_79b9_7f4a_7c15 ^ round as u64;
+        let offs = Arc::new(Offsets::new(seed, blocks));
+        let none = (f64::NAN, aio::Stats::default());
+        let s = if run("sync") { sync_api(&file, n, &offs) } else { f64::NAN };
+        let (c, cs) = if run("ct") { tokio_current_thread(&file, n, &offs) } else { none };
+        let (m, ms) = if run("mt") { tokio_multi_thread(&file, n, &offs) } else { none };
+        let f = if run("fs") { spawn_blocking_pread(&file, n, &offs) } else { f64::NAN };
+        println!(
+            "round {round}: sync {s:.0} IOPS | tokio current-thread {c:.0} IOPS ({:.1} reads per io_submit) | \
+             tokio multi-thread {m:.0} IOPS ({:.1} per io_submit) | spawn_blocking pread {f:.0} IOPS",
+            cs.submitted as f64 / cs.submit_calls as f64,
+            ms.submitted as f64 / ms.submit_calls as f64,
+        );
+        sync.push(s);
+        ct.push(c);
+        mt.push(m);
+        fs.push(f);
+    }
+    let (s, c, m, f) = (
+        median(&mut sync),
+        median(&mut ct),
+        median(&mut mt),
+        median(&mut fs),
+    );
+    println!(
+        "medians: sync {s:.0}, tokio current-thread {c:.0}, tokio multi-thread {m:.0}, spawn_blocking pread {f:.0} IOPS"
+    );
+    println!(
+        "ratios: tokio/sync {:.2} (current-thread) {:.2} (multi-thread); tokio/spawn_blocking {:.2} (current-thread) {:.2} (multi-thread)",
+        c / s,
+        m / s,
+        c / f,
+        m / f
+    );
+    if created {
+        let _ = std::fs::remove_file(&path);
+    }
+}
