@@ -93,10 +93,7 @@ fn tokio_current_thread(file: &std::fs::File, n: usize, offs: &Offsets) -> (f64,
         .build()
         .unwrap();
     rt.block_on(async {
-        let handle = Handle::builder()
-            .queue_depth(DEPTH as u32)
-            .build()
-            .unwrap();
+        let handle = Handle::builder().queue_depth(DEPTH as u32).build().unwrap();
         let file = File::from_std_with(file.try_clone().unwrap(), &handle);
         let start = Instant::now();
         let mut reads: FuturesUnordered<_> = (0..DEPTH)
@@ -122,10 +119,7 @@ fn tokio_multi_thread(file: &std::fs::File, n: usize, offs: &Arc<Offsets>) -> (f
         .build()
         .unwrap();
     rt.block_on(async {
-        let handle = Handle::builder()
-            .queue_depth(DEPTH as u32)
-            .build()
-            .unwrap();
+        let handle = Handle::builder().queue_depth(DEPTH as u32).build().unwrap();
         let file = Arc::new(File::from_std_with(file.try_clone().unwrap(), &handle));
         let start = Instant::now();
         let tasks: Vec<_> = (0..DEPTH)
@@ -198,7 +192,8 @@ fn main() {
     let created = path.is_none();
     let path = path.map_or_else(
         || {
-            let dir = std::env::var_os("AIO_TEST_DIR").map_or_else(std::env::temp_dir, PathBuf::from);
+            let dir =
+                std::env::var_os("AIO_TEST_DIR").map_or_else(std::env::temp_dir, PathBuf::from);
             dir.join(format!("aio-tokio-bench-{}", std::process::id()))
         },
         PathBuf::from,
@@ -221,17 +216,33 @@ fn main() {
     println!(
         "{} ({} MiB), 4 KiB random O_DIRECT reads, {DEPTH} in flight, {n} per phase, {rounds} rounds",
         path.display(),
-        blocks * BS as u64 >> 20
+        (blocks * BS as u64) >> 20
     );
     let (mut sync, mut ct, mut mt, mut fs) = (vec![], vec![], vec![], vec![]);
     for round in 0..rounds {
         let seed = 0x9e37_79b9_7f4a_7c15 ^ round as u64;
         let offs = Arc::new(Offsets::new(seed, blocks));
         let none = (f64::NAN, aio::Stats::default());
-        let s = if run("sync") { sync_api(&file, n, &offs) } else { f64::NAN };
-        let (c, cs) = if run("ct") { tokio_current_thread(&file, n, &offs) } else { none };
-        let (m, ms) = if run("mt") { tokio_multi_thread(&file, n, &offs) } else { none };
-        let f = if run("fs") { spawn_blocking_pread(&file, n, &offs) } else { f64::NAN };
+        let s = if run("sync") {
+            sync_api(&file, n, &offs)
+        } else {
+            f64::NAN
+        };
+        let (c, cs) = if run("ct") {
+            tokio_current_thread(&file, n, &offs)
+        } else {
+            none
+        };
+        let (m, ms) = if run("mt") {
+            tokio_multi_thread(&file, n, &offs)
+        } else {
+            none
+        };
+        let f = if run("fs") {
+            spawn_blocking_pread(&file, n, &offs)
+        } else {
+            f64::NAN
+        };
         println!(
             "round {round}: sync {s:.0} IOPS | tokio current-thread {c:.0} IOPS ({:.1} reads per io_submit) | \
              tokio multi-thread {m:.0} IOPS ({:.1} per io_submit) | spawn_blocking pread {f:.0} IOPS",

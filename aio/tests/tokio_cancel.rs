@@ -31,7 +31,6 @@ fn under_valgrind() -> bool {
     std::env::var_os("AIO_TEST_VALGRIND").is_some()
 }
 
-
 fn builder() -> aio::tokio::Builder {
     let b = Handle::builder().queue_depth(64);
     if under_valgrind() {
@@ -196,13 +195,17 @@ async fn futures_dropped_at_random_points() {
     let scratch =
         direct_scratch_in(&scratch_dir()).unwrap_or_else(|| scratch_in(&shm_dir(), false));
     let log = Log::new(n);
-    let read_region = log.blocks.concat();
+    // The read region, then zeros where the writes go: overwriting
+    // allocated blocks keeps O_DIRECT writes asynchronous.
+    let mut region = log.blocks.concat();
+    region.resize((READ_BLOCKS + n) * BLOCK, 0);
     std::os::unix::fs::FileExt::write_all_at(
         &scratch.file,
-        &AlignedBuf::from_slice(&read_region, BLOCK),
+        &AlignedBuf::from_slice(&region, BLOCK),
         0,
     )
     .unwrap();
+    drop(region);
     let handle = builder().build().unwrap();
     let file = Arc::new(File::from_std_with(
         scratch.file.try_clone().unwrap(),
@@ -253,9 +256,16 @@ async fn futures_dropped_at_random_points() {
 
     let mut dropped = 0;
     for (id, ((plan, read, block), outcome)) in plans.iter().zip(&outcomes).enumerate() {
-        assert_eq!(log.drops[id].load(Ordering::SeqCst), 1, "buffer {id} ({plan:?})");
+        assert_eq!(
+            log.drops[id].load(Ordering::SeqCst),
+            1,
+            "buffer {id} ({plan:?})"
+        );
         let at_drop = log.at_drop[id].load(Ordering::SeqCst);
-        assert_ne!(at_drop, TORN, "buffer {id} ({plan:?}) freed during its read");
+        assert_ne!(
+            at_drop, TORN,
+            "buffer {id} ({plan:?}) freed during its read"
+        );
         if matches!(outcome, Outcome::Dropped(_)) {
             dropped += 1;
         }
@@ -269,7 +279,10 @@ async fn futures_dropped_at_random_points() {
             }
         }
     }
-    assert!(dropped > n / 4 && dropped < n / 2, "{dropped} of {n} dropped");
+    assert!(
+        dropped > n / 4 && dropped < n / 2,
+        "{dropped} of {n} dropped"
+    );
 
     // Completed writes are on disk.
     let on_disk = std::fs::read(&scratch.path).unwrap();
@@ -313,8 +326,7 @@ fn runtime_shutdown_with_requests_in_flight() {
     });
     let record = AlignedBuf::from_slice(&log.blocks[0], BLOCK);
     for i in 0..2 * N {
-        std::os::unix::fs::FileExt::write_all_at(&scratch.file, &record, (i * LEN) as u64)
-            .unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&scratch.file, &record, (i * LEN) as u64).unwrap();
     }
     let (rd, _wr) = pipe();
     let rd = Arc::new(rd);
@@ -365,7 +377,10 @@ fn runtime_shutdown_with_requests_in_flight() {
     for id in 0..N {
         assert_eq!(log.drops[id].load(Ordering::SeqCst), 1, "buffer {id}");
         let at_drop = log.at_drop[id].load(Ordering::SeqCst);
-        assert!(at_drop == COMPLETE || at_drop == PRISTINE, "buffer {id}: {at_drop}");
+        assert!(
+            at_drop == COMPLETE || at_drop == PRISTINE,
+            "buffer {id}: {at_drop}"
+        );
     }
     // Outliving futures return their results, on any executor.
     for (i, f) in outliving.into_iter().enumerate() {

@@ -65,7 +65,9 @@ async fn every_operation(dir: &Path, direct: bool) {
     // One segment in, one out, at a nonzero offset.
     let data = pattern(total, 9);
     let at = total as u64;
-    let (n, _) = file.write_at(AlignedBuf::from_slice(&data, align), at).await;
+    let (n, _) = file
+        .write_at(AlignedBuf::from_slice(&data, align), at)
+        .await;
     assert_eq!(n.unwrap(), total);
     let (n, back) = file.read_at(AlignedBuf::new(total, align), at).await;
     assert_eq!(n.unwrap(), total);

@@ -80,6 +80,7 @@
 
 mod file;
 
+use std::cell::Cell;
 use std::fmt;
 use std::future::Future;
 use std::io;
@@ -88,7 +89,6 @@ use std::mem;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::cell::Cell;
 use std::task::{Context as TaskContext, Poll as TaskPoll, Waker};
 
 use ::tokio::io::Interest;
@@ -387,6 +387,8 @@ impl State {
     /// the driver task.
     fn flush(&mut self) {
         self.owed = false;
+        // Events already there free ring slots for this submission.
+        self.core.reap_ring();
         self.backlog = self.core.submit_some() == Submitted::Full;
         self.core.reap_ring();
     }
