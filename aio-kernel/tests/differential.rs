@@ -374,6 +374,94 @@ fn spec_table_io_submit_rows() {
             }),
         ),
         (
+            "socket read and write at offset 0",
+            Box::new(|fx, a| {
+                a.fill(0, b"to the peer");
+                // SAFETY: writes a live buffer into our socket.
+                unsafe { libc::write(fd(&fx.sock_b), b"from the peer".as_ptr().cast(), 13) };
+                vec![
+                    Iocb::pwrite(fd(&fx.sock_a), a.buf(0), 11, 0),
+                    Iocb::pread(fd(&fx.sock_a), a.buf(1), 100, 0),
+                ]
+            }),
+        ),
+        (
+            "socket at a nonzero offset",
+            Box::new(|fx, a| {
+                vec![
+                    Iocb::pwrite(fd(&fx.sock_a), a.buf(0), 11, 5),
+                    Iocb::pread(fd(&fx.sock_a), a.buf(1), 100, 7),
+                ]
+            }),
+        ),
+        (
+            "vectored socket write",
+            Box::new(|fx, a| {
+                a.fill(0, b"abc");
+                a.fill(1, b"defg");
+                let iov = a.iovecs(
+                    0,
+                    &[
+                        IoVec {
+                            iov_base: a.buf(0),
+                            iov_len: 3,
+                        },
+                        IoVec {
+                            iov_base: a.buf(1),
+                            iov_len: 4,
+                        },
+                    ],
+                );
+                vec![Iocb::pwritev(fd(&fx.sock_b), iov, 2, 0)]
+            }),
+        ),
+        (
+            "eventfd read and write",
+            Box::new(|fx, a| {
+                // SAFETY: writes 8 bytes into our eventfd.
+                unsafe { libc::write(fd(&fx.efd), 5u64.to_ne_bytes().as_ptr().cast(), 8) };
+                a.fill(2, &7u64.to_ne_bytes());
+                vec![
+                    Iocb::pread(fd(&fx.efd), a.buf(0), 4, 0),
+                    Iocb::pread(fd(&fx.efd), a.buf(1), 8, 0),
+                    Iocb::pwrite(fd(&fx.efd), a.buf(2), 8, 0),
+                ]
+            }),
+        ),
+        (
+            "epoll fd",
+            Box::new(|_fx, a| {
+                // SAFETY: plain syscall; leaked so the number is not reused.
+                let ep = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+                vec![Iocb::pread(ep, a.buf(0), 8, 0), Iocb::fsync(ep)]
+            }),
+        ),
+        (
+            "timerfd",
+            Box::new(|_fx, a| {
+                // SAFETY: plain syscall; leaked so the number is not reused.
+                let tf = unsafe {
+                    libc::timerfd_create(
+                        libc::CLOCK_MONOTONIC,
+                        libc::TFD_CLOEXEC | libc::TFD_NONBLOCK,
+                    )
+                };
+                vec![Iocb::pread(tf, a.buf(0), 8, 0)]
+            }),
+        ),
+        (
+            "signalfd",
+            Box::new(|_fx, a| {
+                // SAFETY: an empty sigset; leaked so the number is not reused.
+                let sf = unsafe {
+                    let mut set: libc::sigset_t = std::mem::zeroed();
+                    libc::sigemptyset(&mut set);
+                    libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK)
+                };
+                vec![Iocb::pread(sf, a.buf(1), 128, 0)]
+            }),
+        ),
+        (
             "fsync on a pipe",
             Box::new(|fx, _a| vec![Iocb::fsync(fd(&fx.pipe_w))]),
         ),

@@ -164,14 +164,22 @@ pub(crate) fn fget(shared: &Arc<Shared>, fd: i32) -> Result<Arc<dyn File>, Errno
         Kind::Other => true,
         Kind::Positioned | Kind::Dir => false,
     };
-    // Anonymous inodes have no type bits; of them only the eventfd has a
-    // read_iter (and no write_iter); timerfd, epoll and the like have
-    // neither, so AIO refuses them with EINVAL.
+    // Anonymous inodes have no type bits. On current kernels eventfd,
+    // timerfd and signalfd have a read_iter and no write_iter; epoll and
+    // the rest have neither, so AIO refuses them with EINVAL (checked
+    // against 6.18 by tests/differential.rs).
     let (has_read_iter, has_write_iter) = match kind {
         Kind::Dir => (false, false),
         Kind::Other if fmt == 0 => {
             let link = std::fs::read_link(std::format!("/proc/self/fd/{dup}")).unwrap_or_default();
-            (link.as_os_str() == "anon_inode:[eventfd]", false)
+            let readable = [
+                "anon_inode:[eventfd]",
+                "anon_inode:[timerfd]",
+                "anon_inode:[signalfd]",
+            ]
+            .iter()
+            .any(|n| link.as_os_str() == *n);
+            (readable, false)
         }
         _ => (true, true),
     };
