@@ -71,7 +71,9 @@
 //!   regular files; `RWF_ATOMIC` is never supported; append-only inodes are
 //!   not detected (`RWF_NOAPPEND` is then not `EPERM`); a character device
 //!   whose `poll(2)` reports exactly the default mask is taken to have no
-//!   `poll` method.
+//!   `poll` method; of the anonymous inodes, eventfd, timerfd and signalfd
+//!   are taken to have a `read_iter` and no `write_iter`, all others
+//!   neither (as 6.18 has them).
 //! - **POLL results** after a wait are `poll(2)`'s bits widened to the key
 //!   Linux's wake-up carries for pipes and sockets; for other files they
 //!   are `poll(2)`'s bits.
