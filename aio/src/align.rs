@@ -64,8 +64,10 @@ impl DioAlignment {
 /// The `O_DIRECT` alignment of the file behind `fd`, whether or not it is
 /// open with `O_DIRECT`.
 ///
-/// `statx(STATX_DIOALIGN)` where the kernel reports it; otherwise the
-/// logical block size of a block device, else the filesystem's block size.
+/// `statx(STATX_DIOALIGN)` where the kernel reports it (with the memory
+/// alignment raised to the offset alignment, because some drivers mishandle
+/// buffers that are less aligned than a block); otherwise the logical block
+/// size of a block device, else the filesystem's block size.
 /// An error of kind `Unsupported` if statx says the file cannot do direct
 /// I/O at all.
 ///
@@ -105,9 +107,15 @@ fn dio_alignment_raw(fd: RawFd) -> io::Result<DioAlignment> {
                 "the file does not support O_DIRECT (statx reports no direct I/O alignment)".into(),
             ));
         }
+        // Buffers are held to the offset alignment too, not only to what
+        // statx allows: on Linux 6.18 zram reports 512-byte memory
+        // alignment but an O_DIRECT read into a buffer that is not
+        // page-aligned overwrites the whole pages around it, corrupting
+        // the caller's heap (shown by aio/tests/zram_alignment.rs).
+        let offset = stx.stx_dio_offset_align as usize;
         return Ok(DioAlignment {
-            memory: stx.stx_dio_mem_align as usize,
-            offset: stx.stx_dio_offset_align as usize,
+            memory: (stx.stx_dio_mem_align as usize).max(offset),
+            offset,
             source: AlignmentSource::Statx,
         });
     }
