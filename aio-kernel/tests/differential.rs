@@ -1047,6 +1047,50 @@ fn setup_rows() {
     }
 }
 
+#[test]
+fn submit_argument_rows() {
+    if !linux_aio_available() {
+        return;
+    }
+    let engine = EngineSide::new();
+    let mut results = Vec::new();
+    for side in [&Linux as &dyn Side, &engine] {
+        let fx = Fixture::new();
+        let ctx = Ctx::new(side, 8);
+        let mut buf = [0u8; 8];
+        let good = Iocb::pread(fd(&fx.data), buf.as_mut_ptr() as u64, 8, 0);
+        let null_ptrs = [0u64];
+        let bad_ptrs = [prot_none_page()];
+        let good_ptrs = [&good as *const Iocb as u64, 0];
+        let ro = read_only_iocb(&good);
+        let ro_ptrs = [ro];
+        let garbage_ctx = buf.as_ptr() as u64;
+        // SAFETY: every pointer is live, NULL, PROT_NONE, read-only or
+        // outside user space; `good` and `buf` outlive the requests.
+        let r = unsafe {
+            vec![
+                side.submit(0, 1, good_ptrs.as_ptr() as u64),
+                side.submit(garbage_ctx, 1, good_ptrs.as_ptr() as u64),
+                side.submit(u64::MAX, 1, good_ptrs.as_ptr() as u64),
+                side.submit(ctx.id, -1, good_ptrs.as_ptr() as u64),
+                side.submit(0, -1, 0),
+                side.submit(ctx.id, 0, 0),
+                side.submit(ctx.id, 1, 0),
+                side.submit(ctx.id, 1, u64::MAX),
+                side.submit(ctx.id, 1, KERNEL_ADDR),
+                side.submit(ctx.id, 1, null_ptrs.as_ptr() as u64),
+                side.submit(ctx.id, 1, bad_ptrs.as_ptr() as u64),
+                side.submit(ctx.id, 1, ro_ptrs.as_ptr() as u64),
+                // One good iocb, then a NULL pointer: the count.
+                side.submit(ctx.id, 2, good_ptrs.as_ptr() as u64),
+            ]
+        };
+        ctx.collect(1, Duration::from_secs(5));
+        results.push(r);
+    }
+    assert_eq!(results[0], results[1]);
+}
+
 fn possible() -> u32 {
     let s = std::fs::read_to_string("/sys/devices/system/cpu/possible").unwrap();
     s.trim()
