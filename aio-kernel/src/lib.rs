@@ -84,9 +84,10 @@
 //! - **User memory** is accessed with `process_vm_readv`/`process_vm_writev`
 //!   on the own process: a seccomp filter that forbids them makes every
 //!   call fail with `EFAULT`.
-//! - **fork**: Linux gives a child `EINVAL` for its parent's contexts; the
-//!   engine's state is copied into the child without its threads, so the
-//!   engine must not be used across `fork`.
+//! - **fork**: as in Linux, a child gets `EINVAL` for its parent's
+//!   contexts; unlike Linux, every other call on an engine its parent
+//!   created (`io_setup` too) is `EINVAL` in the child, whose copy of the
+//!   engine has none of its threads: a child creates an engine of its own.
 //! - **io_destroy** unmaps the ring after the requests in flight finish
 //!   (Linux unmaps it first); the `aio-nr` of an engine counts only its own
 //!   contexts.

@@ -1091,6 +1091,46 @@ fn submit_argument_rows() {
     assert_eq!(results[0], results[1]);
 }
 
+/// Spec §10: in a fork child, the parent's context is `EINVAL`.
+#[test]
+fn fork_child_gets_einval_for_the_parents_context() {
+    if !linux_aio_available() {
+        return;
+    }
+    let engine = EngineSide::new();
+    for side in [&Linux as &dyn Side, &engine] {
+        let ctx = Ctx::new(side, 8);
+        let nul = [0u64];
+        let arr = nul.as_ptr() as u64;
+        let mut evs = [IoEvent::default(); 1];
+        let ev = evs.as_mut_ptr() as u64;
+        // SAFETY: the child only makes calls that fail before allocating or
+        // taking a lock (the engine checks its pid first), then `_exit`s.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0);
+        if pid == 0 {
+            // SAFETY: see above; pointers are live in the child's copy.
+            let code = unsafe {
+                let a = side.submit(ctx.id, 1, arr) == Err(Errno::EINVAL);
+                let b = side.getevents(ctx.id, 0, 1, ev, 0) == Err(Errno::EINVAL);
+                let c = side.destroy(ctx.id) == Err(Errno::EINVAL);
+                if a && b && c { 0 } else { 1 }
+            };
+            // SAFETY: ends the child without running the parent's atexit
+            // handlers or destructors.
+            unsafe { libc::_exit(code) };
+        }
+        let mut status = 0;
+        // SAFETY: waits for our own child.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        assert!(libc::WIFEXITED(status), "{}", side.name());
+        assert_eq!(libc::WEXITSTATUS(status), 0, "{}", side.name());
+        // The parent's context still works.
+        // SAFETY: `ev` has room for one event.
+        assert_eq!(unsafe { side.getevents(ctx.id, 0, 1, ev, 0) }, Ok(0));
+    }
+}
+
 fn possible() -> u32 {
     let s = std::fs::read_to_string("/sys/devices/system/cpu/possible").unwrap();
     s.trim()

@@ -300,6 +300,9 @@ impl Host for EngineHost {
 /// docs](self).
 pub struct Engine {
     kernel: Kernel<EngineHost>,
+    /// The process that created the engine: a fork child has none of its
+    /// threads, and Linux gives a child `EINVAL` for the parent's contexts.
+    pid: u32,
 }
 
 impl Default for Engine {
@@ -336,6 +339,7 @@ impl Engine {
         };
         Engine {
             kernel: Kernel::new(Arc::new(host)),
+            pid: std::process::id(),
         }
     }
 
@@ -350,12 +354,24 @@ impl Engine {
         self.kernel.aio_nr()
     }
 
+    /// The core, unless this is a fork child of the engine's process: every
+    /// call there fails with `EINVAL` (Linux refuses the parent's contexts;
+    /// a child that wants AIO creates an `Engine` of its own). Checked
+    /// before anything else, so it is safe to call right after `fork`.
+    fn k(&self) -> Result<&Kernel<EngineHost>, Errno> {
+        if std::process::id() == self.pid {
+            Ok(&self.kernel)
+        } else {
+            Err(Errno::EINVAL)
+        }
+    }
+
     /// `io_setup(nr_events, &ctx)`: a context whose ring holds at least
     /// `nr_events` events; the result is the ring's address.
     pub fn io_setup(&self, nr_events: u32) -> Result<AioContext, Errno> {
         let mut ctx: AioContext = 0;
         let at = &mut ctx as *mut AioContext as u64;
-        self.kernel.io_setup(nr_events, at)?;
+        self.k()?.io_setup(nr_events, at)?;
         Ok(ctx)
     }
 
@@ -365,7 +381,7 @@ impl Engine {
     pub fn io_setup_at(&self, nr_events: u32, ring_addr: u64) -> Result<AioContext, Errno> {
         let mut ctx: AioContext = 0;
         let at = &mut ctx as *mut AioContext as u64;
-        self.kernel.io_setup_at(nr_events, at, ring_addr)?;
+        self.k()?.io_setup_at(nr_events, at, ring_addr)?;
         Ok(ctx)
     }
 
@@ -383,7 +399,7 @@ impl Engine {
     /// from this call).
     pub unsafe fn io_submit(&self, ctx: AioContext, iocbs: &[*const Iocb]) -> Result<usize, Errno> {
         let nr = i64::try_from(iocbs.len()).map_err(|_| Errno::EINVAL)?;
-        self.kernel.io_submit(ctx, nr, iocbs.as_ptr() as u64)
+        self.k()?.io_submit(ctx, nr, iocbs.as_ptr() as u64)
     }
 
     /// `io_getevents(ctx, min_nr, events.len(), events, timeout)`: waits
@@ -399,7 +415,7 @@ impl Engine {
         let nr = i64::try_from(events.len()).map_err(|_| Errno::EINVAL)?;
         let ts = timeout.map_or(0, |t| t as *const libc::timespec as u64);
         // The core writes only into `events` (an exclusive borrow).
-        self.kernel
+        self.k()?
             .io_getevents(ctx, min_nr, nr, events.as_mut_ptr() as u64, ts)
     }
 
@@ -420,7 +436,7 @@ impl Engine {
             sigmask: sigmask.map_or(0, |m| m as *const libc::sigset_t as u64),
             sigsetsize: 8,
         };
-        self.kernel.io_pgetevents(
+        self.k()?.io_pgetevents(
             ctx,
             min_nr,
             nr,
@@ -436,13 +452,13 @@ impl Engine {
     /// cancelled; others give `EINVAL`.
     pub fn io_cancel(&self, ctx: AioContext, iocb: *const Iocb) -> Result<(), Errno> {
         // Only reads the iocb's key, through the kernel (EFAULT if bad).
-        self.kernel.io_cancel(ctx, iocb as u64, 0)
+        self.k()?.io_cancel(ctx, iocb as u64, 0)
     }
 
     /// `io_destroy(ctx)`: cancels what can be cancelled, waits for every
     /// request in flight, then releases the context and its ring.
     pub fn io_destroy(&self, ctx: AioContext) -> Result<(), Errno> {
-        self.kernel.io_destroy(ctx)
+        self.k()?.io_destroy(ctx)
     }
 
     /// `io_setup` with a raw `ctxp`, for syscall-level shims and tests.
@@ -451,7 +467,7 @@ impl Engine {
     ///
     /// `ctxp` must be writable memory of the caller's, or unmapped.
     pub unsafe fn sys_io_setup(&self, nr_events: u32, ctxp: u64) -> Result<(), Errno> {
-        self.kernel.io_setup(nr_events, ctxp)
+        self.k()?.io_setup(nr_events, ctxp)
     }
 
     /// `io_submit` with raw arguments (`nr` may be negative, `iocbpp` bad).
@@ -460,7 +476,7 @@ impl Engine {
     ///
     /// As [`Engine::io_submit`], for the iocbs `iocbpp` points at.
     pub unsafe fn sys_io_submit(&self, ctx: u64, nr: i64, iocbpp: u64) -> Result<usize, Errno> {
-        self.kernel.io_submit(ctx, nr, iocbpp)
+        self.k()?.io_submit(ctx, nr, iocbpp)
     }
 
     /// `io_getevents` with raw arguments.
@@ -477,7 +493,7 @@ impl Engine {
         events: u64,
         timeout: u64,
     ) -> Result<usize, Errno> {
-        self.kernel.io_getevents(ctx, min_nr, nr, events, timeout)
+        self.k()?.io_getevents(ctx, min_nr, nr, events, timeout)
     }
 
     /// `io_pgetevents` with raw arguments.
@@ -494,13 +510,16 @@ impl Engine {
         timeout: u64,
         usig: u64,
     ) -> Result<usize, Errno> {
-        self.kernel
+        self.k()?
             .io_pgetevents(ctx, min_nr, nr, events, timeout, usig)
     }
 }
 
 impl Drop for Engine {
     fn drop(&mut self) {
+        if std::process::id() != self.pid {
+            return;
+        }
         // Like process exit: every context is destroyed, which waits for
         // its requests, so no worker touches memory after we return.
         for ctx in self.kernel.contexts() {
