@@ -87,11 +87,12 @@ fn sync_api(file: &std::fs::File, n: usize, offs: &Offsets) -> f64 {
     n as f64 / start.elapsed().as_secs_f64()
 }
 
-fn tokio_current_thread(file: &std::fs::File, n: usize, offs: &Offsets) -> (f64, aio::Stats) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+fn tokio_futures_unordered(
+    rt: tokio::runtime::Runtime,
+    file: &std::fs::File,
+    n: usize,
+    offs: &Offsets,
+) -> f64 {
     rt.block_on(async {
         let handle = Handle::builder().queue_depth(DEPTH as u32).build().unwrap();
         let file = File::from_std_with(file.try_clone().unwrap(), &handle);
@@ -109,15 +110,17 @@ fn tokio_current_thread(file: &std::fs::File, n: usize, offs: &Offsets) -> (f64,
             }
         }
         assert_eq!(done, n);
-        (n as f64 / start.elapsed().as_secs_f64(), handle.stats())
+        report_batching(&handle);
+        n as f64 / start.elapsed().as_secs_f64()
     })
 }
 
-fn tokio_multi_thread(file: &std::fs::File, n: usize, offs: &Arc<Offsets>) -> (f64, aio::Stats) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+fn tokio_tasks(
+    rt: tokio::runtime::Runtime,
+    file: &std::fs::File,
+    n: usize,
+    offs: &Arc<Offsets>,
+) -> f64 {
     rt.block_on(async {
         let handle = Handle::builder().queue_depth(DEPTH as u32).build().unwrap();
         let file = Arc::new(File::from_std_with(file.try_clone().unwrap(), &handle));
@@ -138,7 +141,8 @@ fn tokio_multi_thread(file: &std::fs::File, n: usize, offs: &Arc<Offsets>) -> (f
         for t in tasks {
             t.await.unwrap();
         }
-        (n as f64 / start.elapsed().as_secs_f64(), handle.stats())
+        report_batching(&handle);
+        n as f64 / start.elapsed().as_secs_f64()
     })
 }
 
@@ -174,6 +178,17 @@ fn spawn_blocking_pread(file: &std::fs::File, n: usize, offs: &Arc<Offsets>) -> 
         }
         n as f64 / start.elapsed().as_secs_f64()
     })
+}
+
+/// Requests per `io_submit`, on stderr, to keep the table readable.
+fn report_batching(handle: &Handle) {
+    let st = handle.stats();
+    eprintln!(
+        "  ({} reads in {} io_submit calls: {:.1} per call)",
+        st.submitted,
+        st.submit_calls,
+        st.submitted as f64 / st.submit_calls as f64
+    );
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -212,62 +227,74 @@ fn main() {
         }
         file.sync_all().unwrap();
     }
-    let blocks = file.metadata().unwrap().len() / BS as u64;
+    // Seeking to the end also sizes block devices (whose metadata says 0).
+    let blocks = std::io::Seek::seek(&mut &file, std::io::SeekFrom::End(0)).unwrap() / BS as u64;
     println!(
         "{} ({} MiB), 4 KiB random O_DIRECT reads, {DEPTH} in flight, {n} per phase, {rounds} rounds",
         path.display(),
         (blocks * BS as u64) >> 20
     );
-    let (mut sync, mut ct, mut mt, mut fs) = (vec![], vec![], vec![], vec![]);
+    let mut results: [Vec<f64>; 5] = Default::default();
     for round in 0..rounds {
         let seed = 0x9e37_79b9_7f4a_7c15 ^ round as u64;
         let offs = Arc::new(Offsets::new(seed, blocks));
-        let none = (f64::NAN, aio::Stats::default());
+        let nan = f64::NAN;
         let s = if run("sync") {
             sync_api(&file, n, &offs)
         } else {
-            f64::NAN
+            nan
         };
-        let (c, cs) = if run("ct") {
-            tokio_current_thread(&file, n, &offs)
-        } else {
-            none
+        let ct = |tasks: bool| {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            if tasks {
+                tokio_tasks(rt, &file, n, &offs)
+            } else {
+                tokio_futures_unordered(rt, &file, n, &offs)
+            }
         };
-        let (m, ms) = if run("mt") {
-            tokio_multi_thread(&file, n, &offs)
+        let fu = if run("ct") { ct(false) } else { nan };
+        let t = if run("ctt") { ct(true) } else { nan };
+        let m = if run("mt") {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            tokio_tasks(rt, &file, n, &offs)
         } else {
-            none
+            nan
         };
         let f = if run("fs") {
             spawn_blocking_pread(&file, n, &offs)
         } else {
-            f64::NAN
+            nan
         };
         println!(
-            "round {round}: sync {s:.0} IOPS | tokio current-thread {c:.0} IOPS ({:.1} reads per io_submit) | \
-             tokio multi-thread {m:.0} IOPS ({:.1} per io_submit) | spawn_blocking pread {f:.0} IOPS",
-            cs.submitted as f64 / cs.submit_calls as f64,
-            ms.submitted as f64 / ms.submit_calls as f64,
+            "round {round}: sync {s:.0} | tokio current-thread FuturesUnordered {fu:.0} | \
+             tokio current-thread 32 tasks {t:.0} | tokio multi-thread 32 tasks {m:.0} | \
+             spawn_blocking pread {f:.0} IOPS"
         );
-        sync.push(s);
-        ct.push(c);
-        mt.push(m);
-        fs.push(f);
+        for (v, x) in results.iter_mut().zip([s, fu, t, m, f]) {
+            v.push(x);
+        }
     }
-    let (s, c, m, f) = (
-        median(&mut sync),
-        median(&mut ct),
-        median(&mut mt),
-        median(&mut fs),
+    let [s, fu, t, m, f] = results.map(|mut v| median(&mut v));
+    println!(
+        "medians (IOPS): sync {s:.0}, tokio current-thread FuturesUnordered {fu:.0}, tokio current-thread \
+         32 tasks {t:.0}, tokio multi-thread 32 tasks {m:.0}, spawn_blocking pread {f:.0}"
     );
     println!(
-        "medians: sync {s:.0}, tokio current-thread {c:.0}, tokio multi-thread {m:.0}, spawn_blocking pread {f:.0} IOPS"
+        "ratios tokio/sync: {:.2} (current-thread FuturesUnordered), {:.2} (current-thread tasks), {:.2} (multi-thread)",
+        fu / s,
+        t / s,
+        m / s
     );
     println!(
-        "ratios: tokio/sync {:.2} (current-thread) {:.2} (multi-thread); tokio/spawn_blocking {:.2} (current-thread) {:.2} (multi-thread)",
-        c / s,
-        m / s,
-        c / f,
+        "ratios tokio/spawn_blocking: {:.2} (current-thread FuturesUnordered), {:.2} (current-thread tasks), {:.2} (multi-thread)",
+        fu / f,
+        t / f,
         m / f
     );
     if created {
