@@ -228,8 +228,8 @@ fn vectored_pipe_write_resumes_at_the_right_byte() {
         .collect();
     let want: Vec<u8> = segs.concat();
     let iocb = Iocb::pwritev(fx.pipe_w.as_raw_fd(), iov.as_ptr() as u64, 40, 0).with_data(7);
-    // SAFETY: `iocb`, `iov` and `segs` outlive the request (reaped below).
     assert_eq!(
+        // SAFETY: `iocb`, `iov` and `segs` outlive the request (reaped below).
         unsafe { engine.io_submit(ctx, &[&iocb as *const Iocb]) },
         Ok(1)
     );
