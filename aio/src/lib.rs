@@ -59,6 +59,17 @@
 //! A context belongs to the process that created it: do not use it in a
 //! `fork` child (the kernel refuses the child's calls; the ring is shared).
 //!
+//! # Async: the `tokio` feature
+//!
+//! `aio::tokio` (feature `tokio`) runs the same requests from
+//! futures: an `aio::tokio::File` with owned-buffer
+//! `read_at`/`write_at`/`readv_at`/`writev_at`/`read_exact_at`/
+//! `write_all_at`/`sync_all`/`sync_data`, readiness of any descriptor
+//! through `IOCB_CMD_POLL`, one driver per runtime. Its context is shared
+//! between worker threads behind a mutex, so its futures are `Send`; the
+//! blocking [`Context`] keeps its single-threaded `RefCell`. Buffered I/O
+//! blocks the polling worker inside `io_submit` (see the module docs).
+//!
 //! # Misuse that does not compile
 //!
 //! An owned request cannot borrow its buffer:

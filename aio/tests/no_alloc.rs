@@ -119,3 +119,50 @@ fn no_allocation_per_request_ring() {
 fn no_allocation_per_request_syscall() {
     no_allocation_per_request(Reap::Syscall);
 }
+
+/// The tokio front-end on a current-thread runtime (the driver task runs
+/// on this thread too): four reads at a time, joined without a
+/// collection, allocate nothing once warm.
+#[cfg(feature = "tokio")]
+#[test]
+fn no_allocation_per_request_tokio() {
+    use aio::tokio::{File, Handle};
+
+    let file = tempfile::tempfile_in("/dev/shm").unwrap();
+    file.write_all_at(&vec![5u8; 4 * 4096], 0).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let handle = Handle::builder().queue_depth(16).build().unwrap();
+        let file = File::from_std_with(file, &handle);
+        let mut bufs: [Option<Vec<u8>>; 4] = std::array::from_fn(|_| Some(vec![0u8; 4096]));
+        let round = async |bufs: &mut [Option<Vec<u8>>; 4]| {
+            let [a, b, c, d] = bufs.each_mut().map(|b| b.take().unwrap());
+            let (ra, rb, rc, rd) = futures::join!(
+                file.read_at(a, 0),
+                file.read_at(b, 4096),
+                file.read_at(c, 8192),
+                file.read_at(d, 12288),
+            );
+            for (slot, (n, buf)) in bufs.iter_mut().zip([ra, rb, rc, rd]) {
+                assert_eq!(n.unwrap(), 4096);
+                *slot = Some(buf);
+            }
+        };
+        for _ in 0..10 {
+            round(&mut bufs).await;
+        }
+        COUNT.with(|c| c.set(0));
+        TRACK.with(|t| t.set(true));
+        for _ in 0..200 {
+            round(&mut bufs).await;
+        }
+        TRACK.with(|t| t.set(false));
+        let n = COUNT.with(Cell::get);
+        assert_eq!(n, 0, "{n} allocations for 800 requests");
+        // One io_submit per round of four.
+        assert_eq!(handle.stats().submit_calls, 210, "{:?}", handle.stats());
+    });
+}

@@ -160,3 +160,19 @@ fn outside_a_runtime_the_handle_says_so() {
     let e = Handle::current().unwrap_err();
     assert!(e.to_string().contains("runtime"), "{e}");
 }
+
+/// Futures can be spawned on the multi-thread runtime.
+#[test]
+fn futures_are_send() {
+    fn send<T: Send>(_: &T) {}
+    fn check(file: &File, handle: &Handle) {
+        send(&file.read_at(vec![0u8; 1], 0));
+        send(&file.writev_at(vec![vec![0u8; 1]], 0));
+        send(&file.read_exact_at(AlignedBuf::new(1, 1), 0));
+        send(&file.write_all_at(vec![0u8; 1], 0));
+        send(&file.sync_all());
+        send(&handle.poll(std::os::fd::AsFd::as_fd(file), aio::PollEvents::IN));
+        send(&aio::tokio::poll(file, aio::PollEvents::IN));
+    }
+    let _ = check;
+}
