@@ -1237,8 +1237,10 @@ fn getevents_rows() {
                 Iocb::pread(fd(&fx.data), buf.as_mut_ptr() as u64, 8, 0).with_data(2),
             ];
             assert_eq!(ctx.submit(&iocbs), Ok(2));
-            // Let the engine's workers finish.
-            std::thread::sleep(Duration::from_millis(100));
+            // Wait until both events are in the ring (the engine's
+            // workers may still be busy): the calls below would otherwise
+            // sleep with a NULL timeout.
+            wait_for_ring(ctx.id, 2);
             assert_eq!(
                 side.getevents(ctx.id, 1, 2, 0, 0),
                 Err(Errno::EFAULT),
@@ -1256,6 +1258,28 @@ fn getevents_rows() {
 }
 
 // ---- slot accounting, the ring, user-space reaping ----
+
+/// Waits (up to 10 s) until the ring of `ctx` holds `n` events.
+fn wait_for_ring(ctx: u64, n: u32) {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    let end = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        // SAFETY: `ctx` is a live ring; header words are read atomically.
+        let (nr, head, tail) = unsafe {
+            let hdr = ctx as *const u32;
+            (
+                *hdr.add(1),
+                AtomicU32::from_ptr(hdr.add(2) as *mut u32).load(Ordering::Acquire),
+                AtomicU32::from_ptr(hdr.add(3) as *mut u32).load(Ordering::Acquire),
+            )
+        };
+        if (tail + nr - head) % nr >= n {
+            return;
+        }
+        assert!(std::time::Instant::now() < end, "events never arrived");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
 
 /// Submits one request at a time until `EAGAIN`; returns the count.
 fn fill(ctx: &Ctx, iocb: &Iocb) -> usize {
@@ -1309,7 +1333,7 @@ fn slot_accounting_and_user_space_reaping_agree() {
         // Consume 20 with io_getevents, then 30 from the ring.
         let a = ctx.collect(20, Duration::from_secs(5)).len();
         let second = fill(&ctx, &iocb);
-        std::thread::sleep(Duration::from_millis(100));
+        wait_for_ring(ctx.id, 30);
         let reaped = reap_from_ring(ctx.id, 30);
         let third = fill(&ctx, &iocb);
         let ev_ok = reaped
