@@ -398,3 +398,56 @@ fn runtime_shutdown_with_requests_in_flight() {
         assert_eq!(log.drops[id].load(Ordering::SeqCst), 1, "buffer {id}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_driver_whose_users_are_gone_finishes_detached_requests() {
+    const LEN: usize = 256 << 10;
+    const N: usize = 16;
+    let scratch =
+        direct_scratch_in(&scratch_dir()).unwrap_or_else(|| scratch_in(&shm_dir(), false));
+    let log = Arc::new(Log {
+        drops: (0..N).map(|_| AtomicUsize::new(0)).collect(),
+        at_drop: (0..N).map(|_| AtomicU8::new(UNSEEN)).collect(),
+        blocks: vec![pattern(LEN, 6)],
+    });
+    let record = AlignedBuf::from_slice(&log.blocks[0], BLOCK);
+    for i in 0..N {
+        std::os::unix::fs::FileExt::write_all_at(&scratch.file, &record, (i * LEN) as u64).unwrap();
+    }
+    let file = File::from_std_with(
+        scratch.file.try_clone().unwrap(),
+        &builder().build().unwrap(),
+    );
+    for id in 0..N {
+        let buf = Counted {
+            buf: AlignedBuf::new(LEN, BLOCK),
+            id,
+            expect: Some(0),
+            log: log.clone(),
+        };
+        let mut read = file.read_at(buf, (id * LEN) as u64);
+        // Queued, then submitted; then dropped (detached, in flight).
+        for _ in 0..2 {
+            if poll_with(&mut read, Waker::noop()).is_ready() {
+                break;
+            }
+        }
+    }
+    // The last handle goes: the driver task finishes the requests, drops
+    // their buffers, and ends.
+    drop(file);
+    for _ in 0..2000 {
+        if log.drops.iter().all(|d| d.load(Ordering::SeqCst) == 1) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    for id in 0..N {
+        assert_eq!(log.drops[id].load(Ordering::SeqCst), 1, "buffer {id}");
+        assert_eq!(
+            log.at_drop[id].load(Ordering::SeqCst),
+            COMPLETE,
+            "buffer {id}"
+        );
+    }
+}

@@ -36,13 +36,20 @@
 //!
 //! # Batching
 //!
-//! A request is queued when its future is first polled, and the future
-//! asks to be polled again at once; on that second poll it hands
-//! everything queued to the kernel in one `io_submit`. So the requests of
-//! futures polled in the same pass (under `join_all`, `FuturesUnordered`,
-//! or in tasks scheduled one after the other) reach the kernel together:
-//! [`Handle::stats`] counts the `io_submit` calls. When the ring is full,
-//! the rest is submitted by the driver as completions make room.
+//! A request is queued when its future is first polled. The future that
+//! queues the first request of a batch asks to be polled again at once,
+//! and on that second poll hands everything queued to the kernel in one
+//! `io_submit`. So the requests of futures polled in the same pass (under
+//! `join_all`, `FuturesUnordered`, `join!`, or in tasks scheduled one
+//! after the other) reach the kernel together: [`Handle::stats`] counts
+//! the `io_submit` calls. A batch also goes at once when it fills the
+//! room left in the ring, when its first future is dropped, when any of
+//! its futures is polled again, or when the driver task has run twice
+//! since it began (its first future is not being polled). A first future
+//! kept without being polled while nothing else happens on the driver
+//! (for example the loser of `futures::future::select`, held) delays the
+//! batch until one of these. When the ring is full, the driver submits
+//! the rest, in the order queued, as completions make room.
 //!
 //! # Cancellation and shutdown
 //!
