@@ -61,9 +61,9 @@
 //!   requests of one batch that touch the same bytes of a file (or append
 //!   to it) may take effect in a different order than in Linux, which runs
 //!   them one after the other inside `io_submit`.
-//! - **Signals** never interrupt the engine's waits: `io_getevents` never
-//!   returns `EINTR`, and `io_pgetevents` checks and reads the sigmask but
-//!   does not install it.
+//! - **Signals** never interrupt the engine's waits: `io_getevents` and
+//!   `io_pgetevents` never return `EINTR` (`io_pgetevents` does install its
+//!   mask on the calling thread for the wait).
 //! - **File capabilities** are inferred from outside the kernel:
 //!   `FMODE_NOWAIT` and `RWF_DONTCACHE` support are probed once per device
 //!   with a one-byte request against an inaccessible page (refused, or

@@ -252,3 +252,40 @@ fn vectored_pipe_write_resumes_at_the_right_byte() {
     assert_eq!((evs[0].data, evs[0].res), (7, want.len() as i64));
     engine.io_destroy(ctx).unwrap();
 }
+
+#[test]
+fn pgetevents_installs_the_mask_for_the_wait_only() {
+    let engine = Engine::new();
+    let ctx = engine.io_setup(1).unwrap();
+    // SAFETY: sigset_t is plain data set up by sigemptyset/sigaddset; the
+    // calls only touch these locals and this thread's mask.
+    unsafe {
+        let mut mask: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut mask);
+        libc::sigaddset(&mut mask, libc::SIGUSR2);
+        let before = current_mask();
+        let ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 1_000_000,
+        };
+        let mut evs = [IoEvent::default(); 1];
+        assert_eq!(
+            engine.io_pgetevents(ctx, 1, &mut evs, Some(&ts), Some(&mask)),
+            Ok(0)
+        );
+        assert_eq!(
+            libc::sigismember(&current_mask(), libc::SIGUSR2),
+            libc::sigismember(&before, libc::SIGUSR2)
+        );
+    }
+    engine.io_destroy(ctx).unwrap();
+}
+
+fn current_mask() -> libc::sigset_t {
+    // SAFETY: reads this thread's mask into a zeroed local.
+    unsafe {
+        let mut cur: libc::sigset_t = std::mem::zeroed();
+        libc::pthread_sigmask(libc::SIG_SETMASK, std::ptr::null(), &mut cur);
+        cur
+    }
+}

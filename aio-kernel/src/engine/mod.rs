@@ -186,6 +186,36 @@ fn capable_sys_nice() -> bool {
         .is_some_and(|caps| caps & (1 << 23 | 1 << 21) != 0)
 }
 
+/// `io_pgetevents`' mask, installed on the calling thread for the wait and
+/// restored afterwards, as `set_user_sigmask` does.
+struct SigmaskGuard(libc::sigset_t);
+
+impl SigmaskGuard {
+    fn install(mask: u64) -> SigmaskGuard {
+        // SAFETY: sigset_t is plain data, initialised by sigemptyset; the
+        // calls only read and write these two local sets.
+        unsafe {
+            let mut set: libc::sigset_t = core::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            for sig in 1..=64 {
+                if mask & (1u64 << (sig - 1)) != 0 {
+                    libc::sigaddset(&mut set, sig);
+                }
+            }
+            let mut old: libc::sigset_t = core::mem::zeroed();
+            libc::pthread_sigmask(libc::SIG_SETMASK, &set, &mut old);
+            SigmaskGuard(old)
+        }
+    }
+}
+
+impl Drop for SigmaskGuard {
+    fn drop(&mut self) {
+        // SAFETY: restores the mask saved by `install` on this thread.
+        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &self.0, core::ptr::null_mut()) };
+    }
+}
+
 impl Host for EngineHost {
     type Ring = EngineRing;
 
@@ -227,9 +257,10 @@ impl Host for EngineHost {
     fn wait(
         &self,
         deadline_ns: Option<u64>,
-        _sigmask: Option<u64>,
+        sigmask: Option<u64>,
         ready: &mut dyn FnMut() -> bool,
     ) -> WaitOutcome {
+        let _mask = sigmask.map(SigmaskGuard::install);
         let mut guard = self.wait_lock.lock().unwrap_or_else(|e| e.into_inner());
         loop {
             if ready() {
@@ -419,9 +450,9 @@ impl Engine {
             .io_getevents(ctx, min_nr, nr, events.as_mut_ptr() as u64, ts)
     }
 
-    /// `io_pgetevents`: as [`Engine::io_getevents`], with a signal mask for
-    /// the wait. The engine checks and reads the mask but its waits are not
-    /// interrupted by signals, so the mask has no effect.
+    /// `io_pgetevents`: as [`Engine::io_getevents`], with a signal mask
+    /// installed on the calling thread for the wait (signals still do not
+    /// end the engine's waits).
     pub fn io_pgetevents(
         &self,
         ctx: AioContext,
