@@ -61,9 +61,11 @@
 //!   requests of one batch that touch the same bytes of a file (or append
 //!   to it) may take effect in a different order than in Linux, which runs
 //!   them one after the other inside `io_submit`.
-//! - **Signals** never interrupt the engine's waits: `io_getevents` and
-//!   `io_pgetevents` never return `EINTR` (`io_pgetevents` does install its
-//!   mask on the calling thread for the wait).
+//! - **Signals**: a handler that runs on a thread waiting in
+//!   `io_getevents`/`io_pgetevents` ends the wait (`EINTR` with nothing
+//!   gathered), as in Linux; `io_pgetevents` installs its mask with
+//!   `pthread_sigmask` just before the wait, so a signal arriving between
+//!   that and the sleep does not end the wait (Linux makes the two atomic).
 //! - **File capabilities** are inferred from outside the kernel:
 //!   `FMODE_NOWAIT` and `RWF_DONTCACHE` support are probed once per device
 //!   with a one-byte request against an inaccessible page (refused, or

@@ -1131,6 +1131,60 @@ fn fork_child_gets_einval_for_the_parents_context() {
     }
 }
 
+extern "C" fn on_sigusr1(_: libc::c_int) {}
+
+/// Spec §5.2: a wait ended by a signal handler with nothing gathered is
+/// `EINTR` (`io_getevents` and `io_pgetevents`); with events, their count.
+#[test]
+fn signal_interrupts_a_waiting_io_getevents() {
+    if !linux_aio_available() {
+        return;
+    }
+    // SAFETY: installs a no-op handler (no SA_RESTART) for SIGUSR1, which
+    // only this test sends, to its own threads.
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = on_sigusr1 as *const () as usize;
+        libc::sigemptyset(&mut sa.sa_mask);
+        assert_eq!(libc::sigaction(libc::SIGUSR1, &sa, std::ptr::null_mut()), 0);
+    }
+    let engine = EngineSide::new();
+    for side in [&Linux as &dyn Side, &engine] {
+        for pget in [false, true] {
+            let ctx = Ctx::new(side, 4);
+            // SAFETY: pthread_self has no preconditions.
+            let me = unsafe { libc::pthread_self() } as usize;
+            let kicker = std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(100));
+                // SAFETY: the target thread is alive: it waits for us below.
+                unsafe { libc::pthread_kill(me as libc::pthread_t, libc::SIGUSR1) };
+            });
+            let mut evs = [IoEvent::default(); 1];
+            let ev = evs.as_mut_ptr() as u64;
+            // SAFETY: `ev` has room for one event; NULL timeout and sigset.
+            let r = unsafe {
+                if pget {
+                    side.pgetevents(ctx.id, 1, 1, ev, 0, 0)
+                } else {
+                    side.getevents(ctx.id, 1, 1, ev, 0)
+                }
+            };
+            kicker.join().unwrap();
+            assert_eq!(r, Err(Errno::EINTR), "{} pgetevents={pget}", side.name());
+            // A later poll-once call is not affected.
+            let z = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            };
+            assert_eq!(
+                // SAFETY: as above, with a live zero timeout.
+                unsafe { side.getevents(ctx.id, 0, 1, ev, &z as *const libc::timespec as u64) },
+                Ok(0)
+            );
+        }
+    }
+}
+
 fn possible() -> u32 {
     let s = std::fs::read_to_string("/sys/devices/system/cpu/possible").unwrap();
     s.trim()

@@ -71,7 +71,9 @@ mod memory;
 mod poller;
 mod workers;
 
-use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::cell::Cell;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use aio_abi::{AioContext, Errno, IoEvent, Iocb, RwFlags};
@@ -144,8 +146,10 @@ pub struct EngineHost {
     shared: Arc<Shared>,
     config: Config,
     epoch: Instant,
-    wait_lock: Mutex<()>,
-    wait_cv: Condvar,
+    /// Bumped by every wake-up; sleepers wait on it with a futex.
+    generation: AtomicU32,
+    /// Threads inside `wait` (wake-ups skip the system call when none).
+    sleepers: AtomicU32,
     cpus: u32,
     page: u64,
     nice: bool,
@@ -184,6 +188,11 @@ fn capable_sys_nice() -> bool {
         .find_map(|l| l.strip_prefix("CapEff:"))
         .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
         .is_some_and(|caps| caps & (1 << 23 | 1 << 21) != 0)
+}
+
+std::thread_local! {
+    /// Set when a signal handler ended this thread's last wait.
+    static INTERRUPTED: Cell<bool> = const { Cell::new(false) };
 }
 
 /// `io_pgetevents`' mask, installed on the calling thread for the wait and
@@ -254,6 +263,9 @@ impl Host for EngineHost {
         self.epoch.elapsed().as_nanos() as u64
     }
 
+    /// A futex on a wake-up generation rather than a condition variable:
+    /// a signal handler interrupts `FUTEX_WAIT` with `EINTR`, which gives
+    /// `io_getevents` Linux's `EINTR`.
     fn wait(
         &self,
         deadline_ns: Option<u64>,
@@ -261,39 +273,74 @@ impl Host for EngineHost {
         ready: &mut dyn FnMut() -> bool,
     ) -> WaitOutcome {
         let _mask = sigmask.map(SigmaskGuard::install);
-        let mut guard = self.wait_lock.lock().unwrap_or_else(|e| e.into_inner());
-        loop {
+        INTERRUPTED.with(|i| i.set(false));
+        self.sleepers.fetch_add(1, Ordering::SeqCst);
+        let outcome = loop {
+            let seen = self.generation.load(Ordering::SeqCst);
             if ready() {
-                return WaitOutcome::Ready;
+                break WaitOutcome::Ready;
             }
-            match deadline_ns {
-                None => {
-                    guard = self.wait_cv.wait(guard).unwrap_or_else(|e| e.into_inner());
-                }
+            let ts = match deadline_ns {
+                None => None,
                 Some(d) => {
                     let now = self.now_ns();
                     if now >= d {
-                        return WaitOutcome::TimedOut;
+                        break WaitOutcome::TimedOut;
                     }
-                    let left = std::time::Duration::from_nanos(d - now);
-                    guard = self
-                        .wait_cv
-                        .wait_timeout(guard, left)
-                        .unwrap_or_else(|e| e.into_inner())
-                        .0;
+                    let left = d - now;
+                    Some(libc::timespec {
+                        tv_sec: (left / 1_000_000_000) as libc::time_t,
+                        tv_nsec: (left % 1_000_000_000) as libc::c_long,
+                    })
                 }
+            };
+            let ts_ptr = ts
+                .as_ref()
+                .map_or(core::ptr::null(), |t| t as *const libc::timespec);
+            // SAFETY: FUTEX_WAIT on our own live atomic; it sleeps only if
+            // the generation still equals `seen` (no lost wake-up).
+            let r = unsafe {
+                libc::syscall(
+                    libc::SYS_futex,
+                    self.generation.as_ptr(),
+                    libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
+                    seen,
+                    ts_ptr,
+                    core::ptr::null::<u32>(),
+                    0,
+                )
+            };
+            if r < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+                // Like Linux's wait loop: the condition gets one more look.
+                if ready() {
+                    break WaitOutcome::Ready;
+                }
+                INTERRUPTED.with(|i| i.set(true));
+                break WaitOutcome::Interrupted;
             }
-        }
+        };
+        self.sleepers.fetch_sub(1, Ordering::SeqCst);
+        outcome
     }
 
     fn wake_all(&self) {
-        // Taking the lock orders this wake after a sleeper's last check.
-        drop(self.wait_lock.lock().unwrap_or_else(|e| e.into_inner()));
-        self.wait_cv.notify_all();
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        if self.sleepers.load(Ordering::SeqCst) > 0 {
+            // SAFETY: FUTEX_WAKE on our own live atomic.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_futex,
+                    self.generation.as_ptr(),
+                    libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
+                    i32::MAX,
+                )
+            };
+        }
     }
 
+    /// Whether this thread's last wait was ended by a signal handler.
     fn signal_pending(&self) -> bool {
-        false
+        INTERRUPTED.with(|i| i.get())
     }
 
     fn current_cpu(&self) -> u32 {
@@ -362,8 +409,8 @@ impl Engine {
             shared,
             config,
             epoch: Instant::now(),
-            wait_lock: Mutex::new(()),
-            wait_cv: Condvar::new(),
+            generation: AtomicU32::new(0),
+            sleepers: AtomicU32::new(0),
             cpus: possible_cpus(),
             page: if page > 0 { page as u64 } else { 4096 },
             nice: capable_sys_nice(),
@@ -391,6 +438,8 @@ impl Engine {
     /// before anything else, so it is safe to call right after `fork`.
     fn k(&self) -> Result<&Kernel<EngineHost>, Errno> {
         if std::process::id() == self.pid {
+            // A new call: no signal has interrupted it yet.
+            INTERRUPTED.with(|i| i.set(false));
             Ok(&self.kernel)
         } else {
             Err(Errno::EINVAL)
@@ -451,8 +500,8 @@ impl Engine {
     }
 
     /// `io_pgetevents`: as [`Engine::io_getevents`], with a signal mask
-    /// installed on the calling thread for the wait (signals still do not
-    /// end the engine's waits).
+    /// installed on the calling thread for the wait. A signal handler that
+    /// runs during the wait ends it (`EINTR` if nothing was gathered).
     pub fn io_pgetevents(
         &self,
         ctx: AioContext,
