@@ -68,9 +68,9 @@ struct Outcome {
     /// (iocb index, data, res, res2), sorted.
     events: Vec<(usize, u64, i64, i64)>,
     cancels: Vec<(usize, Result<(), Errno>)>,
-    data: Vec<u8>,
-    wo: Vec<u8>,
-    append: Vec<u8>,
+    data: (u64, Vec<u8>),
+    wo: (u64, Vec<u8>),
+    append: (u64, Vec<u8>),
     pipe: Vec<u8>,
     efd: u64,
     buffers_digest: Vec<u8>,
@@ -157,10 +157,16 @@ fn compare(what: &str, build: &Build, wait: Duration) -> Result<(), String> {
             linux.cancels, engine.cancels
         );
     }
-    for (name, a, b) in [
+    for (name, (la, a), (lb, b)) in [
         ("data", &linux.data, &engine.data),
         ("wo", &linux.wo, &engine.wo),
         ("append", &linux.append, &engine.append),
+    ] {
+        if la != lb || a != b {
+            msg += &format!("  {name} differ: lengths {la} vs {lb}\n");
+        }
+    }
+    for (name, a, b) in [
         ("pipe", &linux.pipe, &engine.pipe),
         ("buffers", &linux.buffers_digest, &engine.buffers_digest),
     ] {
@@ -459,6 +465,16 @@ fn spec_table_io_submit_rows() {
                     libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK)
                 };
                 vec![Iocb::pread(sf, a.buf(1), 128, 0)]
+            }),
+        ),
+        (
+            "write near the largest offset",
+            Box::new(|fx, a| {
+                a.fill(0, b"far");
+                vec![
+                    Iocb::pwrite(fd(&fx.data), a.buf(0), 3, i64::MAX - 100),
+                    Iocb::pwrite(fd(&fx.data), a.buf(0), 3, 1 << 44),
+                ]
             }),
         ),
         (
