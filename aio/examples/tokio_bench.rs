@@ -10,8 +10,10 @@
 //!   (`tokio::fs::File` has no positioned read), 32 tasks on a
 //!   multi-thread runtime.
 //!
-//! Phases are interleaved for `ROUNDS` rounds; the medians and their
-//! ratios are printed at the end.
+//! Phases are interleaved for `ROUNDS` rounds; the medians of IOPS and of
+//! CPU time per read (user + system, all threads of this process; less
+//! sensitive to other load on a shared machine) and their ratios are
+//! printed at the end.
 //!
 //! `cargo run --release -p aio --features tokio --example tokio_bench -- [FILE] [REQUESTS] [ROUNDS] [sync|ct|mt|fs]`
 //!
@@ -180,6 +182,17 @@ fn spawn_blocking_pread(file: &std::fs::File, n: usize, offs: &Arc<Offsets>) -> 
     })
 }
 
+/// User plus system CPU seconds of this process, all threads.
+fn cpu_time() -> f64 {
+    let mut ru = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage fills the structure it is given.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, ru.as_mut_ptr()) };
+    // SAFETY: filled above (zeroed before, in case of failure).
+    let ru = unsafe { ru.assume_init() };
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 * 1e-6;
+    secs(ru.ru_utime) + secs(ru.ru_stime)
+}
+
 /// Requests per `io_submit`, on stderr, to keep the table readable.
 fn report_batching(handle: &Handle) {
     let st = handle.stats();
@@ -234,69 +247,72 @@ fn main() {
         path.display(),
         (blocks * BS as u64) >> 20
     );
-    let mut results: [Vec<f64>; 5] = Default::default();
+    const NAMES: [&str; 5] = [
+        "sync",
+        "tokio current-thread FuturesUnordered",
+        "tokio current-thread 32 tasks",
+        "tokio multi-thread 32 tasks",
+        "spawn_blocking pread",
+    ];
+    let mut iops: [Vec<f64>; 5] = Default::default();
+    let mut cpu: [Vec<f64>; 5] = Default::default();
     for round in 0..rounds {
         let seed = 0x9e37_79b9_7f4a_7c15 ^ round as u64;
         let offs = Arc::new(Offsets::new(seed, blocks));
-        let nan = f64::NAN;
-        let s = if run("sync") {
-            sync_api(&file, n, &offs)
-        } else {
-            nan
-        };
-        let ct = |tasks: bool| {
-            let rt = tokio::runtime::Builder::new_current_thread()
+        let current = || {
+            tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
-                .unwrap();
-            if tasks {
-                tokio_tasks(rt, &file, n, &offs)
+                .unwrap()
+        };
+        let multi = || {
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+        };
+        let phases: [(&str, &dyn Fn() -> f64); 5] = [
+            ("sync", &|| sync_api(&file, n, &offs)),
+            ("ct", &|| {
+                tokio_futures_unordered(current(), &file, n, &offs)
+            }),
+            ("ctt", &|| tokio_tasks(current(), &file, n, &offs)),
+            ("mt", &|| tokio_tasks(multi(), &file, n, &offs)),
+            ("fs", &|| spawn_blocking_pread(&file, n, &offs)),
+        ];
+        let mut line = format!("round {round}:");
+        for (i, (tag, phase)) in phases.iter().enumerate() {
+            let (rate, us) = if run(tag) {
+                let before = cpu_time();
+                let rate = phase();
+                (rate, (cpu_time() - before) * 1e6 / n as f64)
             } else {
-                tokio_futures_unordered(rt, &file, n, &offs)
-            }
-        };
-        let fu = if run("ct") { ct(false) } else { nan };
-        let t = if run("ctt") { ct(true) } else { nan };
-        let m = if run("mt") {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            tokio_tasks(rt, &file, n, &offs)
-        } else {
-            nan
-        };
-        let f = if run("fs") {
-            spawn_blocking_pread(&file, n, &offs)
-        } else {
-            nan
-        };
-        println!(
-            "round {round}: sync {s:.0} | tokio current-thread FuturesUnordered {fu:.0} | \
-             tokio current-thread 32 tasks {t:.0} | tokio multi-thread 32 tasks {m:.0} | \
-             spawn_blocking pread {f:.0} IOPS"
-        );
-        for (v, x) in results.iter_mut().zip([s, fu, t, m, f]) {
-            v.push(x);
+                (f64::NAN, f64::NAN)
+            };
+            line += &format!(" {} {rate:.0} IOPS {us:.2} us CPU |", NAMES[i]);
+            iops[i].push(rate);
+            cpu[i].push(us);
         }
+        println!("{}", line.trim_end_matches(" |"));
     }
-    let [s, fu, t, m, f] = results.map(|mut v| median(&mut v));
-    println!(
-        "medians (IOPS): sync {s:.0}, tokio current-thread FuturesUnordered {fu:.0}, tokio current-thread \
-         32 tasks {t:.0}, tokio multi-thread 32 tasks {m:.0}, spawn_blocking pread {f:.0}"
-    );
-    println!(
-        "ratios tokio/sync: {:.2} (current-thread FuturesUnordered), {:.2} (current-thread tasks), {:.2} (multi-thread)",
-        fu / s,
-        t / s,
-        m / s
-    );
-    println!(
-        "ratios tokio/spawn_blocking: {:.2} (current-thread FuturesUnordered), {:.2} (current-thread tasks), {:.2} (multi-thread)",
-        fu / f,
-        t / f,
-        m / f
-    );
+    let iops = iops.map(|mut v| median(&mut v));
+    let cpu = cpu.map(|mut v| median(&mut v));
+    println!("medians:");
+    for i in 0..5 {
+        println!(
+            "  {:<40} {:>9.0} IOPS {:>6.2} us CPU per read",
+            NAMES[i], iops[i], cpu[i]
+        );
+    }
+    for i in 1..4 {
+        println!(
+            "  {:<40} IOPS x{:.2} of sync, x{:.2} of spawn_blocking; CPU per read x{:.2} of sync",
+            NAMES[i],
+            iops[i] / iops[0],
+            iops[i] / iops[4],
+            cpu[i] / cpu[0]
+        );
+    }
     if created {
         let _ = std::fs::remove_file(&path);
     }
