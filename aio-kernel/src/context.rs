@@ -289,7 +289,7 @@ impl<H: Host> Kernel<H> {
 
     /// `kill_ioctx`: false if already dying.
     fn kill(&self, ctx: &Arc<Ctx<H>>) -> bool {
-        if ctx.dead.swap(true, Ordering::AcqRel) {
+        if ctx.dead.swap(true, Ordering::SeqCst) {
             return false;
         }
         {

@@ -169,6 +169,7 @@ impl<H: Host> Kernel<H> {
         let req = Arc::new(RwReq {
             common,
             write,
+            waiting: AtomicBool::new(false),
             state: SpinLock::new(RwState {
                 segs,
                 seg: 0,
@@ -392,6 +393,10 @@ pub(crate) struct RwReq<H: Host> {
     common: ReqCommon<H>,
     write: bool,
     state: SpinLock<RwState>,
+    /// Parked on readiness. Whoever clears it (the wake-up, or io_destroy)
+    /// owns the request from there: a transfer never restarts after
+    /// io_destroy has ended it.
+    waiting: AtomicBool,
 }
 
 impl<H: Host> RwReq<H> {
@@ -444,11 +449,14 @@ impl<H: Host> RwReq<H> {
                         return;
                     }
                     let want = self.wanted();
+                    self.waiting.store(true, Ordering::SeqCst);
                     self.common.ctx.parked.lock().push(self.clone());
-                    if self.common.ctx.dead.load(Ordering::Acquire) {
-                        // io_destroy already swept the parked list.
+                    if self.common.ctx.dead.load(Ordering::SeqCst) {
+                        // io_destroy may have swept the parked list already.
                         self.unpark();
-                        self.common.complete(self.interrupted());
+                        if self.waiting.swap(false, Ordering::SeqCst) {
+                            self.common.complete(self.interrupted());
+                        }
                         return;
                     }
                     let waiter = PollWaiter(self.clone());
@@ -462,6 +470,9 @@ impl<H: Host> RwReq<H> {
                         return;
                     }
                     self.unpark();
+                    if !self.waiting.swap(false, Ordering::SeqCst) {
+                        return;
+                    }
                     self.issue()
                 }
                 IoStatus::Error(e) => {
@@ -525,7 +536,9 @@ impl<H: Host> Cancel for RwReq<H> {
     }
 
     fn cancel(self: Arc<Self>) {
-        self.common.complete(self.interrupted());
+        if self.waiting.swap(false, Ordering::SeqCst) {
+            self.common.complete(self.interrupted());
+        }
         self.common.file.poll_cancel(&PollWaiter(self.clone()));
     }
 }
@@ -538,6 +551,10 @@ impl<H: Host> PollWake for RwReq<H> {
         let want = self.wanted();
         if !events.is_empty() && !events.intersects(want | PollEvents::ERR | PollEvents::HUP) {
             return false;
+        }
+        if !self.waiting.swap(false, Ordering::SeqCst) {
+            // io_destroy ended it, or another wake-up took it.
+            return true;
         }
         self.unpark();
         self.call_file();
