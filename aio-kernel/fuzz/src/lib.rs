@@ -326,9 +326,24 @@ impl World {
             }
             _ => {
                 if let Some(ctx) = self.ctx.take() {
-                    self.settle();
-                    while matches!(self.reap(0, 64, EVENTS), Ok(n) if n > 0) {}
-                    let _ = self.k.io_destroy(ctx);
+                    // Sometimes destroy with transfers still parked on
+                    // readiness (io_destroy ends them); queued ones must
+                    // finish first or the simulated wait would never end.
+                    let abrupt = op & 0x80 != 0
+                        && self
+                            .files
+                            .iter()
+                            .all(|f| f.queued.lock().unwrap().is_empty());
+                    if !abrupt {
+                        self.settle();
+                        while matches!(self.reap(0, 64, EVENTS), Ok(n) if n > 0) {}
+                    }
+                    assert_eq!(self.k.io_destroy(ctx), Ok(()));
+                    // Nothing restarts after destroy: waking the files now
+                    // must not touch the dead context.
+                    for f in &self.files {
+                        f.set_ready(PollEvents::IN | PollEvents::OUT);
+                    }
                     assert_eq!(self.k.io_destroy(ctx), Err(Errno::EINVAL));
                     self.accepted.retain(|_, seen| *seen == 1);
                     self.outstanding = 0;
