@@ -216,10 +216,12 @@ pub(crate) struct Core {
     wakers: Vec<Waker>,
 }
 
-// SAFETY: `ptrs` only holds addresses during a submission; the slab holds
-// values that are `Send` (owned operations require `Send + 'static`) except
-// while a scope borrows the context, which pins the context to the scope's
-// thread and releases those slots before the scope ends.
+// SAFETY: `ptrs` only holds addresses during a submission; the slab (and
+// the deferred buffers and wakers) holds values that are `Send` (owned
+// operations require `Send + 'static`, in the tokio front-end too, which
+// has no scopes) except while a scope borrows the context, which pins the
+// context to the scope's thread and releases those slots before the scope
+// ends.
 unsafe impl Send for Core {}
 
 impl Core {

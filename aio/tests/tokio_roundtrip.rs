@@ -176,3 +176,14 @@ fn futures_are_send() {
     }
     let _ = check;
 }
+
+#[test]
+#[should_panic(expected = "IO is disabled")]
+fn a_runtime_without_io_is_refused() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let _ = Handle::new();
+    });
+}

@@ -152,10 +152,14 @@ impl Builder {
     }
 
     /// Creates the context and spawns its driver task on the current
-    /// runtime, whose I/O driver must be enabled.
+    /// runtime.
     ///
-    /// Errors: no runtime, the runtime's I/O disabled, or `io_setup`
-    /// failing (see [`ContextBuilder::build`]).
+    /// Errors: no runtime, or `io_setup` failing (see
+    /// [`ContextBuilder::build`]).
+    ///
+    /// # Panics
+    /// If the runtime was built without its I/O driver (`enable_io`), as
+    /// tokio's `AsyncFd` does.
     pub fn build(self) -> io::Result<Handle> {
         let rt = runtime::Handle::try_current().map_err(io::Error::other)?;
         let handle = self.build_on(&rt)?;
@@ -230,7 +234,7 @@ impl Handle {
     /// The current runtime's driver, created with the defaults on first
     /// use; it lives as long as the runtime.
     ///
-    /// Errors: called outside a runtime, or as [`Builder::build`].
+    /// Errors and panics: as [`Builder::build`].
     pub fn current() -> io::Result<Handle> {
         let rt = runtime::Handle::try_current().map_err(io::Error::other)?;
         let id = rt.id();
