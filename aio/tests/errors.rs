@@ -90,7 +90,17 @@ fn misaligned_buffered_requests_are_not_checked() {
 #[test]
 fn closed_descriptor_is_ebadf_in_the_result() {
     let s = scratch_in(&shm_dir(), false);
-    let closed = s.file.try_clone().unwrap();
+    // A high descriptor number: other tests' threads open files at the
+    // lowest free number, so they cannot reopen it between the close and
+    // the submission (a low one was reused, and the read succeeded).
+    use std::os::fd::{AsRawFd, FromRawFd};
+    // SAFETY: dup2 onto a number this process does not use; the new
+    // descriptor is owned by the File below alone.
+    let closed = unsafe {
+        let fd = libc::dup2(s.file.as_raw_fd(), 4002);
+        assert_eq!(fd, 4002);
+        std::fs::File::from_raw_fd(fd)
+    };
     let good = &s.file;
     let ctx = Context::new(8).unwrap();
     let bad_op = Read::new(&closed, vec![0u8; 4], 0);
