@@ -69,8 +69,9 @@
 //! - **File capabilities** are inferred from outside the kernel:
 //!   `FMODE_NOWAIT` and `RWF_DONTCACHE` support are probed once per device
 //!   with a one-byte request against an inaccessible page (refused, or
-//!   `EFAULT` without effect); `FMODE_NOWAIT` is assumed for write-only
-//!   regular files; `RWF_ATOMIC` is never supported; append-only inodes are
+//!   `EFAULT` without effect), a write-only file through a read-only
+//!   reopen of `/proc/self/fd/N` (if that is refused, `FMODE_NOWAIT` is
+//!   assumed); `RWF_ATOMIC` is never supported; append-only inodes are
 //!   not detected (`RWF_NOAPPEND` is then not `EPERM`); a character device
 //!   whose `poll(2)` reports exactly the default mask is taken to have no
 //!   `poll` method; of the anonymous inodes, eventfd, timerfd and signalfd

@@ -478,6 +478,24 @@ fn spec_table_io_submit_rows() {
             }),
         ),
         (
+            "NOWAIT read on a write-only file",
+            Box::new(|fx, a| {
+                vec![Iocb::pread(fd(&fx.wo), a.buf(0), 8, 0).with_rw_flags(RwFlags::NOWAIT)]
+            }),
+        ),
+        (
+            "DONTCACHE read on a write-only file",
+            Box::new(|fx, a| {
+                vec![Iocb::pread(fd(&fx.wo), a.buf(0), 8, 0).with_rw_flags(RwFlags::DONTCACHE)]
+            }),
+        ),
+        (
+            "NOWAIT write on a write-only file",
+            Box::new(|fx, a| {
+                vec![Iocb::pwrite(fd(&fx.wo), a.buf(0), 8, 0).with_rw_flags(RwFlags::NOWAIT)]
+            }),
+        ),
+        (
             "fsync on a pipe",
             Box::new(|fx, _a| vec![Iocb::fsync(fd(&fx.pipe_w))]),
         ),

@@ -124,20 +124,37 @@ pub(crate) fn fget(shared: &Arc<Shared>, fd: i32) -> Result<Arc<dyn File>, Errno
                 .copied();
             match cached {
                 Some(c) => c,
-                // A write probe cannot tell FMODE_NOWAIT from a filesystem
-                // refusing buffered NOWAIT writes (ext4): assume the flag.
-                None if !read => (true, probe_flag(dup, false, RwFlags::DONTCACHE, 0)),
                 None => {
-                    let c = (
-                        probe_flag(dup, true, RwFlags::NOWAIT, 0),
-                        probe_flag(dup, true, RwFlags::DONTCACHE, 0),
-                    );
-                    shared
-                        .probes
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .insert(dev, c);
-                    c
+                    // A write probe cannot tell FMODE_NOWAIT from a
+                    // filesystem refusing buffered NOWAIT writes (ext4), so
+                    // a write-only file is reopened for reading to ask.
+                    let reader = if read {
+                        None
+                    } else {
+                        let path = std::format!("/proc/self/fd/{dup}\0");
+                        // SAFETY: a NUL-terminated path; the result is checked.
+                        let r = unsafe {
+                            libc::open(path.as_ptr().cast(), libc::O_RDONLY | libc::O_CLOEXEC)
+                        };
+                        // SAFETY: a fresh fd nobody else owns.
+                        (r >= 0).then(|| unsafe { OwnedFd::from_raw_fd(r) })
+                    };
+                    let probe_fd = reader.as_ref().map_or(dup, |f| f.as_raw_fd());
+                    if read || reader.is_some() {
+                        let c = (
+                            probe_flag(probe_fd, true, RwFlags::NOWAIT, 0),
+                            probe_flag(probe_fd, true, RwFlags::DONTCACHE, 0),
+                        );
+                        shared
+                            .probes
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .insert(dev, c);
+                        c
+                    } else {
+                        // Unreadable even when reopened: a guess, not cached.
+                        (true, probe_flag(dup, false, RwFlags::DONTCACHE, 0))
+                    }
                 }
             }
         }
