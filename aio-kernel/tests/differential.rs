@@ -1566,6 +1566,9 @@ enum FdChoice {
     Path,
     DevNull,
     PipeW,
+    /// Reads are forced to RWF_NOWAIT: a blocking read of an empty pipe
+    /// would block inside Linux's io_submit.
+    PipeR,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -1612,6 +1615,7 @@ fn spec() -> impl Strategy<Value = Spec> {
         FdChoice::Path,
         FdChoice::DevNull,
         FdChoice::PipeW,
+        FdChoice::PipeR,
     ]);
     let buf = prop_oneof![
         8 => Just(BufChoice::Good),
@@ -1701,6 +1705,7 @@ fn build_batch(specs: &[Spec], fx: &Fixture, a: &mut Arena) -> Vec<Iocb> {
                 FdChoice::Path => fd(&fx.path),
                 FdChoice::DevNull => fd(&fx.devnull),
                 FdChoice::PipeW => fd(&fx.pipe_w),
+                FdChoice::PipeR => fd(&fx.pipe_r),
             };
             // Writes go to a region of their own, reads to the first half:
             // requests of one batch never touch each other's bytes, so the
@@ -1774,6 +1779,9 @@ fn build_batch(specs: &[Spec], fx: &Fixture, a: &mut Arena) -> Vec<Iocb> {
                 }
             };
             iocb.aio_rw_flags = RwFlags(s.rwf);
+            if matches!(s.fd, FdChoice::PipeR) && (s.op == 0 || s.op == 7) {
+                iocb.aio_rw_flags |= RwFlags::NOWAIT;
+            }
             iocb.aio_reserved2 = s.reserved as u64;
             iocb.aio_data = 0x1000 + i as u64;
             match s.resfd {
