@@ -605,5 +605,9 @@ impl Drop for Engine {
         for ctx in self.kernel.contexts() {
             let _ = self.kernel.io_destroy(ctx);
         }
+        // Nothing is in flight any more: let the threads go.
+        let host = self.kernel.host();
+        host.shared.pool.shutdown();
+        host.shared.poller.shutdown();
     }
 }

@@ -22,6 +22,8 @@ struct Reg {
 
 struct Inner {
     regs: Mutex<Vec<Reg>>,
+    /// Set when the engine goes away: the thread exits at its next wake-up.
+    closing: std::sync::atomic::AtomicBool,
     next_id: std::sync::atomic::AtomicU64,
     started: std::sync::Once,
     /// An eventfd that interrupts the `poll` when the set changes.
@@ -42,6 +44,7 @@ impl Poller {
         let kick = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
         Ok(Poller(Arc::new(Inner {
             regs: Mutex::new(Vec::new()),
+            closing: std::sync::atomic::AtomicBool::new(false),
             next_id: std::sync::atomic::AtomicU64::new(0),
             started: std::sync::Once::new(),
             kick,
@@ -79,6 +82,14 @@ impl Poller {
         self.kick();
     }
 
+    /// Ends the poll thread (its waiters are all finished by then).
+    pub(crate) fn shutdown(&self) {
+        self.0
+            .closing
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.kick();
+    }
+
     /// Makes the poll thread drop finished waiters now.
     pub(crate) fn kick(&self) {
         let one = 1u64.to_ne_bytes();
@@ -89,6 +100,9 @@ impl Poller {
 
 fn run(inner: Arc<Inner>) {
     loop {
+        if inner.closing.load(std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
         let snapshot: Vec<(Arc<OwnedFd>, i16, PollWaiter, u64, KeyFn)> = {
             let mut regs = inner.regs.lock().unwrap_or_else(|e| e.into_inner());
             regs.retain(|r| !r.waiter.is_done());

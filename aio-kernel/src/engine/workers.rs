@@ -11,6 +11,8 @@ struct State {
     jobs: VecDeque<Job>,
     idle: usize,
     threads: usize,
+    /// Set when the engine goes away: workers leave once the queue is empty.
+    closing: bool,
 }
 
 struct Inner {
@@ -31,6 +33,7 @@ impl Pool {
                 jobs: VecDeque::new(),
                 idle: 0,
                 threads: 0,
+                closing: false,
             }),
             cv: Condvar::new(),
             max: max.max(1),
@@ -55,6 +58,18 @@ impl Pool {
     }
 }
 
+impl Pool {
+    /// Lets every worker finish the queue and exit.
+    pub(crate) fn shutdown(&self) {
+        self.0
+            .state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .closing = true;
+        self.0.cv.notify_all();
+    }
+}
+
 fn worker(inner: Arc<Inner>) {
     let mut s = inner.state.lock().unwrap_or_else(|e| e.into_inner());
     loop {
@@ -63,6 +78,10 @@ fn worker(inner: Arc<Inner>) {
             job();
             s = inner.state.lock().unwrap_or_else(|e| e.into_inner());
             continue;
+        }
+        if s.closing {
+            s.threads -= 1;
+            return;
         }
         s.idle += 1;
         let (guard, timeout) = inner
