@@ -197,7 +197,8 @@ const TARGETS: &[Target] = &[
             package: "reiserfsprogs",
             args: &["-f", "-f", "-q"],
             fstype: "reiserfs",
-            mib: 64,
+            // The journal alone takes 32 MiB.
+            mib: 256,
         },
         default: false,
     },
@@ -595,10 +596,11 @@ fn run_vectest(
     for line in text.lines().take(60) {
         out!("      {line}");
     }
+    // vectest's verdict line ("PASS: ..." / "FAIL: ..."), else its last line.
     let last = text
         .lines()
-        .rev()
-        .find(|l| !l.trim().is_empty())
+        .find(|l| l.starts_with("PASS") || l.starts_with("FAIL"))
+        .or_else(|| text.lines().rev().find(|l| !l.trim().is_empty()))
         .unwrap_or("")
         .trim()
         .to_string();

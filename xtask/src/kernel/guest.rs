@@ -2,7 +2,8 @@
 //!
 //! The root filesystem is the host's, read-only over 9p. This program
 //! mounts what a system needs (proc, sysfs, devtmpfs, tmpfs where programs
-//! write: /tmp, /run, /var/tmp, /var/lib/nfs), the results directory,
+//! write: /run, /var/tmp, /var/lib/nfs; an ext4 on `sda` for /tmp), the
+//! results directory,
 //! brings up the loopback interface (for NFS), reads the plan the host
 //! wrote, runs the fs matrix with the extra rows (jfs, reiserfs, nfs, plain,
 //! vectest) and powers the VM off. Whatever happens, it ends in a power-off
@@ -83,11 +84,32 @@ fn scan_disks() -> Result<(), String> {
     Ok(())
 }
 
+/// /tmp on an ext4 on `sda`, like the disk-backed /tmp of a Debian 12 host
+/// (the temp dir is where `plain` runs and what some probes look at; a
+/// tmpfs there would test tmpfs twice and differ from the host). The fs
+/// matrix's images live there too.
+fn system_disk() -> Result<(), String> {
+    let out = std::process::Command::new("/sbin/mkfs.ext4")
+        .args(["-q", "-F", "-L", "aio-tmp", "/dev/sda"])
+        .output()
+        .map_err(|e| format!("running mkfs.ext4: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "mkfs.ext4 /dev/sda failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    mount("/dev/sda", "/tmp", "ext4", None)?;
+    use std::os::unix::fs::PermissionsExt as _;
+    fs::set_permissions("/tmp", fs::Permissions::from_mode(0o1777))
+        .map_err(|e| format!("chmod 1777 /tmp: {e}"))
+}
+
 fn setup() -> Result<(), String> {
     mount("proc", "/proc", "proc", None)?;
     mount("sysfs", "/sys", "sysfs", None)?;
     mount("devtmpfs", "/dev", "devtmpfs", None)?;
-    for dir in ["/tmp", "/run", "/var/tmp", "/var/lib/nfs", "/dev/shm"] {
+    for dir in ["/run", "/var/tmp", "/var/lib/nfs", "/dev/shm"] {
         mount("tmpfs", dir, "tmpfs", Some("mode=1777"))?;
     }
     for dir in [
@@ -105,6 +127,7 @@ fn setup() -> Result<(), String> {
     )?;
     loopback_up().map_err(|e| format!("bringing up lo: {e}"))?;
     scan_disks()?;
+    system_disk()?;
     // SAFETY: single-threaded at this point; nothing reads the environment
     // concurrently.
     unsafe {

@@ -7,7 +7,7 @@
 //! - results: a fresh host directory, read-write over 9p (tag
 //!   `aioresults`): the plan goes in, logs and the matrix come out;
 //! - virtio-scsi with two blank sparse disks: scsi-id 0 (`sda`, serial
-//!   `aio-system`, a stand-in for a system disk, never written) and
+//!   `aio-system`, the system disk: the guest makes it its ext4 /tmp) and
 //!   scsi-id 1 (`sdb`, serial `aio-scratch`), the scratch disk of the seed's
 //!   `aio-tools vectest /dev/sdb`. sd probes run in parallel, so the
 //!   names would be a race: the kernel does not scan (`scsi_mod.scan=manual`)
@@ -32,7 +32,8 @@ pub const SCRATCH_SERIAL: &str = "aio-scratch";
 /// vectest covers the whole device (2 passes): 256 MiB takes about a
 /// minute under TCG.
 const SCRATCH_MIB: u64 = 256;
-const SYSTEM_MIB: u64 = 64;
+/// The guest's /tmp (ext4): the fs matrix's sparse images live there.
+const SYSTEM_MIB: u64 = 4096;
 const QEMU: &str = "qemu-system-x86_64";
 
 /// Removes the VM's work directory (images included) when dropped.
@@ -410,8 +411,10 @@ pub fn test(args: &TestArgs) -> ExitCode {
             if let Some(p) = problem {
                 why.push(p);
             }
-            if !failed_rows.is_empty() {
-                why.push(format!("failed rows: {}", failed_rows.join(", ")));
+            // The guest's summary names the failed rows; without it (a
+            // guest killed mid-run), the partial JSON does.
+            if status.is_none() && !failed_rows.is_empty() {
+                why.push(format!("failed rows so far: {}", failed_rows.join(", ")));
             }
             why.push(summary);
             fail(format!("on {}: {}", kernel.release, why.join("; ")))
