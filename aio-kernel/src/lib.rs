@@ -26,9 +26,11 @@
 //! Deliberate differences of the core:
 //!
 //! - **Per-CPU slot caches** are emulated exactly (`req_batch`, the global
-//!   count, refill from `head`), with the CPU the host reports; there is no
-//!   preemption between reading the CPU and using its cache, which Linux
-//!   avoids with disabled interrupts.
+//!   count, refill from `head`), with the CPU the host reports; a thread
+//!   moved to another CPU right after asking may use the cache of the CPU
+//!   it left, which Linux prevents by disabling preemption. The point where
+//!   a ring runs out of slots therefore matches Linux exactly only for a
+//!   thread pinned to one CPU (as the differential test does).
 //! - **`aio-nr` is per [`Kernel`]**, not system-wide: one `Kernel` is one
 //!   address space, and `aio-max-nr` comes from the host.
 //! - **Cancelled `POLL`** requests post their `res == 0` event inside
@@ -84,6 +86,9 @@
 //!   ([`engine::rw_flags_for_kernel`]), not the filesystem.
 //! - **Privilege** for the real-time I/O priority class is read from the
 //!   effective capability set.
+//! - **Address space limit**: buffers must end below 2^47 - 4096 on x86-64
+//!   (2^48 elsewhere), as with 4-level page tables; a kernel with 5-level
+//!   paging accepts more.
 //! - **User memory** is accessed with `process_vm_readv`/`process_vm_writev`
 //!   on the own process: a seccomp filter that forbids them makes every
 //!   call fail with `EFAULT`.
