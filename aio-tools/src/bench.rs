@@ -11,7 +11,7 @@ use serde_json::json;
 
 use crate::stats::{Latencies, mib_per_s, parse_duration, parse_size, per_s};
 use crate::vectest::{Rng, block_device_size};
-use crate::{Exit, Output};
+use crate::{Exit, Issuer, Output};
 
 /// The I/O pattern, as fio's `--rw`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -75,6 +75,10 @@ pub struct BenchArgs {
     /// Seed of the offsets.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// The aio API that issues the requests (--batch applies to sync only:
+    /// tokio tasks refill as they complete).
+    #[arg(long, value_enum, default_value_t = crate::Api::Sync)]
+    pub api: crate::Api,
 }
 
 struct Target {
@@ -198,31 +202,59 @@ fn cpu_times() -> (Duration, Duration) {
     (tv(ru.ru_utime), tv(ru.ru_stime))
 }
 
-fn measure(args: &BenchArgs, t: &Target, ctx: &Context) -> Measured {
-    let seg = args.bs as usize;
-    let req_len = args.bs * args.segments as u64;
-    let slots = t.size / req_len;
-    let mut rng = Rng::new(args.seed);
-    let mut next_seq = 0u64;
-    let mut pick = |rng: &mut Rng| {
-        let slot = if args.rw.random() {
-            rng.range(0, slots - 1)
+/// Where the next request goes: random or sequential request-sized slots.
+struct Offsets {
+    rng: Rng,
+    next_seq: u64,
+    slots: u64,
+    req_len: u64,
+    random: bool,
+}
+
+impl Offsets {
+    fn new(args: &BenchArgs, t: &Target) -> Offsets {
+        let req_len = args.bs * args.segments as u64;
+        Offsets {
+            rng: Rng::new(args.seed),
+            next_seq: 0,
+            slots: t.size / req_len,
+            req_len,
+            random: args.rw.random(),
+        }
+    }
+
+    /// The offset of the next request, and whether it writes.
+    fn next(&mut self, rw: Rw) -> (u64, bool) {
+        let slot = if self.random {
+            self.rng.range(0, self.slots - 1)
         } else {
-            let s = next_seq;
-            next_seq = (next_seq + 1) % slots;
+            let s = self.next_seq;
+            self.next_seq = (self.next_seq + 1) % self.slots;
             s
         };
-        slot * req_len
-    };
-    let mut pending: Vec<Pending<'_>> = (0..args.iodepth)
-        .map(|_| {
-            Pending::Idle(
-                (0..args.segments)
-                    .map(|_| AlignedBuf::new(seg, t.align))
-                    .collect(),
-            )
-        })
-        .collect();
+        let write = match rw {
+            Rw::Randrw => self.rng.next_u64() & 1 == 1,
+            rw => rw.writes(),
+        };
+        (slot * self.req_len, write)
+    }
+}
+
+impl Measured {
+    fn record(&mut self, res: io::Result<usize>, latency: Duration) {
+        self.requests += 1;
+        self.latencies.record(latency);
+        match res {
+            Ok(n) => self.bytes += n as u64,
+            Err(e) => {
+                self.errors += 1;
+                self.first_error.get_or_insert_with(|| e.to_string());
+            }
+        }
+    }
+}
+
+fn measure(args: &BenchArgs, t: &Target, issuer: &Issuer) -> Measured {
     let mut m = Measured {
         requests: 0,
         bytes: 0,
@@ -232,28 +264,71 @@ fn measure(args: &BenchArgs, t: &Target, ctx: &Context) -> Measured {
         latencies: Latencies::default(),
         cpu_user: Duration::ZERO,
         cpu_sys: Duration::ZERO,
-        stats: ctx.stats(),
+        stats: issuer.stats(),
     };
+    let buffers = || -> Vec<AlignedBuf> {
+        (0..args.segments)
+            .map(|_| AlignedBuf::new(args.bs as usize, t.align))
+            .collect()
+    };
+    let mut offsets = Offsets::new(args, t);
     let (u0, s0) = cpu_times();
     let start = Instant::now();
     let deadline = start + args.runtime;
+    match issuer {
+        Issuer::Sync(ctx) => run_sync(args, t, ctx, &mut offsets, buffers, deadline, &mut m),
+        Issuer::Tokio(rt, handle) => rt.block_on(run_tokio(
+            args,
+            t,
+            handle,
+            &mut offsets,
+            buffers,
+            deadline,
+            &mut m,
+        )),
+    }
+    m.elapsed = start.elapsed();
+    let (u1, s1) = cpu_times();
+    m.cpu_user = u1 - u0;
+    m.cpu_sys = s1 - s0;
+    let after = issuer.stats();
+    m.stats = aio::Stats {
+        requests: after.requests - m.stats.requests,
+        submitted: after.submitted - m.stats.submitted,
+        submit_calls: after.submit_calls - m.stats.submit_calls,
+        getevents_calls: after.getevents_calls - m.stats.getevents_calls,
+        ring_reaps: after.ring_reaps - m.stats.ring_reaps,
+        completions: after.completions - m.stats.completions,
+    };
+    m
+}
+
+/// The sync API: tickets in a fixed array, refilled after `--batch`
+/// completions so that each refill is one `io_submit`.
+fn run_sync(
+    args: &BenchArgs,
+    t: &Target,
+    ctx: &Context,
+    offsets: &mut Offsets,
+    buffers: impl Fn() -> Vec<AlignedBuf>,
+    deadline: Instant,
+    m: &mut Measured,
+) {
+    let mut pending: Vec<Pending<'_>> = (0..args.iodepth)
+        .map(|_| Pending::Idle(buffers()))
+        .collect();
     let mut in_flight = 0usize;
     let mut done_since_refill = usize::MAX;
     loop {
         let now = Instant::now();
-        let running = now < deadline;
-        if running && done_since_refill >= args.batch as usize {
+        if now < deadline && done_since_refill >= args.batch as usize {
             for p in pending.iter_mut() {
                 if let Pending::Idle(_) = p {
                     let Pending::Idle(bufs) = std::mem::replace(p, Pending::Idle(Vec::new()))
                     else {
                         unreachable!()
                     };
-                    let off = pick(&mut rng);
-                    let write = match args.rw {
-                        Rw::Randrw => rng.next_u64() & 1 == 1,
-                        rw => rw.writes(),
-                    };
+                    let (off, write) = offsets.next(args.rw);
                     *p = if write {
                         Pending::Write(ctx.push(WriteV::new(&t.file, bufs, off)), now)
                     } else {
@@ -265,7 +340,7 @@ fn measure(args: &BenchArgs, t: &Target, ctx: &Context) -> Measured {
             done_since_refill = 0;
         }
         if in_flight == 0 {
-            break;
+            return;
         }
         ctx.wait();
         let now = Instant::now();
@@ -292,31 +367,50 @@ fn measure(args: &BenchArgs, t: &Target, ctx: &Context) -> Measured {
             *p = Pending::Idle(bufs);
             in_flight -= 1;
             done_since_refill += 1;
-            m.requests += 1;
-            m.latencies.record(now - started);
-            match res {
-                Ok(n) => m.bytes += n as u64,
-                Err(e) => {
-                    m.errors += 1;
-                    m.first_error.get_or_insert_with(|| e.to_string());
-                }
-            }
+            m.record(res, now - started);
         }
     }
-    m.elapsed = start.elapsed();
-    let (u1, s1) = cpu_times();
-    m.cpu_user = u1 - u0;
-    m.cpu_sys = s1 - s0;
-    let after = ctx.stats();
-    m.stats = aio::Stats {
-        requests: after.requests - m.stats.requests,
-        submitted: after.submitted - m.stats.submitted,
-        submit_calls: after.submit_calls - m.stats.submit_calls,
-        getevents_calls: after.getevents_calls - m.stats.getevents_calls,
-        ring_reaps: after.ring_reaps - m.stats.ring_reaps,
-        completions: after.completions - m.stats.completions,
+}
+
+/// The tokio API: one task per request in flight on a current-thread
+/// runtime; each completion starts the next request with its buffers.
+async fn run_tokio(
+    args: &BenchArgs,
+    t: &Target,
+    handle: &aio::tokio::Handle,
+    offsets: &mut Offsets,
+    buffers: impl Fn() -> Vec<AlignedBuf>,
+    deadline: Instant,
+    m: &mut Measured,
+) {
+    let mut set = tokio::task::JoinSet::new();
+    let mut spawn = |set: &mut tokio::task::JoinSet<_>, bufs: Vec<AlignedBuf>| {
+        let (off, write) = offsets.next(args.rw);
+        let started = Instant::now();
+        if write {
+            let op = handle.run(WriteV::new(&t.file, bufs, off));
+            set.spawn(async move {
+                let (r, b) = op.await;
+                (r, b, started)
+            });
+        } else {
+            let op = handle.run(ReadV::new(&t.file, bufs, off));
+            set.spawn(async move {
+                let (r, b) = op.await;
+                (r, b, started)
+            });
+        }
     };
-    m
+    for _ in 0..args.iodepth {
+        spawn(&mut set, buffers());
+    }
+    while let Some(done) = set.join_next().await {
+        let (res, bufs, started) = done.expect("a bench task panicked");
+        m.record(res, started.elapsed());
+        if Instant::now() < deadline {
+            spawn(&mut set, bufs);
+        }
+    }
 }
 
 /// Runs the benchmark and prints it.
@@ -328,14 +422,14 @@ pub fn run(args: &BenchArgs, out: Output) -> Exit {
             return Exit::Usage;
         }
     };
-    let ctx = match Context::builder().queue_depth(args.iodepth).build() {
+    let issuer = match Issuer::new(args.api, args.iodepth) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("aio-tools bench: cannot create an AIO context: {e}");
             return Exit::Usage;
         }
     };
-    let m = measure(args, &t, &ctx);
+    let m = measure(args, &t, &issuer);
     let lat = m.latencies.summary_us();
     let cpu = m.cpu_user + m.cpu_sys;
     let cpu_per_req_us = cpu.as_nanos() as f64 / 1000.0 / m.requests.max(1) as f64;
@@ -351,7 +445,7 @@ pub fn run(args: &BenchArgs, out: Output) -> Exit {
                 "batch": args.batch,
                 "direct": t.direct,
                 "size": t.size,
-                "api": "sync",
+                "api": args.api.name(),
                 "driver": "kernel",
                 "requests": m.requests,
                 "bytes": m.bytes,
@@ -380,12 +474,13 @@ pub fn run(args: &BenchArgs, out: Output) -> Exit {
         }
         Output::Human => {
             println!(
-                "{:?} bs={}x{} iodepth={} {}: {} requests in {:.2}s",
+                "{:?} bs={}x{} iodepth={} {} {} API: {} requests in {:.2}s",
                 args.rw,
                 args.bs,
                 args.segments,
                 args.iodepth,
                 if t.direct { "direct" } else { "buffered" },
+                args.api.name(),
                 m.requests,
                 m.elapsed.as_secs_f64()
             );

@@ -4,6 +4,7 @@
 //! environment error (the message says what to do).
 
 mod bench;
+mod issuer;
 mod probe;
 mod stats;
 mod stress;
@@ -12,6 +13,7 @@ mod vectest;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+pub use issuer::{Api, Issuer};
 
 /// How a command ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

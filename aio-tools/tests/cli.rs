@@ -398,3 +398,33 @@ fn bench_reports_iops_latency_cpu_and_syscalls() {
         v["requests"].as_u64().unwrap() * 64 * 4096
     );
 }
+
+#[test]
+fn vectest_and_bench_run_on_the_tokio_api() {
+    let (_d, f) = file_in(&scratch_dir());
+    let r = run(&["vectest", &f, "--size", "8M", "--api", "tokio", "--json"]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(
+        (v["result"].as_str(), v["api"].as_str()),
+        (Some("pass"), Some("tokio"))
+    );
+    assert!(v["syscalls"]["io_submit"].as_u64().unwrap() > 0);
+
+    let r = run(&[
+        "bench",
+        &f,
+        "--size",
+        "8M",
+        "--runtime",
+        "1s",
+        "--api",
+        "tokio",
+        "--json",
+    ]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(v["api"], "tokio");
+    assert!(v["requests"].as_u64().unwrap() > 100);
+    assert_eq!(v["errors"], 0);
+}

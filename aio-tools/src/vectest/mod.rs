@@ -58,6 +58,9 @@ pub struct VectestArgs {
     /// table.
     #[arg(long)]
     pub force: bool,
+    /// The aio API that issues the requests.
+    #[arg(long, value_enum, default_value_t = crate::Api::Sync)]
+    pub api: crate::Api,
     /// Test hook: after the first write phase, overwrite 4 KiB at this
     /// offset through a second descriptor with the data of another offset,
     /// to show how a misplaced write is reported.

@@ -17,7 +17,7 @@ use super::pattern::{Mismatch, Pattern};
 use super::plan::{Request, Rng, Shape, plan};
 use super::target::{Refusal, block_device_size, in_use, logical_block_size, signatures_on};
 use crate::stats::{Latencies, mib_per_s, per_s};
-use crate::{Exit, Output};
+use crate::{Exit, Issuer, Output};
 
 const DEFAULT_SCRATCH_SIZE: u64 = 64 << 20;
 const MAX_REPORTED_MISMATCHES: usize = 20;
@@ -217,6 +217,92 @@ fn segments_for(req: &Request, align: usize) -> Vec<AlignedBuf> {
 /// (`write`) or reading and verifying.
 #[allow(clippy::too_many_arguments)]
 fn phase(
+    issuer: &Issuer,
+    t: &Target,
+    reqs: Vec<Request>,
+    write: bool,
+    pass: u8,
+    pattern: &Pattern,
+    depth: usize,
+    tally: &mut Tally,
+    bar: &ProgressBar,
+) {
+    match issuer {
+        Issuer::Sync(ctx) => phase_sync(ctx, t, reqs, write, pass, pattern, depth, tally, bar),
+        Issuer::Tokio(rt, handle) => rt.block_on(phase_tokio(
+            handle, t, reqs, write, pass, pattern, depth, tally, bar,
+        )),
+    }
+}
+
+/// The buffers of `req`, filled with the pattern when they are to be written.
+fn buffers(
+    req: &Request,
+    align: usize,
+    write: bool,
+    pattern: &Pattern,
+    pass: u8,
+) -> Vec<AlignedBuf> {
+    let mut bufs = segments_for(req, align);
+    if write {
+        let mut off = req.offset;
+        for b in &mut bufs {
+            pattern.fill(b, off, pass);
+            off += b.len() as u64;
+        }
+    }
+    bufs
+}
+
+/// [`phase`] with one tokio task per request.
+#[allow(clippy::too_many_arguments)]
+async fn phase_tokio(
+    handle: &aio::tokio::Handle,
+    t: &Target,
+    reqs: Vec<Request>,
+    write: bool,
+    pass: u8,
+    pattern: &Pattern,
+    depth: usize,
+    tally: &mut Tally,
+    bar: &ProgressBar,
+) {
+    let align = t.unit.max(8) as usize;
+    let mut todo = reqs.into_iter();
+    let mut set = tokio::task::JoinSet::new();
+    loop {
+        while set.len() < depth && !INTERRUPTED.load(Ordering::Relaxed) {
+            let Some(req) = todo.next() else { break };
+            let bufs = buffers(&req, align, write, pattern, pass);
+            let start = Instant::now();
+            if write {
+                let op = handle.run(WriteV::new(&t.file, bufs, req.offset));
+                set.spawn(async move {
+                    let (res, bufs) = op.await;
+                    (req, res, bufs, start)
+                });
+            } else {
+                let op = handle.run(ReadV::new(&t.file, bufs, req.offset));
+                set.spawn(async move {
+                    let (res, bufs) = op.await;
+                    (req, res, bufs, start)
+                });
+            }
+        }
+        let Some(done) = set.join_next().await else {
+            return;
+        };
+        let (req, res, bufs, start) = done.expect("a vectest task panicked");
+        let what = if write { "PWRITEV" } else { "PREADV" };
+        if finish(tally, &req, res, start, what, t, bar) && !write {
+            verify(tally, &req, &bufs, pattern, pass);
+        }
+    }
+}
+
+/// [`phase`] on the sync API: tickets, `wait`, and a scan for the done ones.
+#[allow(clippy::too_many_arguments)]
+fn phase_sync(
     ctx: &Context,
     t: &Target,
     reqs: Vec<Request>,
@@ -233,14 +319,9 @@ fn phase(
     loop {
         while pending.len() < depth && !INTERRUPTED.load(Ordering::Relaxed) {
             let Some(req) = todo.next() else { break };
-            let mut bufs = segments_for(&req, align);
+            let bufs = buffers(&req, align, write, pattern, pass);
             let start = Instant::now();
             if write {
-                let mut off = req.offset;
-                for b in &mut bufs {
-                    pattern.fill(b, off, pass);
-                    off += b.len() as u64;
-                }
                 let op = WriteV::new(&t.file, bufs, req.offset);
                 pending.push(Pending::Write(ctx.push(op), req, start));
             } else {
@@ -388,7 +469,7 @@ pub fn run(args: &VectestArgs, out: Output) -> Exit {
             return Exit::Usage;
         }
     };
-    let ctx = match Context::builder().queue_depth(args.iodepth).build() {
+    let issuer = match Issuer::new(args.api, args.iodepth) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("aio-tools vectest: cannot create an AIO context: {e}");
@@ -410,7 +491,7 @@ pub fn run(args: &VectestArgs, out: Output) -> Exit {
     let mut tally = Tally::default();
     if out == Output::Human {
         eprintln!(
-            "vectest: {} {} ({} bytes, {}), {} passes, iodepth {}, up to {} segments and {} bytes per request, seed {seed}",
+            "vectest: {} {} ({} bytes, {}), {} passes, iodepth {}, up to {} segments and {} bytes per request, {} API, seed {seed}",
             t.kind,
             t.name,
             t.size,
@@ -423,6 +504,7 @@ pub fn run(args: &VectestArgs, out: Output) -> Exit {
             args.iodepth,
             args.max_segments,
             max_request,
+            args.api.name(),
         );
     }
     let started = Instant::now();
@@ -435,7 +517,7 @@ pub fn run(args: &VectestArgs, out: Output) -> Exit {
                 if write { "write" } else { "verify" }
             ));
             phase(
-                &ctx,
+                &issuer,
                 &t,
                 reqs,
                 write,
@@ -464,8 +546,8 @@ pub fn run(args: &VectestArgs, out: Output) -> Exit {
         }
     }
     let elapsed = started.elapsed();
-    let stats = ctx.stats();
-    drop(ctx);
+    let stats = issuer.stats();
+    drop(issuer);
     report(&t, args, seed, &tally, elapsed, stats, out);
     if tally.mismatches.is_empty() && tally.errors.is_empty() {
         Exit::Pass
@@ -502,6 +584,7 @@ fn report(
                 "seed": seed,
                 "passes": args.passes,
                 "iodepth": args.iodepth,
+                "api": args.api.name(),
                 "max_segments": args.max_segments,
                 "requests": tally.requests,
                 "bytes": tally.bytes,

@@ -1,0 +1,60 @@
+//! Which `aio` API issues the requests of vectest and bench.
+
+use std::io;
+
+use aio::Context;
+
+/// Which API of the `aio` crate drives the requests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Api {
+    /// `aio::Context`: push, submit, wait, from this thread.
+    Sync,
+    /// `aio::tokio`: one task per request on a current-thread runtime.
+    Tokio,
+}
+
+impl Api {
+    /// The name used in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Api::Sync => "sync",
+            Api::Tokio => "tokio",
+        }
+    }
+}
+
+/// What issues the requests: the sync API, or the tokio API on a
+/// current-thread runtime.
+pub enum Issuer {
+    /// The blocking `aio::Context` (boxed: it is large).
+    Sync(Box<Context>),
+    /// A current-thread runtime and its driver.
+    Tokio(tokio::runtime::Runtime, aio::tokio::Handle),
+}
+
+impl Issuer {
+    /// An issuer for `api` with `depth` requests in flight.
+    pub fn new(api: Api, depth: u32) -> io::Result<Issuer> {
+        match api {
+            Api::Sync => Ok(Issuer::Sync(Box::new(
+                Context::builder().queue_depth(depth).build()?,
+            ))),
+            Api::Tokio => {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                let handle = rt
+                    .block_on(async { aio::tokio::Handle::builder().queue_depth(depth).build() })?;
+                Ok(Issuer::Tokio(rt, handle))
+            }
+        }
+    }
+
+    /// The context's or driver's counters.
+    pub fn stats(&self) -> aio::Stats {
+        match self {
+            Issuer::Sync(ctx) => ctx.stats(),
+            Issuer::Tokio(_, h) => h.stats(),
+        }
+    }
+}
