@@ -513,6 +513,17 @@ fn spec_table_io_submit_rows() {
             }),
         ),
         (
+            "empty NOWAIT writes",
+            Box::new(|fx, a| {
+                let iov = a.iovecs(0, &[]);
+                vec![
+                    Iocb::pwritev(fd(&fx.data), iov, 0, i64::MAX).with_rw_flags(RwFlags::NOWAIT),
+                    Iocb::pwrite(fd(&fx.data), a.buf(0), 0, 5).with_rw_flags(RwFlags::NOWAIT),
+                    Iocb::pwrite(fd(&fx.wo), a.buf(0), 0, 0).with_rw_flags(RwFlags::NOWAIT),
+                ]
+            }),
+        ),
+        (
             "fsync on a pipe",
             Box::new(|fx, _a| vec![Iocb::fsync(fd(&fx.pipe_w))]),
         ),

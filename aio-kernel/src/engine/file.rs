@@ -274,7 +274,9 @@ impl EngineFile {
             // Linux calls write_iter even for zero bytes, and a filesystem
             // without buffered NOWAIT writes (ext4) refuses them; a
             // zero-length syscall never reaches it. Ask with one byte from
-            // an inaccessible page: refused, or EFAULT with nothing written.
+            // an inaccessible page, at offset 0 (the request's own offset may
+            // be at the very end of the range, where one byte overflows):
+            // refused, or EFAULT with nothing written.
             if write && self.kind == Kind::Positioned && op.flags.contains(RwFlags::NOWAIT) {
                 let probe = RwOp {
                     segs: std::vec![aio_abi::IoVec {
@@ -285,7 +287,7 @@ impl EngineFile {
                 };
                 // SAFETY: the only segment is a PROT_NONE page: nothing is
                 // read from it.
-                let n = unsafe { transfer(fd, &probe, op.pos, op.flags, true) };
+                let n = unsafe { transfer(fd, &probe, 0, op.flags, true) };
                 if n < 0 && last_errno() == Errno::EOPNOTSUPP {
                     return IoStatus::Error(Errno::EOPNOTSUPP);
                 }

@@ -280,6 +280,7 @@ impl Scratch {
     pub fn new() -> Scratch {
         static N: AtomicU64 = AtomicU64::new(0);
         let base = std::env::var_os("AIO_TEST_DIR")
+            .filter(|d| !d.is_empty())
             .map(PathBuf::from)
             .unwrap_or_else(std::env::temp_dir);
         let p = base.join(format!(
