@@ -16,6 +16,7 @@ use crate::Outcome;
 use crate::proc::{self, Wait};
 use crate::sys::{self, LoopDevice};
 use serde_json::{Value, json};
+use std::ffi::OsStr;
 use std::fmt::Write as _;
 use std::fs::{self, File};
 use std::io;
@@ -580,23 +581,37 @@ fn run_vectest(
     logs: &Path,
     timeout: Duration,
 ) -> Result<String, Problem> {
-    let log = logs.join("vectest.log");
-    let out = syscall("creating the vectest log", File::create(&log), &[])?;
-    let err = syscall("creating the vectest log", out.try_clone(), &[])?;
-    out!("    $ aio-tools vectest {}", device.display());
+    run_tool(
+        tool,
+        &[OsStr::new("vectest"), device.as_os_str()],
+        &logs.join("vectest.log"),
+        timeout,
+    )
+}
+
+/// Runs `aio-tools` with `args`, its output in `log`; the verdict line
+/// ("PASS: ..." / "FAIL: ...", else the last line) and the exit status.
+fn run_tool(
+    tool: &Path,
+    args: &[&OsStr],
+    log: &Path,
+    timeout: Duration,
+) -> Result<String, Problem> {
+    let out = syscall("creating a log", File::create(log), &[])?;
+    let err = syscall("creating a log", out.try_clone(), &[])?;
+    let shown: Vec<_> = args.iter().map(|a| a.to_string_lossy()).collect();
+    out!("    $ aio-tools {}", shown.join(" "));
     let mut cmd = Command::new(tool);
-    cmd.arg("vectest")
-        .arg(device)
+    cmd.args(args)
         .env_remove(DIR_VAR)
         .env_remove(DEVICE_VAR)
         .stdout(out)
         .stderr(err);
     let waited = proc::run(&mut cmd, Some(timeout));
-    let text = fs::read_to_string(&log).unwrap_or_default();
+    let text = fs::read_to_string(log).unwrap_or_default();
     for line in text.lines().take(60) {
         out!("      {line}");
     }
-    // vectest's verdict line ("PASS: ..." / "FAIL: ..."), else its last line.
     let last = text
         .lines()
         .find(|l| l.starts_with("PASS") || l.starts_with("FAIL"))
@@ -607,17 +622,87 @@ fn run_vectest(
     match waited {
         Ok(Wait::Exited(s)) if s.success() => Ok(last),
         Ok(Wait::Exited(s)) => Err(Problem::Failed(format!(
-            "aio-tools vectest {} failed ({}): {last}",
-            device.display(),
+            "aio-tools {} failed ({}): {last}",
+            shown.join(" "),
             proc::describe(&s)
         ))),
         Ok(Wait::TimedOut) => Err(Problem::Failed(format!(
-            "aio-tools vectest killed after {} s",
+            "aio-tools {} killed after {} s",
+            shown.join(" "),
             timeout.as_secs()
         ))),
         Ok(Wait::Interrupted) => Err(Problem::Interrupted),
         Err(e) => Err(Problem::Failed(format!("cannot run aio-tools: {e}"))),
     }
+}
+
+/// `aio-tools vectest` where a row's tests ran: in a directory a file,
+/// buffered and with `O_DIRECT` (a filesystem that refuses `O_DIRECT` is
+/// reported with the errno `open(2)` gave); on a raw device the device.
+fn vectest_rows(
+    tool: &Path,
+    loc: &Location,
+    logs: &Path,
+    name: &str,
+    timeout: Duration,
+) -> Result<String, Problem> {
+    let small = ["--size", "16M", "--passes", "1", "--max-segments", "256"].map(OsStr::new);
+    match loc {
+        Location::Dir(dir) => {
+            let file = dir.join("vectest.dat");
+            let mut verdicts = Vec::new();
+            for mode in ["--buffered", "--direct"] {
+                let mut args = vec![OsStr::new("vectest"), file.as_os_str(), OsStr::new(mode)];
+                args.extend(small);
+                let log = logs.join(format!("{name}-vectest{mode}.log"));
+                let what = &mode[2..];
+                match run_tool(tool, &args, &log, timeout) {
+                    Ok(_) => verdicts.push(format!("{what} pass")),
+                    Err(Problem::Failed(msg))
+                        if msg.contains("does not support O_DIRECT (EINVAL)") =>
+                    {
+                        verdicts.push(format!("{what} unsupported [EINVAL]"))
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            let _ = fs::remove_file(&file);
+            Ok(format!("vectest {}", verdicts.join(", ")))
+        }
+        Location::Device(dev) => {
+            // --force: the tests before it leave data that may look like a signature.
+            let mut args = vec![
+                OsStr::new("vectest"),
+                dev.as_os_str(),
+                OsStr::new("--force"),
+            ];
+            args.extend(small);
+            run_tool(
+                tool,
+                &args,
+                &logs.join(format!("{name}-vectest.log")),
+                timeout,
+            )?;
+            Ok("vectest direct pass".into())
+        }
+        Location::Plain | Location::Vectest { .. } => Ok("no vectest row".into()),
+    }
+}
+
+/// `cargo build -p aio-tools`: the binary the vectest rows run.
+fn build_tool(root: &Path, target_dir: &Path) -> Result<PathBuf, String> {
+    let status = Command::new(proc::cargo())
+        .current_dir(root)
+        .args(["build", "--quiet", "-p", "aio-tools"])
+        .status()
+        .map_err(|e| format!("cannot run cargo build -p aio-tools: {e}"))?;
+    if !status.success() {
+        return Err(format!(
+            "cargo build -p aio-tools failed ({})",
+            proc::describe(&status)
+        ));
+    }
+    Ok(target_dir.join("debug/aio-tools"))
 }
 
 /// One test executable cargo built.
@@ -855,6 +940,7 @@ fn run_target(
     logs: &Path,
     bins: &[TestBin],
     opts: &Options,
+    tool: Option<&Path>,
 ) -> (Row, bool) {
     out!("--- {} ({})", target.name, target.class());
     let started = Instant::now();
@@ -892,8 +978,13 @@ fn run_target(
                 }
                 None => out!("    neither {DIR_VAR} nor {DEVICE_VAR}: the tests use a temp dir"),
             }
-            run_binaries(bins, &loc, logs, target.name, opts.timeout, &mut row.counts)
-                .map(|()| format!("{} tests ran", row.counts.passed + row.counts.failed))
+            run_binaries(bins, &loc, logs, target.name, opts.timeout, &mut row.counts)?;
+            let ran = format!("{} tests ran", row.counts.passed + row.counts.failed);
+            match tool {
+                Some(tool) => vectest_rows(tool, &loc, logs, target.name, opts.timeout)
+                    .map(|v| format!("{ran}; {v}")),
+                None => Ok(ran),
+            }
         });
     let cleanup_errors = cleanup.finish();
     let mut interrupted = false;
@@ -1193,10 +1284,15 @@ pub fn run(opts: &Options) -> Outcome {
         Ok(b) => b,
         Err(e) => return Outcome::Failed(e),
     };
+    let tool = match build_tool(&root, &target_dir) {
+        Ok(t) => t,
+        Err(e) => return Outcome::Failed(e),
+    };
     run_rows(
         opts,
         &targets,
         &bins,
+        Some(&tool),
         &logs,
         &target_dir.join("fs-matrix.json"),
         None,
@@ -1222,6 +1318,7 @@ pub fn run_prebuilt(opts: &Options, bins: &[TestBin], out: &Path) -> Outcome {
         opts,
         &targets,
         bins,
+        opts.vectest.as_ref().and_then(|v| v.tool.as_deref()),
         &logs,
         &out.join("fs-matrix.json"),
         Some(&out.join("fs-matrix.txt")),
@@ -1232,6 +1329,7 @@ fn run_rows(
     opts: &Options,
     targets: &[&Target],
     bins: &[TestBin],
+    tool: Option<&Path>,
     logs: &Path,
     json_path: &Path,
     table_path: Option<&Path>,
@@ -1263,7 +1361,7 @@ fn run_rows(
     let mut rows = Vec::new();
     let mut interrupted = false;
     for target in targets {
-        let (row, stop) = run_target(target, &work, logs, bins, opts);
+        let (row, stop) = run_target(target, &work, logs, bins, opts, tool);
         rows.push(row);
         if stop || proc::interrupted() {
             interrupted = true;
