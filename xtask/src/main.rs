@@ -50,7 +50,8 @@ enum Cmd {
         #[arg(long)]
         nextest: bool,
         /// Leave out these steps (comma-separated: tools, fmt, clippy, test,
-        /// fs-matrix); for local use while a crate is being written.
+        /// valgrind, vectest, fs-matrix); for local use while a crate is
+        /// being written.
         #[arg(long, value_delimiter = ',')]
         skip: Vec<String>,
         #[command(flatten)]
@@ -125,8 +126,13 @@ impl Step {
 }
 
 fn cargo(args: &[&str]) -> Outcome {
+    cargo_with_env(args, &[])
+}
+
+fn cargo_with_env(args: &[&str], env: &[(&str, &str)]) -> Outcome {
     let mut cmd = Command::new(proc::cargo());
     cmd.current_dir(proc::workspace_root()).args(args);
+    cmd.envs(env.iter().copied());
     let shown = format!("cargo {}", args.join(" "));
     match proc::run(&mut cmd, None) {
         Ok(Wait::Exited(s)) if s.success() => Outcome::Passed(String::new()),
@@ -196,6 +202,42 @@ fn matrix_step(args: &MatrixArgs) -> Step {
     )
 }
 
+/// The test binaries that run under valgrind's memcheck, with syscall
+/// reaping (valgrind does not see the kernel write the ring): the scope
+/// that panics with reads in flight into stack buffers, dropped contexts
+/// and tickets, and the tokio futures dropped at random points.
+fn valgrind_step() -> Step {
+    Step::new(
+        "valgrind",
+        "memcheck of aio's scope, drop and tokio-cancel tests",
+        || {
+            let runner_var = format!(
+                "CARGO_TARGET_{}_UNKNOWN_LINUX_GNU_RUNNER",
+                std::env::consts::ARCH.to_uppercase()
+            );
+            let runner = "valgrind --error-exitcode=1 --trace-children=no --quiet";
+            let env = [(runner_var.as_str(), runner), ("AIO_TEST_VALGRIND", "1")];
+            let args = [
+                "test",
+                "-p",
+                "aio",
+                "--all-features",
+                "--test",
+                "scope_panic",
+                "--test",
+                "scope",
+                "--test",
+                "drop_inflight",
+                "--test",
+                "pipe_poll",
+                "--test",
+                "tokio_cancel",
+            ];
+            cargo_with_env(&args, &env)
+        },
+    )
+}
+
 /// The steps of `cargo xtask test`, in order. New steps go in this list.
 fn test_steps(nextest: bool, matrix: &MatrixArgs) -> Vec<Step> {
     vec![
@@ -214,9 +256,12 @@ fn test_steps(nextest: bool, matrix: &MatrixArgs) -> Vec<Step> {
             ],
         ),
         test_step(nextest),
-        // Slot for valgrind (memcheck) runs of chosen test binaries.
-        // Slot for `aio-tools vectest` runs (and its pipe / socket-pair
-        // targets), once aio-tools has vectest.
+        valgrind_step(),
+        // The README's main command, as a newcomer runs it.
+        Step::cargo(
+            "vectest",
+            &["run", "--release", "-p", "aio-tools", "--", "vectest"],
+        ),
         matrix_step(matrix),
     ]
 }
