@@ -1116,7 +1116,7 @@ pub fn target_dir() -> Result<PathBuf, String> {
     cargo_target_dir(&proc::workspace_root())
 }
 
-fn cargo_target_dir(root: &Path) -> Result<PathBuf, String> {
+pub fn cargo_target_dir(root: &Path) -> Result<PathBuf, String> {
     let out = Command::new(proc::cargo())
         .current_dir(root)
         .args(["metadata", "--format-version", "1", "--no-deps"])

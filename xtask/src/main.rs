@@ -23,8 +23,10 @@ macro_rules! err {
     }};
 }
 
+mod bench;
 mod fsmatrix;
 mod kernel;
+mod libaio;
 mod proc;
 mod sys;
 mod tools;
@@ -64,6 +66,26 @@ enum Cmd {
     /// under qemu (long: not part of `test`).
     #[command(subcommand)]
     Kernel(kernel::Cmd),
+    /// Build the drop-in libaio.so.1 (aio-sys/libaio) and stage it with its
+    /// header for LD_LIBRARY_PATH / LD_PRELOAD use.
+    Libaio {
+        /// Where to put libaio.so.1, libaio.so and libaio.h.
+        #[arg(default_value = "target/libaio")]
+        dir: std::path::PathBuf,
+    },
+    /// This project against fio on zram0, an O_DIRECT file and a page-cached
+    /// file, interleaved, medians of repeats (needs root; long).
+    Bench {
+        /// Seconds per run.
+        #[arg(long, default_value_t = 5)]
+        runtime: u64,
+        /// Runs per cell; the median is reported.
+        #[arg(long, default_value_t = 3)]
+        repeats: usize,
+        /// Only these targets (comma-separated): zram0, direct, cached.
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
+    },
 }
 
 #[derive(Args)]
@@ -371,6 +393,33 @@ fn main() -> ExitCode {
             run_steps("cargo xtask test", steps, &skip)
         }
         Cmd::Kernel(cmd) => kernel::run(cmd),
+        Cmd::Libaio { dir } => run_steps(
+            "cargo xtask libaio",
+            vec![Step::new(
+                "libaio",
+                "build and stage libaio.so.1",
+                move || libaio::stage(&dir),
+            )],
+            &[],
+        ),
+        Cmd::Bench {
+            runtime,
+            repeats,
+            only,
+        } => {
+            let opts = bench::Options {
+                runtime,
+                repeats,
+                only,
+            };
+            run_steps(
+                "cargo xtask bench",
+                vec![Step::new("bench", "aio against fio", move || {
+                    bench::run(&opts)
+                })],
+                &[],
+            )
+        }
         Cmd::FsMatrix(matrix) => run_steps(
             "cargo xtask fs-matrix",
             vec![tools_step(), matrix_step(&matrix)],

@@ -1,0 +1,660 @@
+//! `cargo xtask bench`: this project and fio on the same targets, in one
+//! run, interleaved, as ratios.
+//!
+//! Targets: the raw `zram0` RAM block device (per-request overhead), an
+//! `O_DIRECT` file on the root filesystem (the device), and a page-cached
+//! file (buffered). Every cell (target × workload × contender) runs
+//! `--repeats` times, contenders interleaved inside each repeat so that
+//! drift of the machine hits all of them alike; the median is reported.
+
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::{Value, json};
+
+use crate::Outcome;
+use crate::proc;
+
+/// Options of `cargo xtask bench`.
+pub struct Options {
+    /// Seconds per cell.
+    pub runtime: u64,
+    /// Repeats per cell (the median is reported).
+    pub repeats: usize,
+    /// Only these targets.
+    pub only: Vec<String>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum TargetKind {
+    Zram,
+    Direct,
+    Cached,
+}
+
+struct Target {
+    name: &'static str,
+    kind: TargetKind,
+    path: PathBuf,
+    direct: bool,
+}
+
+/// One access pattern.
+#[derive(Clone, Copy)]
+struct Workload {
+    name: &'static str,
+    rw: &'static str,
+    depth: u32,
+    /// Segments of 4 KiB per request (ours: one vectored request; fio: one
+    /// request of the same total size).
+    segments: u32,
+}
+
+const WORKLOADS: &[Workload] = &[
+    Workload {
+        name: "randread-4k-qd1",
+        rw: "randread",
+        depth: 1,
+        segments: 1,
+    },
+    Workload {
+        name: "randread-4k-qd32",
+        rw: "randread",
+        depth: 32,
+        segments: 1,
+    },
+    Workload {
+        name: "randread-4k-qd128",
+        rw: "randread",
+        depth: 128,
+        segments: 1,
+    },
+    Workload {
+        name: "randwrite-4k-qd32",
+        rw: "randwrite",
+        depth: 32,
+        segments: 1,
+    },
+    Workload {
+        name: "write-64x4k-qd32",
+        rw: "randwrite",
+        depth: 32,
+        segments: 64,
+    },
+];
+
+/// Who runs a cell.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Contender {
+    FioLibaioDefault,
+    FioLibaioBest,
+    FioIoUring,
+    FioPsync2,
+    AioSyncKernel,
+}
+
+const CONTENDERS: &[Contender] = &[
+    Contender::FioLibaioDefault,
+    Contender::FioLibaioBest,
+    Contender::FioIoUring,
+    Contender::FioPsync2,
+    Contender::AioSyncKernel,
+];
+
+impl Contender {
+    fn name(self) -> &'static str {
+        match self {
+            Contender::FioLibaioDefault => "fio libaio (defaults)",
+            Contender::FioLibaioBest => "fio libaio (best)",
+            Contender::FioIoUring => "fio io_uring",
+            Contender::FioPsync2 => "fio psync x2",
+            Contender::AioSyncKernel => "aio sync/kernel",
+        }
+    }
+
+    fn is_ours(self) -> bool {
+        matches!(self, Contender::AioSyncKernel)
+    }
+}
+
+/// What one run measured.
+#[derive(Clone, Copy, Debug, Default)]
+struct Sample {
+    iops: f64,
+    p99_us: f64,
+    cpu_us_per_req: f64,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    if v.is_empty() { 0.0 } else { v[v.len() / 2] }
+}
+
+fn run_capture(cmd: &mut Command) -> Result<String, String> {
+    let shown = format!("{cmd:?}");
+    let out = cmd
+        .output()
+        .map_err(|e| format!("cannot run {shown}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{shown} failed ({}): {}",
+            proc::describe(&out.status),
+            String::from_utf8_lossy(&out.stderr)
+                .lines()
+                .last()
+                .unwrap_or("")
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn fio(t: &Target, w: &Workload, c: Contender, runtime: u64) -> Result<Sample, String> {
+    let bs = 4096 * w.segments;
+    let mut cmd = Command::new("fio");
+    cmd.args([
+        "--name=cell",
+        "--output-format=json",
+        "--time_based",
+        "--randrepeat=0",
+        "--norandommap",
+        &format!("--filename={}", t.path.display()),
+        &format!("--rw={}", w.rw),
+        &format!("--bs={bs}"),
+        &format!("--runtime={runtime}"),
+        &format!("--direct={}", t.direct as u8),
+    ]);
+    if t.kind != TargetKind::Zram {
+        cmd.arg(format!("--size={}", target_size(t.kind)));
+    }
+    match c {
+        Contender::FioLibaioDefault => {
+            cmd.args(["--ioengine=libaio", &format!("--iodepth={}", w.depth)]);
+        }
+        Contender::FioLibaioBest => {
+            cmd.args([
+                "--ioengine=libaio",
+                &format!("--iodepth={}", w.depth),
+                &format!("--iodepth_batch_submit={}", 16.min(w.depth)),
+                &format!("--iodepth_batch_complete_max={}", 32.min(w.depth)),
+                "--userspace_reap=1",
+            ]);
+        }
+        Contender::FioIoUring => {
+            cmd.args(["--ioengine=io_uring", &format!("--iodepth={}", w.depth)]);
+        }
+        Contender::FioPsync2 => {
+            cmd.args(["--ioengine=psync", "--numjobs=2", "--group_reporting"]);
+        }
+        Contender::AioSyncKernel => unreachable!(),
+    }
+    let out = run_capture(&mut cmd)?;
+    let v: Value = serde_json::from_str(&out).map_err(|e| format!("fio's JSON: {e}"))?;
+    let job = &v["jobs"][0];
+    let dir = if w.rw.contains("read") {
+        &job["read"]
+    } else {
+        &job["write"]
+    };
+    let iops = dir["iops"].as_f64().unwrap_or(0.0);
+    let ios = dir["total_ios"].as_f64().unwrap_or(0.0).max(1.0);
+    let p99_ns = dir["clat_ns"]["percentile"]["99.000000"]
+        .as_f64()
+        .unwrap_or(0.0);
+    let runtime_s = job["job_runtime"].as_f64().unwrap_or(0.0) / 1000.0;
+    let jobs = if c == Contender::FioPsync2 { 2.0 } else { 1.0 };
+    let cpu_s = (job["usr_cpu"].as_f64().unwrap_or(0.0) + job["sys_cpu"].as_f64().unwrap_or(0.0))
+        / 100.0
+        * runtime_s
+        / jobs;
+    Ok(Sample {
+        iops,
+        p99_us: p99_ns / 1000.0,
+        cpu_us_per_req: cpu_s * 1e6 / ios,
+    })
+}
+
+fn ours(
+    tools: &Path,
+    t: &Target,
+    w: &Workload,
+    c: Contender,
+    runtime: u64,
+) -> Result<Sample, String> {
+    debug_assert_eq!(c, Contender::AioSyncKernel);
+    let mut cmd = Command::new(tools);
+    cmd.args([
+        "bench",
+        "--json",
+        "--force",
+        &t.path.display().to_string(),
+        "--rw",
+        w.rw,
+        "--bs",
+        "4k",
+        "--segments",
+        &w.segments.to_string(),
+        "--iodepth",
+        &w.depth.to_string(),
+        "--runtime",
+        &format!("{runtime}s"),
+    ]);
+    if t.direct {
+        cmd.arg("--direct");
+    }
+    if t.kind != TargetKind::Zram {
+        cmd.args(["--size", &target_size(t.kind).to_string()]);
+    }
+    let out = run_capture(&mut cmd)?;
+    let v: Value = serde_json::from_str(&out).map_err(|e| format!("aio-tools bench JSON: {e}"))?;
+    Ok(Sample {
+        iops: v["iops"].as_f64().unwrap_or(0.0),
+        p99_us: v["latency_us"]["p99"].as_f64().unwrap_or(0.0),
+        cpu_us_per_req: v["cpu"]["per_request_us"].as_f64().unwrap_or(0.0),
+    })
+}
+
+fn target_size(kind: TargetKind) -> u64 {
+    match kind {
+        TargetKind::Zram | TargetKind::Direct => 1 << 30,
+        TargetKind::Cached => 256 << 20,
+    }
+}
+
+/// Fills `path` (a file or the zram device) with incompressible data.
+fn fill(path: &Path, size: u64) -> std::io::Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)?;
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut written = 0;
+    while written < size {
+        for c in buf.chunks_mut(8) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            c.copy_from_slice(&x.to_le_bytes());
+        }
+        f.write_all(&buf)?;
+        written += buf.len() as u64;
+    }
+    f.sync_all()
+}
+
+fn write_sysfs(path: &str, value: &str) -> std::io::Result<()> {
+    std::fs::write(path, value)
+}
+
+/// Resets zram0 on drop.
+struct ZramGuard;
+
+impl Drop for ZramGuard {
+    fn drop(&mut self) {
+        let _ = write_sysfs("/sys/block/zram0/reset", "1");
+    }
+}
+
+fn prepare(only: &[String], dir: &Path) -> Result<(Vec<Target>, Option<ZramGuard>), String> {
+    let want = |n: &str| only.is_empty() || only.iter().any(|o| o == n);
+    let mut targets = Vec::new();
+    let mut guard = None;
+    if want("zram0") {
+        if !Path::new("/sys/block/zram0").exists() {
+            let _ = Command::new("modprobe").arg("zram").status();
+        }
+        write_sysfs("/sys/block/zram0/reset", "1")
+            .and_then(|_| write_sysfs("/sys/block/zram0/disksize", "1G"))
+            .map_err(|e| {
+                format!("cannot set up /dev/zram0 (needs root and the zram module): {e}")
+            })?;
+        guard = Some(ZramGuard);
+        fill(Path::new("/dev/zram0"), 1 << 30).map_err(|e| format!("filling /dev/zram0: {e}"))?;
+        targets.push(Target {
+            name: "zram0",
+            kind: TargetKind::Zram,
+            path: "/dev/zram0".into(),
+            direct: true,
+        });
+    }
+    for (name, kind, direct) in [
+        ("direct", TargetKind::Direct, true),
+        ("cached", TargetKind::Cached, false),
+    ] {
+        if !want(name) {
+            continue;
+        }
+        let path = dir.join(format!("{name}.dat"));
+        let size = target_size(kind);
+        if std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0) < size {
+            fill(&path, size).map_err(|e| format!("laying out {}: {e}", path.display()))?;
+        }
+        if kind == TargetKind::Cached {
+            // Read it once so that it is in the page cache.
+            std::fs::read(&path).map_err(|e| e.to_string())?;
+        }
+        targets.push(Target {
+            name,
+            kind,
+            path,
+            direct,
+        });
+    }
+    Ok((targets, guard))
+}
+
+fn build_tools(root: &Path) -> Result<PathBuf, String> {
+    let status = Command::new(proc::cargo())
+        .current_dir(root)
+        .args(["build", "--release", "-p", "aio-tools"])
+        .status()
+        .map_err(|e| e.to_string())?;
+    if !status.success() {
+        return Err("cargo build --release -p aio-tools failed".into());
+    }
+    Ok(crate::fsmatrix::cargo_target_dir(root)?.join("release/aio-tools"))
+}
+
+type Cells = Vec<(&'static str, &'static str, Contender, Vec<Sample>)>;
+
+/// Runs the benchmark.
+pub fn run(opts: &Options) -> Outcome {
+    if !proc::is_root() {
+        return Outcome::Skipped("cargo xtask bench needs root (zram0, drop_caches)".into());
+    }
+    if proc::which("fio").is_none() {
+        if let Err(e) = crate::tools::apt_get(&["install", "-y", "--no-install-recommends", "fio"])
+        {
+            return Outcome::Failed(format!("fio is missing and cannot be installed: {e}"));
+        }
+    }
+    let root = proc::workspace_root();
+    let tools = match build_tools(&root) {
+        Ok(t) => t,
+        Err(e) => return Outcome::Failed(e),
+    };
+    let out_dir = match crate::fsmatrix::cargo_target_dir(&root) {
+        Ok(d) => d.join("bench"),
+        Err(e) => return Outcome::Failed(e),
+    };
+    if let Err(e) = std::fs::create_dir_all(&out_dir) {
+        return Outcome::Failed(format!("{}: {e}", out_dir.display()));
+    }
+    let (targets, _zram) = match prepare(&opts.only, &out_dir) {
+        Ok(t) => t,
+        Err(e) => return Outcome::Failed(e),
+    };
+    let mut cells: Cells = Vec::new();
+    for t in &targets {
+        for w in WORKLOADS {
+            for &c in CONTENDERS {
+                cells.push((t.name, w.name, c, Vec::new()));
+            }
+        }
+    }
+    let total = cells.len() * opts.repeats;
+    let mut done = 0;
+    let mut failures = Vec::new();
+    for rep in 0..opts.repeats {
+        for t in &targets {
+            for w in WORKLOADS {
+                for &c in CONTENDERS {
+                    if proc::interrupted() {
+                        return Outcome::Failed("interrupted".into());
+                    }
+                    done += 1;
+                    print!(
+                        "\r[{done}/{total}] repeat {} {} {} {:<24}",
+                        rep + 1,
+                        t.name,
+                        w.name,
+                        c.name()
+                    );
+                    let _ = std::io::stdout().flush();
+                    let r = if c.is_ours() {
+                        ours(&tools, t, w, c, opts.runtime)
+                    } else {
+                        fio(t, w, c, opts.runtime)
+                    };
+                    match r {
+                        Ok(s) => {
+                            let cell = cells
+                                .iter_mut()
+                                .find(|x| x.0 == t.name && x.1 == w.name && x.2 == c);
+                            cell.expect("every cell was listed").3.push(s);
+                        }
+                        Err(e) => failures.push(format!("{} {} {}: {e}", t.name, w.name, c.name())),
+                    }
+                }
+            }
+        }
+    }
+    println!();
+    let table = render_table(&cells);
+    println!("{table}");
+    let json = to_json(&cells, opts);
+    let json_path = out_dir.join("results.json");
+    let svg_path = out_dir.join("iops-vs-depth.svg");
+    let written = std::fs::write(&json_path, serde_json::to_string_pretty(&json).unwrap())
+        .and_then(|_| std::fs::write(&svg_path, plot(&cells, &targets)));
+    if let Err(e) = written {
+        return Outcome::Failed(format!("writing results: {e}"));
+    }
+    println!("wrote {} and {}", json_path.display(), svg_path.display());
+    if failures.is_empty() {
+        Outcome::Passed(format!("{} cells x {} repeats", cells.len(), opts.repeats))
+    } else {
+        for f in &failures {
+            println!("failed: {f}");
+        }
+        Outcome::Failed(format!("{} runs failed", failures.len()))
+    }
+}
+
+fn medians(s: &[Sample]) -> Sample {
+    Sample {
+        iops: median(s.iter().map(|x| x.iops).collect()),
+        p99_us: median(s.iter().map(|x| x.p99_us).collect()),
+        cpu_us_per_req: median(s.iter().map(|x| x.cpu_us_per_req).collect()),
+    }
+}
+
+/// The best fio libaio configuration of a (target, workload): the reference
+/// every ratio is taken against.
+fn reference(cells: &Cells, target: &str, workload: &str) -> f64 {
+    cells
+        .iter()
+        .filter(|c| c.0 == target && c.1 == workload)
+        .filter(|c| matches!(c.2, Contender::FioLibaioDefault | Contender::FioLibaioBest))
+        .map(|c| medians(&c.3).iops)
+        .fold(0.0, f64::max)
+}
+
+fn render_table(cells: &Cells) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "{:<7} {:<18} {:<22} {:>10} {:>10} {:>12} {:>8}",
+        "target", "workload", "contender", "IOPS", "p99 us", "CPU us/req", "vs libaio"
+    );
+    for (t, w, c, samples) in cells {
+        if samples.is_empty() {
+            continue;
+        }
+        let m = medians(samples);
+        let r = reference(cells, t, w);
+        let ratio = if r > 0.0 {
+            format!("{:.2}x", m.iops / r)
+        } else {
+            "-".into()
+        };
+        let _ = writeln!(
+            s,
+            "{t:<7} {w:<18} {:<22} {:>10.0} {:>10.1} {:>12.2} {:>8}",
+            c.name(),
+            m.iops,
+            m.p99_us,
+            m.cpu_us_per_req,
+            ratio
+        );
+    }
+    s
+}
+
+fn to_json(cells: &Cells, opts: &Options) -> Value {
+    json!({
+        "runtime_s": opts.runtime,
+        "repeats": opts.repeats,
+        "machine": {
+            "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim(),
+            "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        },
+        "cells": cells.iter().map(|(t, w, c, s)| {
+            let m = medians(s);
+            let r = reference(cells, t, w);
+            json!({
+                "target": t,
+                "workload": w,
+                "contender": c.name(),
+                "runs": s.iter().map(|x| json!({"iops": x.iops, "p99_us": x.p99_us, "cpu_us_per_req": x.cpu_us_per_req})).collect::<Vec<_>>(),
+                "median": {"iops": m.iops, "p99_us": m.p99_us, "cpu_us_per_req": m.cpu_us_per_req},
+                "ratio_to_best_fio_libaio": if r > 0.0 { json!(m.iops / r) } else { Value::Null },
+            })
+        }).collect::<Vec<_>>(),
+    })
+}
+
+/// IOPS against depth for the random-read workloads: one panel per
+/// target, one line per contender.
+fn plot(cells: &Cells, targets: &[Target]) -> String {
+    let depths: Vec<(u32, &str)> = WORKLOADS
+        .iter()
+        .filter(|w| w.rw == "randread")
+        .map(|w| (w.depth, w.name))
+        .collect();
+    let (pw, ph, margin) = (420.0, 300.0, 60.0);
+    let colors = [
+        "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
+    ];
+    let width = margin + targets.len() as f64 * (pw + margin);
+    let mut svg = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{}\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n",
+        ph + 2.0 * margin + 20.0 * CONTENDERS.len() as f64
+    );
+    for (ti, t) in targets.iter().enumerate() {
+        let x0 = margin + ti as f64 * (pw + margin);
+        let y0 = margin;
+        let max = cells
+            .iter()
+            .filter(|c| c.0 == t.name)
+            .map(|c| medians(&c.3).iops)
+            .fold(1.0, f64::max);
+        let _ = writeln!(
+            svg,
+            "<text x=\"{}\" y=\"{}\" font-size=\"14\">{} — 4 KiB random reads</text>",
+            x0,
+            y0 - 20.0,
+            t.name
+        );
+        let _ = writeln!(
+            svg,
+            "<rect x=\"{x0}\" y=\"{y0}\" width=\"{pw}\" height=\"{ph}\" fill=\"none\" stroke=\"black\"/>"
+        );
+        let _ = writeln!(
+            svg,
+            "<text x=\"{}\" y=\"{}\">{:.0} IOPS</text>",
+            x0 + 4.0,
+            y0 + 14.0,
+            max
+        );
+        for (di, (d, _)) in depths.iter().enumerate() {
+            let x = x0 + pw * (di as f64 + 0.5) / depths.len() as f64;
+            let _ = writeln!(
+                svg,
+                "<text x=\"{x}\" y=\"{}\" text-anchor=\"middle\">depth {d}</text>",
+                y0 + ph + 16.0
+            );
+        }
+        for (ci, &c) in CONTENDERS.iter().enumerate() {
+            let pts: Vec<String> = depths
+                .iter()
+                .enumerate()
+                .filter_map(|(di, (_, wname))| {
+                    let cell = cells
+                        .iter()
+                        .find(|x| x.0 == t.name && x.1 == *wname && x.2 == c)?;
+                    if cell.3.is_empty() {
+                        return None;
+                    }
+                    let x = x0 + pw * (di as f64 + 0.5) / depths.len() as f64;
+                    let y = y0 + ph - ph * medians(&cell.3).iops / max;
+                    Some(format!("{x:.1},{y:.1}"))
+                })
+                .collect();
+            let color = colors[ci % colors.len()];
+            let _ = writeln!(
+                svg,
+                "<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"2\" points=\"{}\"/>",
+                pts.join(" ")
+            );
+            if ti == 0 {
+                let ly = y0 + ph + 40.0 + 18.0 * ci as f64;
+                let _ = writeln!(
+                    svg,
+                    "<line x1=\"{x0}\" y1=\"{ly}\" x2=\"{}\" y2=\"{ly}\" stroke=\"{color}\" stroke-width=\"3\"/>",
+                    x0 + 30.0
+                );
+                let _ = writeln!(
+                    svg,
+                    "<text x=\"{}\" y=\"{}\">{}</text>",
+                    x0 + 36.0,
+                    ly + 4.0,
+                    c.name()
+                );
+            }
+        }
+    }
+    svg.push_str("</svg>\n");
+    svg
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn medians_and_ratios() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        let s = |iops| Sample {
+            iops,
+            p99_us: 1.0,
+            cpu_us_per_req: 1.0,
+        };
+        let cells: Cells = vec![
+            ("zram0", "w", Contender::FioLibaioDefault, vec![s(100.0)]),
+            (
+                "zram0",
+                "w",
+                Contender::FioLibaioBest,
+                vec![s(200.0), s(180.0), s(220.0)],
+            ),
+            ("zram0", "w", Contender::AioSyncKernel, vec![s(300.0)]),
+        ];
+        assert_eq!(reference(&cells, "zram0", "w"), 200.0);
+        let table = render_table(&cells);
+        assert!(table.contains("1.50x"), "{table}");
+        let svg = plot(
+            &cells,
+            &[Target {
+                name: "zram0",
+                kind: TargetKind::Zram,
+                path: "/dev/zram0".into(),
+                direct: true,
+            }],
+        );
+        assert!(svg.starts_with("<svg") && svg.contains("aio sync/kernel"));
+    }
+}
