@@ -73,6 +73,13 @@ enum Cmd {
         #[arg(default_value = "target/libaio")]
         dir: std::path::PathBuf,
     },
+    /// The long differential run: property-generated batches on the running
+    /// kernel and on aio-kernel's engine, compared request by request.
+    Conformance {
+        /// Batches to generate (CI's test step runs 150).
+        #[arg(long, default_value_t = 3000)]
+        cases: u32,
+    },
     /// This project against fio on zram0, an O_DIRECT file and a page-cached
     /// file, interleaved, medians of repeats (needs root; long).
     Bench {
@@ -393,6 +400,33 @@ fn main() -> ExitCode {
             run_steps("cargo xtask test", steps, &skip)
         }
         Cmd::Kernel(cmd) => kernel::run(cmd),
+        Cmd::Conformance { cases } => {
+            let cases = cases.to_string();
+            run_steps(
+                "cargo xtask conformance",
+                vec![Step::new(
+                    "conformance",
+                    format!("{cases} differential batches"),
+                    move || {
+                        cargo_with_env(
+                            &[
+                                "test",
+                                "--release",
+                                "-p",
+                                "aio-kernel",
+                                "--test",
+                                "differential",
+                                "--",
+                                "--exact",
+                                "property_batches_agree",
+                            ],
+                            &[("AIO_DIFF_CASES", cases.as_str())],
+                        )
+                    },
+                )],
+                &[],
+            )
+        }
         Cmd::Libaio { dir } => run_steps(
             "cargo xtask libaio",
             vec![Step::new(
