@@ -56,7 +56,7 @@ pub struct TestArgs {
     #[arg(long, default_value_t = 300)]
     timeout_secs: u64,
     /// Kill the whole VM after this long.
-    #[arg(long, default_value_t = 1500)]
+    #[arg(long, default_value_t = 1800)]
     vm_timeout_secs: u64,
     /// qemu acceleration: kvm when /dev/kvm works (auto), or force one.
     #[arg(long, value_enum, default_value_t = Accel::Auto)]

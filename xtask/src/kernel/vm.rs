@@ -263,6 +263,24 @@ pub fn test(args: &TestArgs) -> ExitCode {
         Err(e) => return fail(e),
     };
     let out_dir = target_dir.join(format!("kernel-test-{}", args.build.version));
+    // Two runs of one version would share out_dir: the second waits.
+    let lock_path = target_dir.join(format!("kernel-test-{}.lock", args.build.version));
+    let _lock = loop {
+        match crate::sys::Lock::try_take(&lock_path) {
+            Ok(Some(l)) => break l,
+            Ok(None) => {
+                out!(
+                    "    waiting for another kernel test run ({})",
+                    lock_path.display()
+                );
+                std::thread::sleep(Duration::from_secs(5));
+                if proc::interrupted() {
+                    return fail("interrupted".into());
+                }
+            }
+            Err(e) => return fail(format!("locking {}: {e}", lock_path.display())),
+        }
+    };
     let _ = fs::remove_dir_all(&out_dir);
     if let Err(e) = fs::create_dir_all(&out_dir) {
         return fail(format!("creating {}: {e}", out_dir.display()));
