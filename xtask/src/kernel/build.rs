@@ -412,6 +412,17 @@ pub fn ensure(version: &str) -> Result<Kernel, String> {
     .map_err(|e| e.to_string())?;
     let _ = fs::remove_dir_all(&dest);
     fs::rename(&tmp, &dest).map_err(|e| format!("renaming into {}: {e}", dest.display()))?;
+    // Entries of this version under other keys are outdated configurations.
+    let dest_name = dest.file_name().unwrap_or_default().to_os_string();
+    for e in fs::read_dir(&cache).into_iter().flatten().flatten() {
+        let name = e.file_name();
+        if name != dest_name && name.to_string_lossy().starts_with(&format!("{version}-")) {
+            out!("    removing the outdated {}", e.path().display());
+            if let Err(err) = fs::remove_dir_all(e.path()) {
+                err!("xtask: removing {}: {err}", e.path().display());
+            }
+        }
+    }
     let bzimage = dest.join("bzImage");
     let size = fs::metadata(&bzimage).map_or(0, |m| m.len());
     out!(
