@@ -459,7 +459,18 @@ fn io_pgetevents_validates_its_arguments() {
     assert_eq!(call(ev.as_mut_ptr(), &zero, &bad_mask), Err(Errno::EFAULT));
     // Events ready but nowhere to put them.
     ctx.submit(&mut [Iocb::fsync(file.as_raw_fd())]).unwrap();
-    std::thread::sleep(Duration::from_millis(50));
+    // The fsync runs on a kernel workqueue: wait until its event is in the
+    // ring (a fixed sleep was too short under qemu's emulation).
+    // SAFETY: `ctx` outlives the view, which only reads the ring here.
+    let view = unsafe { aio_sys::RingView::new(ctx.0) };
+    let start = std::time::Instant::now();
+    while view.ready() == 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "fsync never completed"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
     assert_eq!(
         call(ptr::null_mut(), &zero, ptr::null()),
         Err(Errno::EFAULT)

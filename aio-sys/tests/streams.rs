@@ -191,5 +191,11 @@ fn streams_reject_negative_offsets_and_nowait_reads_of_nothing_say_eagain() {
             RwFlags::NOWAIT,
         ))
         .expect("accepted");
-    assert_eq!(ev.res, Errno::EAGAIN.as_res());
+    // Linux 6.1's pipes lack FMODE_NOWAIT for AIO and refuse the flag
+    // (seen in the 6.1 VM of `cargo xtask kernel test`); later ones wait-free.
+    assert!(
+        [Errno::EAGAIN.as_res(), Errno::EOPNOTSUPP.as_res()].contains(&ev.res),
+        "RWF_NOWAIT read of an empty pipe: {}",
+        ev.res
+    );
 }
