@@ -34,10 +34,17 @@ impl Page {
         Page(p)
     }
 
-    /// An address that is certainly unmapped: a page mapped, then unmapped.
-    fn unmapped_addr() -> u64 {
-        let p = Page::new(libc::PROT_NONE);
-        p.0 as u64
+    /// An address the kernel cannot read or write: a PROT_NONE page kept
+    /// for the whole run. (A page mapped then unmapped was reused by other
+    /// test threads' mappings, and a write from it succeeded.)
+    fn inaccessible_addr() -> u64 {
+        static PAGE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+        *PAGE.get_or_init(|| {
+            let p = Page::new(libc::PROT_NONE);
+            let addr = p.0 as u64;
+            std::mem::forget(p);
+            addr
+        })
     }
 }
 
@@ -81,7 +88,7 @@ fn io_setup_rejects_nonzero_ctx_and_bad_counts() {
 fn io_setup_faults_on_bad_ctxp() {
     assert_eq!(setup_raw(1, ptr::null_mut()), Err(Errno::EFAULT));
     assert_eq!(
-        setup_raw(1, Page::unmapped_addr() as *mut AioContext),
+        setup_raw(1, Page::inaccessible_addr() as *mut AioContext),
         Err(Errno::EFAULT)
     );
     // Readable (and zero) but not writable: the kernel creates the context,
@@ -130,7 +137,7 @@ fn io_submit_faults_on_bad_iocb_pointers() {
     );
     let mut null: *mut Iocb = ptr::null_mut();
     assert_eq!(submit_raw(ctx.0, 1, &mut null), Err(Errno::EFAULT));
-    let mut unmapped = Page::unmapped_addr() as *mut Iocb;
+    let mut unmapped = Page::inaccessible_addr() as *mut Iocb;
     assert_eq!(submit_raw(ctx.0, 1, &mut unmapped), Err(Errno::EFAULT));
 }
 
@@ -323,7 +330,7 @@ fn bad_buffers_fault_synchronously_or_in_the_event() {
     // travels in the event.
     for iocb in [
         Iocb::pread(fd, 0, 4096, 0),
-        Iocb::pwrite(fd, Page::unmapped_addr(), 4096, 0),
+        Iocb::pwrite(fd, Page::inaccessible_addr(), 4096, 0),
     ] {
         let ev = ctx.run(iocb).expect("accepted");
         assert_eq!(ev.res, Errno::EFAULT.as_res(), "{iocb:?}");
