@@ -4,8 +4,8 @@ use std::fs::OpenOptions;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use aio_sys::abi::{Errno, RwFlags};
-use aio_sys::probe::{Capabilities, Support};
+use aio::probe::{Capabilities, Support};
+use aio::{Errno, RwFlags};
 use serde_json::{Value, json};
 
 use crate::{Exit, Output};
@@ -99,7 +99,7 @@ pub fn run(args: &ProbeArgs, out: Output) -> Exit {
             return Exit::Usage;
         }
     }
-    let caps = aio_sys::probe(dir.as_deref());
+    let caps = aio::probe::probe(dir.as_deref());
     let path_info = args.path.as_deref().map(|path| {
         let (direct, alignment) = direct_open(path);
         PathInfo {

@@ -166,7 +166,10 @@ mod op;
 #[cfg(feature = "tokio")]
 pub mod tokio;
 
-pub use aio_abi::{PollEvents, RwFlags, ioprio};
+pub use aio_abi::{Errno, PollEvents, RwFlags, ioprio};
+/// What native AIO can do on this kernel and in this process (re-exported
+/// from `aio-sys` for diagnostics such as `aio-tools probe`).
+pub use aio_sys::probe;
 
 pub use align::{AlignmentSource, DioAlignment, dio_alignment, is_direct};
 pub use buf::{AlignedBuf, IoBuf, IoBufMut, IoBufs, IoBufsMut, Single};
