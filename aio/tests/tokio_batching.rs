@@ -160,15 +160,22 @@ async fn poll_readiness_multi_thread() {
 async fn dropping_a_waiting_poll_cancels_it() {
     let handle = Handle::new().unwrap();
     let (rd, _wr) = pipe();
-    let timed_out = tokio::time::timeout(
-        Duration::from_millis(20),
-        handle.poll(rd.as_fd(), PollEvents::IN),
-    )
-    .await;
-    assert!(timed_out.is_err(), "an empty pipe became readable");
+    // Wait until the poll is in the kernel. (A fixed 20 ms was not always
+    // enough under TCG on a loaded host: the future was dropped while still
+    // queued, nothing was cancelled and no event came.)
+    let mut poll = Box::pin(handle.poll(rd.as_fd(), PollEvents::IN));
+    for _ in 0..2000 {
+        let timed_out = tokio::time::timeout(Duration::from_millis(5), poll.as_mut()).await;
+        assert!(timed_out.is_err(), "an empty pipe became readable");
+        if handle.in_flight() == 1 {
+            break;
+        }
+    }
+    assert_eq!(handle.in_flight(), 1, "the poll never reached the kernel");
+    drop(poll);
     // The drop asked the kernel to cancel the poll; its event (res 0)
     // releases the slot.
-    for _ in 0..200 {
+    for _ in 0..2000 {
         if handle.in_flight() == 0 {
             break;
         }
