@@ -11,14 +11,13 @@ use std::mem;
 use std::os::fd::RawFd;
 use std::panic::{self, AssertUnwindSafe};
 use std::task::Waker;
-use std::time::Duration;
 
-use aio_abi::{Errno, IoEvent, IoVec, Iocb, Opcode};
+use aio_abi::{Errno, IoEvent, IoVec, Iocb, Opcode, RwFlags};
 
 use crate::align;
-use crate::driver::Backend;
+use crate::driver::{ClassCache, Drivers, Route};
 use crate::erased::Erased;
-use crate::error::request_error;
+use crate::error::{request_error, setup_error};
 use crate::op::Operation;
 
 /// Slots are allocated in boxed chunks so that a slot (and the iocb inside
@@ -60,6 +59,11 @@ struct Slot {
     detached: bool,
     /// The scope the request belongs to (0: none).
     scope: u64,
+    /// The driver it went to.
+    route: Route,
+    /// Bytes a short `RWF_NOWAIT` read got from the kernel before the
+    /// engine was sent the rest; added to the engine's result.
+    carried: i64,
     /// The async front-end's task waiting for the request.
     waker: Option<Waker>,
 }
@@ -78,6 +82,8 @@ impl Slot {
             generation: 0,
             detached: false,
             scope: 0,
+            route: Route::Unrouted,
+            carried: 0,
             waker: None,
         }
     }
@@ -160,6 +166,18 @@ pub struct Stats {
     pub ring_reaps: u64,
     /// Events processed (from the ring or from `io_getevents`).
     pub completions: u64,
+    /// Of `submitted`, the requests the userspace engine ran
+    /// ([`Driver::Engine`](crate::Driver::Engine), or
+    /// [`Driver::Auto`](crate::Driver::Auto) for buffered writes, pipes,
+    /// sockets and page-cache misses).
+    pub engine_submitted: u64,
+    /// Buffered reads that `Auto` tried in the kernel with `RWF_NOWAIT`
+    /// and handed (in whole or in part) to the engine because the data
+    /// was not all in the page cache.
+    pub nowait_retries: u64,
+    /// Sleeps on `Auto`'s eventfd, when both drivers had requests in
+    /// flight (counted apart from `getevents_calls`).
+    pub eventfd_waits: u64,
 }
 
 /// What [`Core::submit_some`] left behind.
@@ -192,13 +210,19 @@ impl Key {
 }
 
 pub(crate) struct Core {
-    backend: Box<dyn Backend>,
+    drivers: Drivers,
     slab: Slab,
     queue: VecDeque<u32>,
-    /// Scratch for `io_submit`'s pointer array.
-    ptrs: Vec<*mut Iocb>,
+    /// Scratch for `io_submit`'s pointer arrays, one per driver, and the
+    /// slots they point into.
+    ptrs: [Vec<*mut Iocb>; 2],
+    batch: [Vec<u32>; 2],
+    /// A request went back to the queue after its event (a page-cache
+    /// miss of `Auto`): it must be submitted again.
+    requeued: bool,
     /// Scratch for reaped events.
     events: Box<[IoEvent]>,
+    /// Requests in flight in both drivers.
     in_flight: usize,
     /// The most requests handed to the kernel at once (the queue depth).
     limit: usize,
@@ -225,22 +249,20 @@ pub(crate) struct Core {
 unsafe impl Send for Core {}
 
 impl Core {
-    pub(crate) fn new(
-        backend: Box<dyn Backend>,
-        depth: usize,
-        resfd: Option<RawFd>,
-        check_direct: bool,
-    ) -> Core {
+    pub(crate) fn new(drivers: Drivers, depth: usize, check_direct: bool) -> Core {
         // Preallocate the slots one queue depth needs.
         let mut slab = Slab::new();
         while slab.len() < depth {
             slab.grow();
         }
+        let resfd = drivers.resfd();
         Core {
-            backend,
+            drivers,
             slab,
             queue: VecDeque::with_capacity(depth),
-            ptrs: Vec::with_capacity(depth),
+            ptrs: [Vec::with_capacity(depth), Vec::with_capacity(depth)],
+            batch: [Vec::with_capacity(depth), Vec::with_capacity(depth)],
+            requeued: false,
             events: vec![IoEvent::default(); depth.max(1)].into_boxed_slice(),
             in_flight: 0,
             limit: depth.max(1),
@@ -283,7 +305,13 @@ impl Core {
     }
 
     pub(crate) fn reaps_ring(&self) -> bool {
-        self.backend.reaps_ring()
+        self.drivers.reaps_ring()
+    }
+
+    /// Whether a request went back to the queue since the last call (see
+    /// `requeued`): the caller must submit again.
+    pub(crate) fn take_requeued(&mut self) -> bool {
+        mem::take(&mut self.requeued)
     }
 
     /// Prepares a request in a free slot and queues it.
@@ -318,6 +346,8 @@ impl Core {
         slot.synchronous = false;
         slot.early = None;
         slot.checked = !self.check_direct;
+        slot.route = Route::Unrouted;
+        slot.carried = 0;
         slot.state = State::Queued;
         self.stats.requests += 1;
         self.queue.push_back(idx);
@@ -401,38 +431,104 @@ impl Core {
                 }
             }
             let n = room.min(self.queue.len());
-            self.ptrs.clear();
+            let mut classes = ClassCache::default();
+            for side in 0..2 {
+                self.ptrs[side].clear();
+                self.batch[side].clear();
+            }
             for i in 0..n {
                 let idx = self.queue[i];
-                let iocb: *mut Iocb = &mut self.slab.slot(idx).iocb;
-                self.ptrs.push(iocb);
+                let slot = self.slab.slot(idx);
+                if slot.route == Route::Unrouted {
+                    slot.route = self.drivers.route(&mut slot.iocb, &mut classes);
+                }
+                let side = slot.route.side();
+                let iocb: *mut Iocb = &mut slot.iocb;
+                self.ptrs[side].push(iocb);
+                self.batch[side].push(idx);
             }
-            self.stats.submit_calls += 1;
-            // SAFETY: each pointer is the iocb of a queued slot, in a boxed
-            // chunk that neither moves nor is freed while the core lives.
-            // What the iocbs point at (the slot's iovec array, the buffers
-            // in the slot's `keep`, or buffers borrowed by a scope that
-            // waits for its requests) is left untouched until the slot's
-            // event has been processed.
-            let result = unsafe { self.backend.submit(&self.ptrs) };
-            match result {
-                Ok(k) if k > 0 => {
-                    for _ in 0..k {
-                        let idx = self.queue.pop_front().expect("submitted from the queue");
-                        self.slab.slot(idx).state = State::InFlight;
-                    }
-                    self.in_flight += k;
-                    self.stats.submitted += k as u64;
+            let mut progress = false;
+            for side in 0..2 {
+                if !self.ptrs[side].is_empty() {
+                    progress |= self.submit_side(side);
                 }
-                Ok(_) | Err(Errno::EAGAIN) if self.in_flight > 0 => return Submitted::Full,
-                Ok(_) => {
-                    let idx = self.queue.pop_front().expect("queue not empty");
-                    self.finish(idx, Errno::EAGAIN.as_res(), true);
+            }
+            // Out of the first `n`, keep in order those still queued.
+            let mut kept = 0;
+            for i in 0..n {
+                let idx = self.queue[i];
+                if self.slab.slot(idx).state == State::Queued {
+                    self.queue[kept] = idx;
+                    kept += 1;
                 }
-                Err(e) => {
-                    let idx = self.queue.pop_front().expect("queue not empty");
+            }
+            self.queue.drain(kept..n);
+            if !progress {
+                return Submitted::Full;
+            }
+        }
+    }
+
+    /// One `io_submit` of the batch prepared for one driver; whether it
+    /// made progress (accepted, refused or rerouted a request).
+    fn submit_side(&mut self, side: usize) -> bool {
+        let backend = match self.drivers.backend(side) {
+            Ok(b) => b,
+            Err(e) => {
+                // The engine's context could not be created.
+                for i in 0..self.batch[side].len() {
+                    let idx = self.batch[side][i];
+                    self.slab.slot(idx).early = Some(setup_error(self.limit as u32, e));
                     self.finish(idx, e.as_res(), true);
                 }
+                return true;
+            }
+        };
+        self.stats.submit_calls += 1;
+        // SAFETY: each pointer is the iocb of a queued slot, in a boxed
+        // chunk that neither moves nor is freed while the core lives.
+        // What the iocbs point at (the slot's iovec array, the buffers in
+        // the slot's `keep`, or buffers borrowed by a scope that waits for
+        // its requests) is left untouched until the slot's event has been
+        // processed.
+        let result = unsafe { backend.submit(&self.ptrs[side]) };
+        match result {
+            Ok(k) if k > 0 => {
+                for i in 0..k {
+                    let idx = self.batch[side][i];
+                    self.slab.slot(idx).state = State::InFlight;
+                }
+                self.in_flight += k;
+                self.drivers.in_flight[side] += k;
+                self.stats.submitted += k as u64;
+                if side == 1 {
+                    self.stats.engine_submitted += k as u64;
+                }
+                true
+            }
+            // Back-pressure: the rest waits for completions.
+            Ok(_) | Err(Errno::EAGAIN) if self.drivers.in_flight[side] > 0 => false,
+            refused => {
+                let e = refused.err().unwrap_or(Errno::EAGAIN);
+                let idx = self.batch[side][0];
+                let slot = self.slab.slot(idx);
+                if slot.route == Route::KernelNowait
+                    && self.drivers.nowait_refused(slot.iocb.fd(), e)
+                {
+                    // This filesystem does not do RWF_NOWAIT: route this
+                    // batch's reads again, knowing that.
+                    for i in 0..self.batch[side].len() {
+                        let slot = self.slab.slot(self.batch[side][i]);
+                        if slot.route == Route::KernelNowait {
+                            slot.route = Route::Unrouted;
+                            slot.iocb.aio_rw_flags =
+                                slot.iocb.aio_rw_flags.difference(RwFlags::NOWAIT);
+                        }
+                    }
+                } else {
+                    self.finish(idx, e.as_res(), true);
+                }
+                true
             }
         }
     }
@@ -452,13 +548,25 @@ impl Core {
                 debug_assert!(false, "event for a slot not in flight: {ev:?}");
                 continue;
             }
+            self.in_flight -= 1;
+            self.drivers.in_flight[slot.route.side()] -= 1;
+            if slot.route == Route::KernelNowait && continue_on_engine(slot, ev.res) {
+                self.stats.nowait_retries += 1;
+                self.queue.push_front(key.idx);
+                self.requeued = true;
+                continue;
+            }
             slot.state = State::Done;
-            slot.res = ev.res;
+            slot.res = match ev.res {
+                // Data came before the error: a short read.
+                e if e < 0 && slot.carried > 0 => slot.carried,
+                e if e < 0 => e,
+                n => n + slot.carried,
+            };
             let scope = slot.scope;
             if let Some(w) = slot.waker.take() {
                 self.wakers.push(w);
             }
-            self.in_flight -= 1;
             if scope != 0 {
                 self.scope_count(scope, -1);
             }
@@ -479,7 +587,7 @@ impl Core {
     pub(crate) fn reap_ring(&mut self) -> usize {
         let mut total = 0;
         loop {
-            let n = self.backend.try_reap(&mut self.events);
+            let n = self.drivers.try_reap(&mut self.events);
             if n == 0 {
                 return total;
             }
@@ -489,24 +597,27 @@ impl Core {
         }
     }
 
-    /// `io_getevents` for at least `min_nr` events.
-    fn reap_syscall(&mut self, min_nr: usize, timeout: Option<Duration>) -> Result<usize, Errno> {
-        self.stats.getevents_calls += 1;
-        let n = self.backend.wait(min_nr, &mut self.events, timeout)?;
+    /// Sleeps in the drivers until some event may be ready, and
+    /// processes what that returned.
+    fn reap_sleep(&mut self) -> Result<usize, Errno> {
+        let n = self.drivers.wait(&mut self.events, &mut self.stats)?;
         self.process(n);
         Ok(n)
     }
 
-    /// Processes whatever has completed, without sleeping (from the ring,
-    /// or with a zero-timeout `io_getevents` when not reaping the ring).
+    /// Processes whatever has completed, without sleeping (from the rings,
+    /// or with a zero-timeout `io_getevents` from a driver that does not
+    /// reap its ring).
     pub(crate) fn reap_nonblocking(&mut self) -> usize {
-        if self.backend.reaps_ring() {
-            self.reap_ring()
-        } else if self.in_flight > 0 {
-            self.reap_syscall(0, Some(Duration::ZERO)).unwrap_or(0)
-        } else {
-            0
+        let mut total = self.reap_ring();
+        if self.in_flight > 0 {
+            let n = self
+                .drivers
+                .poll_syscall(&mut self.events, &mut self.stats.getevents_calls);
+            self.process(n);
+            total += n;
         }
+        total
     }
 
     /// Makes progress until `done` holds: submits what fits, reaps the
@@ -532,7 +643,7 @@ impl Core {
                 }
                 continue;
             }
-            match self.reap_syscall(1, None) {
+            match self.reap_sleep() {
                 Ok(_) | Err(Errno::EINTR) => {}
                 Err(e) => return Err(e),
             }
@@ -627,7 +738,7 @@ impl Core {
                 let iocb: *mut Iocb = &mut slot.iocb;
                 // SAFETY: the iocb is the one this poll was submitted from;
                 // its slot does not move. Its event still arrives.
-                let _ = unsafe { self.backend.cancel(iocb) };
+                let _ = unsafe { self.drivers.cancel(slot.route, iocb) };
             }
         }
     }
@@ -714,7 +825,7 @@ impl Core {
                     // SAFETY: the iocb this poll was submitted from, in a
                     // slot that does not move; its event still arrives and
                     // releases the slot.
-                    let _ = unsafe { self.backend.cancel(iocb) };
+                    let _ = unsafe { self.drivers.cancel(slot.route, iocb) };
                 }
                 (Erased::empty(), waker)
             }
@@ -748,7 +859,7 @@ impl Core {
             if slot.state == State::InFlight && slot.iocb.aio_lio_opcode == Opcode::POLL {
                 let iocb: *mut Iocb = &mut slot.iocb;
                 // SAFETY: as in `withdraw`.
-                let _ = unsafe { self.backend.cancel(iocb) };
+                let _ = unsafe { self.drivers.cancel(slot.route, iocb) };
             }
         }
         self.drive(|c| c.in_flight == 0)
@@ -762,9 +873,60 @@ impl Drop for Core {
         // inside io_submit). io_destroy returns only when every submitted
         // request is done; only then may the slab drop the buffers.
         self.queue.clear();
-        if self.backend.destroy().is_err() {
+        if self.drivers.destroy().is_err() {
             // The kernel may still write the buffers: leak them.
             mem::forget(mem::replace(&mut self.slab, Slab::new()));
         }
     }
+}
+
+/// After a [`Route::KernelNowait`] read's event: whether the engine must
+/// run it (the kernel answered `EAGAIN`) or the rest of it (a short read,
+/// which is the page cache ending or the file ending; the engine tells
+/// which). Prepares the slot for that: `RWF_NOWAIT` off, the done part
+/// skipped and counted in `carried`.
+fn continue_on_engine(slot: &mut Slot, res: i64) -> bool {
+    let iocb = &mut slot.iocb;
+    let vectored = iocb.aio_lio_opcode.is_vectored();
+    let len: u64 = if vectored {
+        slot.iovs.iter().map(|v| v.iov_len).sum()
+    } else {
+        iocb.aio_nbytes
+    };
+    let rest = if res == Errno::EAGAIN.as_res() {
+        0
+    } else if res > 0 && (res as u64) < len {
+        res as u64
+    } else {
+        return false;
+    };
+    if rest > 0 {
+        if vectored {
+            let mut skip = rest;
+            let whole = slot.iovs.iter().take_while(|v| {
+                let all = v.iov_len <= skip;
+                if all {
+                    skip -= v.iov_len;
+                }
+                all
+            });
+            let whole = whole.count();
+            slot.iovs.drain(..whole);
+            if let Some(first) = slot.iovs.first_mut() {
+                first.iov_base += skip;
+                first.iov_len -= skip;
+            }
+            iocb.aio_buf = slot.iovs.as_ptr() as u64;
+            iocb.aio_nbytes = slot.iovs.len() as u64;
+        } else {
+            iocb.aio_buf += rest;
+            iocb.aio_nbytes -= rest;
+        }
+        iocb.aio_offset += rest as i64;
+        slot.carried += rest as i64;
+    }
+    iocb.aio_rw_flags = iocb.aio_rw_flags.difference(RwFlags::NOWAIT);
+    slot.route = Route::Engine;
+    slot.state = State::Queued;
+    true
 }

@@ -2,19 +2,22 @@
 //! `io_getevents`, `IOCB_CMD_PREADV`/`PWRITEV`), safe to use from safe code.
 //!
 //! ```
-//! use aio::{Context, ReadV, Write};
+//! use aio::{Context, Read, ReadV, Write};
 //!
 //! let file = tempfile::tempfile().unwrap();
 //! let ctx = Context::new(64).unwrap();
-//! // Queue a write and a two-segment read; both reach the kernel in one
-//! // io_submit. Buffers move into the requests and come back with results.
-//! let write = ctx.push(Write::new(&file, b"hello world".to_vec(), 0));
-//! let read = ctx.push(ReadV::new(&file, vec![vec![0u8; 6], vec![0u8; 5]], 0));
-//! let (n, _) = write.wait();
+//! // Buffers move into the requests and come back with the results.
+//! let (n, _) = ctx.run(Write::new(&file, b"hello world".to_vec(), 0));
 //! assert_eq!(n.unwrap(), 11);
-//! let (n, bufs) = read.wait();
+//! // Requests queued together are submitted together (one io_submit per
+//! // driver) and, as always with AIO, complete in any order.
+//! let both = ctx.push(ReadV::new(&file, vec![vec![0u8; 6], vec![0u8; 5]], 0));
+//! let tail = ctx.push(Read::new(&file, vec![0u8; 5], 6));
+//! let (n, bufs) = both.wait();
 //! assert_eq!(n.unwrap(), 11);
 //! assert_eq!((&bufs[0][..], &bufs[1][..]), (&b"hello "[..], &b"world"[..]));
+//! let (n, buf) = tail.wait();
+//! assert_eq!((n.unwrap(), &buf[..]), (5, &b"world"[..]));
 //! ```
 //!
 //! # Ownership: why the kernel never writes freed memory

@@ -54,6 +54,8 @@ pub(crate) struct EngineFile {
     fd: Arc<OwnedFd>,
     /// `st_mode & S_IFMT`.
     fmt: u32,
+    /// `(st_dev, st_ino)`: appends to one inode run in submission order.
+    inode: (u64, u64),
     mode: FileMode,
     kind: Kind,
     shared: Arc<Shared>,
@@ -217,6 +219,7 @@ pub(crate) fn fget(shared: &Arc<Shared>, fd: i32) -> Result<Arc<dyn File>, Errno
     Ok(Arc::new(EngineFile {
         fd: Arc::new(owned),
         fmt,
+        inode: (st.st_dev, st.st_ino),
         mode,
         kind,
         shared: shared.clone(),
@@ -340,7 +343,12 @@ impl EngineFile {
         let op = op.clone();
         let done = done.clone();
         let other = self.kind == Kind::Other;
-        self.shared.pool.run(move || {
+        // Linux places appends at the end in submission order (each takes
+        // the inode lock inside io_submit); workers must not reorder them.
+        let appends = write
+            && (op.flags.contains(RwFlags::APPEND)
+                || (self.mode.append && !op.flags.contains(RwFlags::NOAPPEND)));
+        let job = move || {
             let raw = fd.as_raw_fd();
             // SAFETY: the segments were lent by the caller of
             // `Engine::io_submit` until the event is posted.
@@ -357,7 +365,12 @@ impl EngineFile {
                 IoStatus::Error(last_errno())
             };
             done.finish(status);
-        });
+        };
+        if appends {
+            self.shared.pool.run_ordered(self.inode, job);
+        } else {
+            self.shared.pool.run(job);
+        }
         IoStatus::Queued
     }
 }

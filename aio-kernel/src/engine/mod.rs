@@ -72,8 +72,8 @@ mod poller;
 mod workers;
 
 use std::cell::Cell;
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicPtr, AtomicU32, Ordering};
 use std::time::Instant;
 
 use aio_abi::{AioContext, Errno, IoEvent, Iocb, RwFlags};
@@ -421,10 +421,37 @@ impl Engine {
         }
     }
 
-    /// The process-wide engine (created on first use, never dropped).
+    /// The engine of this process (created on first use, never dropped).
+    /// A `fork` child gets an engine of its own on its first call, as it
+    /// would get a fresh AIO state from Linux: the parent's has no threads
+    /// in the child.
     pub fn global() -> &'static Engine {
-        static GLOBAL: OnceLock<Engine> = OnceLock::new();
-        GLOBAL.get_or_init(Engine::new)
+        static GLOBAL: AtomicPtr<Engine> = AtomicPtr::new(core::ptr::null_mut());
+        let pid = std::process::id();
+        let current = |p: *mut Engine| {
+            // SAFETY: a non-null pointer here was installed below from
+            // `Box::into_raw` and is never freed.
+            (!p.is_null())
+                .then(|| unsafe { &*p })
+                .filter(|e| e.pid == pid)
+        };
+        loop {
+            let seen = GLOBAL.load(Ordering::Acquire);
+            if let Some(e) = current(seen) {
+                return e;
+            }
+            // No lock: a child forked while another thread held one would
+            // wait forever. The parent's engine, if any, is leaked in the
+            // child: its threads are gone.
+            let new = std::boxed::Box::into_raw(std::boxed::Box::new(Engine::new()));
+            match GLOBAL.compare_exchange(seen, new, Ordering::AcqRel, Ordering::Acquire) {
+                // SAFETY: just leaked; never freed from now on.
+                Ok(_) => return unsafe { &*new },
+                // Another thread installed one first; ours has no context.
+                // SAFETY: `new` came from Box::into_raw and was not shared.
+                Err(_) => drop(unsafe { std::boxed::Box::from_raw(new) }),
+            }
+        }
     }
 
     /// `aio-nr` of this engine.

@@ -1,7 +1,7 @@
 //! The worker pool: blocking I/O runs here, never in `io_submit`.
 
 use std::boxed::Box;
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
@@ -13,6 +13,9 @@ struct State {
     threads: usize,
     /// Set when the engine goes away: workers leave once the queue is empty.
     closing: bool,
+    /// Jobs that must run one at a time, in order, per key; a key is here
+    /// while a job of it is queued or running.
+    lanes: HashMap<(u64, u64), VecDeque<Job>>,
 }
 
 struct Inner {
@@ -34,6 +37,7 @@ impl Pool {
                 idle: 0,
                 threads: 0,
                 closing: false,
+                lanes: HashMap::new(),
             }),
             cv: Condvar::new(),
             max: max.max(1),
@@ -59,6 +63,37 @@ impl Pool {
 }
 
 impl Pool {
+    /// Runs `job` after every job given earlier with the same `lane` has
+    /// finished; lanes run in parallel with each other and with `run`.
+    pub(crate) fn run_ordered(&self, lane: (u64, u64), job: impl FnOnce() + Send + 'static) {
+        {
+            let mut s = self.0.state.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(waiting) = s.lanes.get_mut(&lane) {
+                // The lane's runner will get to it.
+                waiting.push_back(Box::new(job));
+                return;
+            }
+            s.lanes.insert(lane, VecDeque::new());
+        }
+        let inner = self.0.clone();
+        self.run(move || {
+            job();
+            loop {
+                let next = {
+                    let mut s = inner.state.lock().unwrap_or_else(|e| e.into_inner());
+                    match s.lanes.get_mut(&lane).and_then(VecDeque::pop_front) {
+                        Some(next) => next,
+                        None => {
+                            s.lanes.remove(&lane);
+                            return;
+                        }
+                    }
+                };
+                next();
+            }
+        });
+    }
+
     /// Lets every worker finish the queue and exit.
     pub(crate) fn shutdown(&self) {
         self.0

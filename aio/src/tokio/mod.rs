@@ -74,16 +74,17 @@
 //! The context itself (`io_destroy`, which also waits for in-flight
 //! requests) goes when the last handle, file and future are gone.
 //!
-//! # Limitation: buffered I/O blocks the worker
+//! # No worker blocks in `io_submit`
 //!
 //! Linux completes buffered file I/O (and a read of an empty pipe or
-//! socket) inside `io_submit`: submitting it blocks the tokio worker
-//! thread that polls the future for as long as the I/O takes, like a
-//! synchronous `pread`. Only `O_DIRECT` reads and writes (see
-//! [`OpenOptions::direct`]) and [`poll`] are truly asynchronous with this
-//! driver. Routing buffered files to the userspace engine, which runs them
-//! on its own threads, is planned; until then use `O_DIRECT`, or
-//! `tokio::fs` for buffered files whose pages may not be cached.
+//! socket) inside `io_submit`, which would block the tokio worker that
+//! polls the future. Handles use [`Driver::Auto`](crate::Driver::Auto) by
+//! default: `O_DIRECT` I/O, polls and syncs go to the kernel, page-cached
+//! reads are copied by the kernel with `RWF_NOWAIT` (which never waits),
+//! and everything that could wait — cold reads, buffered writes, pipes,
+//! sockets — runs on the userspace engine's threads. With
+//! [`Driver::Kernel`](crate::Driver::Kernel) only `O_DIRECT` reads and
+//! writes and [`poll`] are truly asynchronous.
 
 mod file;
 
@@ -105,6 +106,7 @@ use aio_abi::{Errno, PollEvents};
 
 use crate::context::{ContextBuilder, Reap};
 use crate::core::{Core, Key, Stats, Submitted};
+use crate::driver::Driver;
 use crate::erased::Erased;
 use crate::error::explained;
 use crate::op::{Operation, Poll};
@@ -142,6 +144,13 @@ impl Builder {
     /// ring).
     pub fn reap(mut self, reap: Reap) -> Self {
         self.inner = self.inner.reap(reap);
+        self
+    }
+
+    /// What executes the requests (default [`Driver::Auto`], under which no
+    /// worker thread waits inside `io_submit`).
+    pub fn driver(mut self, driver: Driver) -> Self {
+        self.inner = self.inner.driver(driver);
         self
     }
 
@@ -392,16 +401,22 @@ struct State {
 }
 
 impl State {
-    /// Submits what is queued (as much as the ring has room for), then
-    /// processes the events already in the ring: buffered I/O completes
-    /// inside `io_submit`, so its futures are woken without waiting for
-    /// the driver task.
+    /// Submits what is queued (as much as the rings have room for), then
+    /// processes the events already in the rings: page-cached reads
+    /// complete inside `io_submit`, so their futures are woken without
+    /// waiting for the driver task. Reads that missed the page cache come
+    /// back to the queue and are submitted again, to the engine.
     fn flush(&mut self) {
         self.owed = false;
         // Events already there free ring slots for this submission.
         self.core.reap_ring();
-        self.backlog = self.core.submit_some() == Submitted::Full;
-        self.core.reap_ring();
+        loop {
+            self.backlog = self.core.submit_some() == Submitted::Full;
+            self.core.reap_ring();
+            if !self.core.take_requeued() || self.backlog {
+                break;
+            }
+        }
     }
 
     /// Queues the request of a future's first poll; returns the batch it
@@ -653,7 +668,7 @@ impl Future for DriverTask {
             // A batch owed since before the previous driver poll: its
             // flusher is not being polled; submit for it.
             let stale = st.owed && st.owed_since + 1 < st.driver_polls;
-            if st.backlog || stale {
+            if st.backlog || stale || st.core.take_requeued() {
                 st.flush();
             }
             let done = st.orphaned && st.core.in_flight() == 0 && st.core.queued() == 0;
