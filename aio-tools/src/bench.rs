@@ -4,10 +4,11 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aio::{AlignedBuf, Context, ReadV, Ticket, WriteV};
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::stats::{Latencies, mib_per_s, parse_duration, parse_size, per_s};
 use crate::vectest::{Rng, block_device_size};
@@ -75,10 +76,78 @@ pub struct BenchArgs {
     /// Seed of the offsets.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
-    /// The aio API that issues the requests (--batch applies to sync only:
-    /// tokio tasks refill as they complete).
-    #[arg(long, value_enum, default_value_t = crate::Api::Sync)]
-    pub api: crate::Api,
+    /// What issues the requests: aio's sync or tokio API, or `tokio-fs`
+    /// (tokio's own file I/O, for comparison; no AIO). --batch applies to
+    /// sync only: tasks refill as they complete.
+    #[arg(long, value_enum, default_value_t = BenchApi::Sync)]
+    pub api: BenchApi,
+}
+
+/// What issues the requests of `aio-tools bench`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum BenchApi {
+    /// `aio::Context` from this thread.
+    Sync,
+    /// `aio::tokio`: one task per request on a current-thread runtime.
+    Tokio,
+    /// Not AIO: what `tokio::fs` does, for comparison. One task per request
+    /// on a current-thread runtime awaits `tokio::task::spawn_blocking` of a
+    /// positional `read_exact_at`/`write_all_at` on the request's own
+    /// contiguous buffer (segments are copied in and out of it, as
+    /// `tokio::fs::File` copies through its internal buffer and turns a
+    /// vectored write into one `write`). `tokio::fs::File` itself has no
+    /// positional I/O (N concurrent requests would each need their own
+    /// handle and a seek, a second blocking hop) and its internal buffer is
+    /// not aligned for `O_DIRECT`; this is the cheapest way through tokio's
+    /// blocking pool, i.e. `tokio::fs` at its best.
+    TokioFs,
+}
+
+impl BenchApi {
+    /// The name used in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            BenchApi::Sync => "sync",
+            BenchApi::Tokio => "tokio",
+            BenchApi::TokioFs => "tokio-fs",
+        }
+    }
+
+    /// The `aio` API behind it, if any.
+    fn aio(self) -> Option<crate::Api> {
+        match self {
+            BenchApi::Sync => Some(crate::Api::Sync),
+            BenchApi::Tokio => Some(crate::Api::Tokio),
+            BenchApi::TokioFs => None,
+        }
+    }
+}
+
+/// What runs the requests: an `aio` issuer, or a tokio runtime for
+/// `--api tokio-fs`.
+enum Runner {
+    Aio(Issuer),
+    TokioFs(tokio::runtime::Runtime),
+}
+
+impl Runner {
+    fn new(api: BenchApi, depth: u32) -> io::Result<Runner> {
+        match api.aio() {
+            Some(api) => Ok(Runner::Aio(Issuer::new(api, depth)?)),
+            None => Ok(Runner::TokioFs(
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?,
+            )),
+        }
+    }
+
+    fn stats(&self) -> Option<aio::Stats> {
+        match self {
+            Runner::Aio(i) => Some(i.stats()),
+            Runner::TokioFs(_) => None,
+        }
+    }
 }
 
 struct Target {
@@ -188,7 +257,8 @@ struct Measured {
     latencies: Latencies,
     cpu_user: Duration,
     cpu_sys: Duration,
-    stats: aio::Stats,
+    /// The context's counters over the run (none for tokio-fs).
+    stats: Option<aio::Stats>,
 }
 
 fn cpu_times() -> (Duration, Duration) {
@@ -254,7 +324,7 @@ impl Measured {
     }
 }
 
-fn measure(args: &BenchArgs, t: &Target, issuer: &Issuer) -> Measured {
+fn measure(args: &BenchArgs, t: &Target, runner: &Runner) -> Measured {
     let mut m = Measured {
         requests: 0,
         bytes: 0,
@@ -264,23 +334,44 @@ fn measure(args: &BenchArgs, t: &Target, issuer: &Issuer) -> Measured {
         latencies: Latencies::default(),
         cpu_user: Duration::ZERO,
         cpu_sys: Duration::ZERO,
-        stats: issuer.stats(),
+        stats: None,
     };
+    let before = runner.stats();
+    // Writes write incompressible data, as fio's do: zram stores a page of
+    // zeros (or of one repeated word) without compressing it.
+    let rng = std::cell::RefCell::new(Rng::new(args.seed ^ 0x5eed_b0f5));
     let buffers = || -> Vec<AlignedBuf> {
+        let mut rng = rng.borrow_mut();
         (0..args.segments)
-            .map(|_| AlignedBuf::new(args.bs as usize, t.align))
+            .map(|_| {
+                let mut b = AlignedBuf::new(args.bs as usize, t.align);
+                for w in b.chunks_mut(8) {
+                    w.copy_from_slice(&rng.next_u64().to_le_bytes()[..w.len()]);
+                }
+                b
+            })
             .collect()
     };
     let mut offsets = Offsets::new(args, t);
     let (u0, s0) = cpu_times();
     let start = Instant::now();
     let deadline = start + args.runtime;
-    match issuer {
-        Issuer::Sync(ctx) => run_sync(args, t, ctx, &mut offsets, buffers, deadline, &mut m),
-        Issuer::Tokio(rt, handle) => rt.block_on(run_tokio(
+    match runner {
+        Runner::Aio(Issuer::Sync(ctx)) => {
+            run_sync(args, t, ctx, &mut offsets, buffers, deadline, &mut m)
+        }
+        Runner::Aio(Issuer::Tokio(rt, handle)) => rt.block_on(run_tokio(
             args,
             t,
             handle,
+            &mut offsets,
+            buffers,
+            deadline,
+            &mut m,
+        )),
+        Runner::TokioFs(rt) => rt.block_on(run_tokio_fs(
+            args,
+            t,
             &mut offsets,
             buffers,
             deadline,
@@ -291,15 +382,16 @@ fn measure(args: &BenchArgs, t: &Target, issuer: &Issuer) -> Measured {
     let (u1, s1) = cpu_times();
     m.cpu_user = u1 - u0;
     m.cpu_sys = s1 - s0;
-    let after = issuer.stats();
-    m.stats = aio::Stats {
-        requests: after.requests - m.stats.requests,
-        submitted: after.submitted - m.stats.submitted,
-        submit_calls: after.submit_calls - m.stats.submit_calls,
-        getevents_calls: after.getevents_calls - m.stats.getevents_calls,
-        ring_reaps: after.ring_reaps - m.stats.ring_reaps,
-        completions: after.completions - m.stats.completions,
-    };
+    m.stats = before.zip(runner.stats()).map(|(b, a)| aio::Stats {
+        requests: a.requests - b.requests,
+        submitted: a.submitted - b.submitted,
+        submit_calls: a.submit_calls - b.submit_calls,
+        getevents_calls: a.getevents_calls - b.getevents_calls,
+        ring_reaps: a.ring_reaps - b.ring_reaps,
+        completions: a.completions - b.completions,
+        // Counters added later (driver-specific) as they stand at the end.
+        ..a
+    });
     m
 }
 
@@ -413,6 +505,69 @@ async fn run_tokio(
     }
 }
 
+/// `--api tokio-fs`: see [`BenchApi::TokioFs`]. One task per request in
+/// flight; each awaits one `spawn_blocking` that does the whole request.
+async fn run_tokio_fs(
+    args: &BenchArgs,
+    t: &Target,
+    offsets: &mut Offsets,
+    buffers: impl Fn() -> Vec<AlignedBuf>,
+    deadline: Instant,
+    m: &mut Measured,
+) {
+    let file = match t.file.try_clone() {
+        Ok(f) => Arc::new(f),
+        Err(e) => {
+            m.record(Err(e), Duration::ZERO);
+            return;
+        }
+    };
+    let req_len = (args.bs * args.segments as u64) as usize;
+    // A request's buffers: its segments and the contiguous buffer that
+    // the blocking call reads into or writes from.
+    type Bufs = (Vec<AlignedBuf>, AlignedBuf);
+    let mut set = tokio::task::JoinSet::new();
+    let mut spawn = |set: &mut tokio::task::JoinSet<_>, (mut segs, mut flat): Bufs| {
+        let (off, write) = offsets.next(args.rw);
+        let started = Instant::now();
+        let file = Arc::clone(&file);
+        set.spawn(async move {
+            let blocking = tokio::task::spawn_blocking(move || {
+                let r = if write {
+                    let mut at = 0;
+                    for s in &segs {
+                        flat[at..at + s.len()].copy_from_slice(s);
+                        at += s.len();
+                    }
+                    file.write_all_at(&flat, off)
+                } else {
+                    file.read_exact_at(&mut flat, off).map(|()| {
+                        let mut at = 0;
+                        for s in segs.iter_mut() {
+                            let n = s.len();
+                            s.copy_from_slice(&flat[at..at + n]);
+                            at += n;
+                        }
+                    })
+                };
+                (r.map(|()| flat.len()), (segs, flat))
+            });
+            let (r, bufs) = blocking.await.expect("a blocking bench call panicked");
+            (r, bufs, started)
+        });
+    };
+    for _ in 0..args.iodepth {
+        spawn(&mut set, (buffers(), AlignedBuf::new(req_len, t.align)));
+    }
+    while let Some(done) = set.join_next().await {
+        let (res, bufs, started) = done.expect("a bench task panicked");
+        m.record(res, started.elapsed());
+        if Instant::now() < deadline {
+            spawn(&mut set, bufs);
+        }
+    }
+}
+
 /// Runs the benchmark and prints it.
 pub fn run(args: &BenchArgs, out: Output) -> Exit {
     let t = match open(args) {
@@ -422,18 +577,19 @@ pub fn run(args: &BenchArgs, out: Output) -> Exit {
             return Exit::Usage;
         }
     };
-    let issuer = match Issuer::new(args.api, args.iodepth) {
+    let runner = match Runner::new(args.api, args.iodepth) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("aio-tools bench: cannot create an AIO context: {e}");
             return Exit::Usage;
         }
     };
-    let m = measure(args, &t, &issuer);
+    let m = measure(args, &t, &runner);
     let lat = m.latencies.summary_us();
     let cpu = m.cpu_user + m.cpu_sys;
     let cpu_per_req_us = cpu.as_nanos() as f64 / 1000.0 / m.requests.max(1) as f64;
-    let per_submit = m.stats.submitted as f64 / m.stats.submit_calls.max(1) as f64;
+    let stats = m.stats.unwrap_or_default();
+    let per_submit = stats.submitted as f64 / stats.submit_calls.max(1) as f64;
     match out {
         Output::Json => {
             let v = json!({
@@ -446,7 +602,7 @@ pub fn run(args: &BenchArgs, out: Output) -> Exit {
                 "direct": t.direct,
                 "size": t.size,
                 "api": args.api.name(),
-                "driver": "kernel",
+                "driver": if m.stats.is_some() { json!("kernel") } else { Value::Null },
                 "requests": m.requests,
                 "bytes": m.bytes,
                 "errors": m.errors,
@@ -460,12 +616,22 @@ pub fn run(args: &BenchArgs, out: Output) -> Exit {
                     "system_s": m.cpu_sys.as_secs_f64(),
                     "per_request_us": cpu_per_req_us,
                 },
-                "syscalls": {
-                    "io_submit": m.stats.submit_calls,
-                    "io_getevents": m.stats.getevents_calls,
-                    "ring_reaps": m.stats.ring_reaps,
+                "syscalls": m.stats.map(|s| json!({
+                    "io_submit": s.submit_calls,
+                    "io_getevents": s.getevents_calls,
+                    "ring_reaps": s.ring_reaps,
                     "requests_per_submit": per_submit,
-                },
+                })),
+                // aio's Context::stats() over the run, as counted by the
+                // context (none for tokio-fs).
+                "stats": m.stats.map(|s| json!({
+                    "requests": s.requests,
+                    "submitted": s.submitted,
+                    "submit_calls": s.submit_calls,
+                    "getevents_calls": s.getevents_calls,
+                    "ring_reaps": s.ring_reaps,
+                    "completions": s.completions,
+                })),
             });
             println!(
                 "{}",
@@ -498,10 +664,12 @@ pub fn run(args: &BenchArgs, out: Output) -> Exit {
                 m.cpu_sys.as_secs_f64(),
                 cpu_per_req_us
             );
-            println!(
-                "  syscalls: {} io_submit ({:.1} requests each), {} io_getevents, {} ring reaps",
-                m.stats.submit_calls, per_submit, m.stats.getevents_calls, m.stats.ring_reaps
-            );
+            if m.stats.is_some() {
+                println!(
+                    "  syscalls: {} io_submit ({:.1} requests each), {} io_getevents, {} ring reaps",
+                    stats.submit_calls, per_submit, stats.getevents_calls, stats.ring_reaps
+                );
+            }
             if let Some(e) = &m.first_error {
                 println!("  {} errors, the first: {e}", m.errors);
             }

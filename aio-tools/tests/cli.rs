@@ -428,3 +428,80 @@ fn vectest_and_bench_run_on_the_tokio_api() {
     assert!(v["requests"].as_u64().unwrap() > 100);
     assert_eq!(v["errors"], 0);
 }
+
+#[test]
+fn bench_json_carries_the_context_stats() {
+    let (_d, f) = file_in(&scratch_dir());
+    for api in ["sync", "tokio"] {
+        let r = run(&[
+            "bench",
+            &f,
+            "--size",
+            "8M",
+            "--runtime",
+            "300ms",
+            "--api",
+            api,
+            "--json",
+        ]);
+        assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+        let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+        let s = &v["stats"];
+        let requests = s["requests"].as_u64().unwrap();
+        assert!(requests >= v["requests"].as_u64().unwrap(), "{api}: {v}");
+        assert!(s["completions"].as_u64().unwrap() >= v["requests"].as_u64().unwrap());
+        assert!(s["submit_calls"].as_u64().unwrap() > 0, "{api}: {v}");
+        for k in ["getevents_calls", "ring_reaps"] {
+            assert!(s[k].is_u64(), "{api}: {k} in {v}");
+        }
+    }
+}
+
+#[test]
+fn bench_runs_tokio_fs_for_comparison() {
+    let (_d, f) = file_in(&scratch_dir());
+    let r = run(&[
+        "bench",
+        &f,
+        "--size",
+        "8M",
+        "--runtime",
+        "300ms",
+        "--api",
+        "tokio-fs",
+        "--json",
+    ]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(v["api"], "tokio-fs");
+    assert!(v["requests"].as_u64().unwrap() > 10, "{v}");
+    assert_eq!(v["errors"], 0);
+    assert!(
+        v["stats"].is_null() && v["syscalls"].is_null(),
+        "no AIO: {v}"
+    );
+    // Vectored writes: every byte of every segment is accounted for.
+    let r = run(&[
+        "bench",
+        &f,
+        "--size",
+        "8M",
+        "--runtime",
+        "300ms",
+        "--rw",
+        "randwrite",
+        "--segments",
+        "8",
+        "--iodepth",
+        "4",
+        "--api",
+        "tokio-fs",
+        "--json",
+    ]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(
+        v["bytes"].as_u64().unwrap(),
+        v["requests"].as_u64().unwrap() * 8 * 4096
+    );
+}

@@ -6,6 +6,15 @@
 //! file (buffered). Every cell (target × workload × contender) runs
 //! `--repeats` times, contenders interleaved inside each repeat so that
 //! drift of the machine hits all of them alike; the median is reported.
+//!
+//! The page-cached target must stay cached for every contender: fio runs
+//! with `--invalidate=0` (its default, 1, drops the file's pages with
+//! `POSIX_FADV_DONTNEED` before each job, which turned the cached target
+//! into a disk benchmark at ~2k IOPS), the file is read through before
+//! every cell, and how much of it is resident after each cell is checked
+//! with `fincore` (a warning names every run that left less than 99%).
+//! File targets are also flushed (`fdatasync`) before every cell, so that
+//! one contender's writeback does not land in the next one's cell.
 
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -92,7 +101,16 @@ enum Contender {
     FioLibaioBest,
     FioIoUring,
     FioPsync2,
+    /// `aio-tools bench --api sync` (kernel driver).
     AioSyncKernel,
+    /// `aio-tools bench --api tokio` (kernel driver).
+    AioTokioKernel,
+    /// `aio-tools bench --api tokio-fs`: tokio's blocking-pool file I/O,
+    /// no AIO (see `BenchApi::TokioFs` in aio-tools/src/bench.rs).
+    TokioFs,
+    // Driver-specific contenders go here (and in CONTENDERS, name() and
+    // bench_args()): e.g. AioSyncEngine / AioSyncAuto / AioTokioEngine,
+    // whose bench_args() add `--driver engine|auto`.
 }
 
 const CONTENDERS: &[Contender] = &[
@@ -101,6 +119,9 @@ const CONTENDERS: &[Contender] = &[
     Contender::FioIoUring,
     Contender::FioPsync2,
     Contender::AioSyncKernel,
+    Contender::AioTokioKernel,
+    // <- the engine/auto driver contenders slot in here.
+    Contender::TokioFs,
 ];
 
 impl Contender {
@@ -111,11 +132,53 @@ impl Contender {
             Contender::FioIoUring => "fio io_uring",
             Contender::FioPsync2 => "fio psync x2",
             Contender::AioSyncKernel => "aio sync/kernel",
+            Contender::AioTokioKernel => "aio tokio/kernel",
+            Contender::TokioFs => "tokio::fs",
         }
     }
 
-    fn is_ours(self) -> bool {
-        matches!(self, Contender::AioSyncKernel)
+    /// The arguments of `aio-tools bench` that make this contender; `None`
+    /// for fio.
+    fn bench_args(self) -> Option<&'static [&'static str]> {
+        match self {
+            Contender::FioLibaioDefault
+            | Contender::FioLibaioBest
+            | Contender::FioIoUring
+            | Contender::FioPsync2 => None,
+            Contender::AioSyncKernel => Some(&["--api", "sync"]),
+            Contender::AioTokioKernel => Some(&["--api", "tokio"]),
+            Contender::TokioFs => Some(&["--api", "tokio-fs"]),
+        }
+    }
+
+    /// Runs through `aio-tools bench` (ours, or tokio::fs for comparison).
+    fn is_tool(self) -> bool {
+        self.bench_args().is_some()
+    }
+
+    /// Uses the `aio` sync API (the syscall targets apply to these).
+    fn is_sync_api(self) -> bool {
+        self.bench_args()
+            .is_some_and(|a| a.windows(2).any(|w| w == ["--api", "sync"]))
+    }
+}
+
+/// The `aio::Context::stats()` counters of one run of ours.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+struct AioStats {
+    requests: f64,
+    submit_calls: f64,
+    getevents_calls: f64,
+    ring_reaps: f64,
+    completions: f64,
+}
+
+impl AioStats {
+    fn submits_per_request(&self) -> f64 {
+        self.submit_calls / self.requests.max(1.0)
+    }
+    fn getevents_per_request(&self) -> f64 {
+        self.getevents_calls / self.requests.max(1.0)
     }
 }
 
@@ -125,6 +188,11 @@ struct Sample {
     iops: f64,
     p99_us: f64,
     cpu_us_per_req: f64,
+    /// Ours (aio contenders) only.
+    stats: Option<AioStats>,
+    /// Cached target only: the fraction of the file in the page cache
+    /// after the run (from `fincore`).
+    resident_after: Option<f64>,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -164,6 +232,10 @@ fn fio(t: &Target, w: &Workload, c: Contender, runtime: u64) -> Result<Sample, S
         &format!("--bs={bs}"),
         &format!("--runtime={runtime}"),
         &format!("--direct={}", t.direct as u8),
+        // fio's default (1) drops the file's page cache before the job:
+        // the cached target would be read from disk. Ours never drops it;
+        // O_DIRECT targets do not use the cache.
+        "--invalidate=0",
     ]);
     if t.kind != TargetKind::Zram {
         cmd.arg(format!("--size={}", target_size(t.kind)));
@@ -187,7 +259,7 @@ fn fio(t: &Target, w: &Workload, c: Contender, runtime: u64) -> Result<Sample, S
         Contender::FioPsync2 => {
             cmd.args(["--ioengine=psync", "--numjobs=2", "--group_reporting"]);
         }
-        Contender::AioSyncKernel => unreachable!(),
+        _ => unreachable!("{c:?} is not fio"),
     }
     let out = run_capture(&mut cmd)?;
     let v: Value = serde_json::from_str(&out).map_err(|e| format!("fio's JSON: {e}"))?;
@@ -202,16 +274,18 @@ fn fio(t: &Target, w: &Workload, c: Contender, runtime: u64) -> Result<Sample, S
     let p99_ns = dir["clat_ns"]["percentile"]["99.000000"]
         .as_f64()
         .unwrap_or(0.0);
+    // With --group_reporting (psync x2) job_runtime is the sum over the
+    // jobs and usr_cpu/sys_cpu are per cent of that sum, so this is the
+    // CPU time of all jobs together, as total_ios counts all their I/O.
     let runtime_s = job["job_runtime"].as_f64().unwrap_or(0.0) / 1000.0;
-    let jobs = if c == Contender::FioPsync2 { 2.0 } else { 1.0 };
     let cpu_s = (job["usr_cpu"].as_f64().unwrap_or(0.0) + job["sys_cpu"].as_f64().unwrap_or(0.0))
         / 100.0
-        * runtime_s
-        / jobs;
+        * runtime_s;
     Ok(Sample {
         iops,
         p99_us: p99_ns / 1000.0,
         cpu_us_per_req: cpu_s * 1e6 / ios,
+        ..Sample::default()
     })
 }
 
@@ -222,7 +296,6 @@ fn ours(
     c: Contender,
     runtime: u64,
 ) -> Result<Sample, String> {
-    debug_assert_eq!(c, Contender::AioSyncKernel);
     let mut cmd = Command::new(tools);
     cmd.args([
         "bench",
@@ -240,6 +313,7 @@ fn ours(
         "--runtime",
         &format!("{runtime}s"),
     ]);
+    cmd.args(c.bench_args().expect("a contender of aio-tools bench"));
     if t.direct {
         cmd.arg("--direct");
     }
@@ -248,11 +322,29 @@ fn ours(
     }
     let out = run_capture(&mut cmd)?;
     let v: Value = serde_json::from_str(&out).map_err(|e| format!("aio-tools bench JSON: {e}"))?;
-    Ok(Sample {
+    Ok(parse_tool_json(&v))
+}
+
+/// A [`Sample`] from the JSON of `aio-tools bench`.
+fn parse_tool_json(v: &Value) -> Sample {
+    let st = &v["stats"];
+    let stats = st.is_object().then(|| {
+        let f = |k: &str| st[k].as_f64().unwrap_or(0.0);
+        AioStats {
+            requests: f("requests"),
+            submit_calls: f("submit_calls"),
+            getevents_calls: f("getevents_calls"),
+            ring_reaps: f("ring_reaps"),
+            completions: f("completions"),
+        }
+    });
+    Sample {
         iops: v["iops"].as_f64().unwrap_or(0.0),
         p99_us: v["latency_us"]["p99"].as_f64().unwrap_or(0.0),
         cpu_us_per_req: v["cpu"]["per_request_us"].as_f64().unwrap_or(0.0),
-    })
+        stats,
+        resident_after: None,
+    }
 }
 
 fn target_size(kind: TargetKind) -> u64 {
@@ -283,6 +375,44 @@ fn fill(path: &Path, size: u64) -> std::io::Result<()> {
         written += buf.len() as u64;
     }
     f.sync_all()
+}
+
+/// Reads `path` through, so that all of it is in the page cache.
+fn warm(path: &Path) -> std::io::Result<()> {
+    let mut f = std::fs::File::open(path)?;
+    let mut buf = vec![0u8; 1 << 20];
+    while std::io::Read::read(&mut f, &mut buf)? > 0 {}
+    Ok(())
+}
+
+/// Flushes a file target's dirty pages and, for the cached target, reads
+/// it through.
+fn settle(t: &Target) -> std::io::Result<()> {
+    if t.kind == TargetKind::Zram {
+        return Ok(());
+    }
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&t.path)?
+        .sync_data()?;
+    if t.kind == TargetKind::Cached {
+        warm(&t.path)?;
+    }
+    Ok(())
+}
+
+/// The fraction of `path` in the page cache, from util-linux's `fincore`.
+fn resident(path: &Path) -> Result<f64, String> {
+    let out = run_capture(
+        Command::new("fincore")
+            .args(["--bytes", "--noheadings", "--raw", "--output", "RES,SIZE"])
+            .arg(path),
+    )?;
+    let mut it = out.split_whitespace().map(|x| x.parse::<f64>());
+    match (it.next(), it.next()) {
+        (Some(Ok(res)), Some(Ok(size))) if size > 0.0 => Ok(res / size),
+        _ => Err(format!("cannot parse fincore's output: {out:?}")),
+    }
 }
 
 fn write_sysfs(path: &str, value: &str) -> std::io::Result<()> {
@@ -333,8 +463,15 @@ fn prepare(only: &[String], dir: &Path) -> Result<(Vec<Target>, Option<ZramGuard
             fill(&path, size).map_err(|e| format!("laying out {}: {e}", path.display()))?;
         }
         if kind == TargetKind::Cached {
-            // Read it once so that it is in the page cache.
-            std::fs::read(&path).map_err(|e| e.to_string())?;
+            warm(&path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+            let r = resident(&path)?;
+            if r < 0.99 {
+                return Err(format!(
+                    "{} is only {:.0}% in the page cache after reading it through (too little free memory?)",
+                    path.display(),
+                    r * 100.0
+                ));
+            }
         }
         targets.push(Target {
             name,
@@ -414,11 +551,24 @@ pub fn run(opts: &Options) -> Outcome {
                         c.name()
                     );
                     let _ = std::io::stdout().flush();
-                    let r = if c.is_ours() {
+                    // Untimed, before every cell: the previous cell's dirty
+                    // pages go to the device now, not during this cell; the
+                    // cached file is read through (fio's cells also run
+                    // with --invalidate=0).
+                    if let Err(e) = settle(t) {
+                        return Outcome::Failed(format!("{}: {e}", t.path.display()));
+                    }
+                    let r = if c.is_tool() {
                         ours(&tools, t, w, c, opts.runtime)
                     } else {
                         fio(t, w, c, opts.runtime)
                     };
+                    let r = r.and_then(|mut s| {
+                        if t.kind == TargetKind::Cached {
+                            s.resident_after = Some(resident(&t.path)?);
+                        }
+                        Ok(s)
+                    });
                     match r {
                         Ok(s) => {
                             let cell = cells
@@ -435,6 +585,7 @@ pub fn run(opts: &Options) -> Outcome {
     println!();
     let table = render_table(&cells);
     println!("{table}");
+    println!("{}", render_goals(&goals(&cells)));
     let json = to_json(&cells, opts);
     let json_path = out_dir.join("results.json");
     let svg_path = out_dir.join("iops-vs-depth.svg");
@@ -454,12 +605,41 @@ pub fn run(opts: &Options) -> Outcome {
     }
 }
 
-fn medians(s: &[Sample]) -> Sample {
-    Sample {
+/// The medians of a cell's runs.
+#[derive(Clone, Copy, Debug, Default)]
+struct Summary {
+    iops: f64,
+    p99_us: f64,
+    cpu_us_per_req: f64,
+    /// `io_submit` calls per request (aio contenders).
+    submits_per_req: Option<f64>,
+    /// `io_getevents` calls per request (aio contenders).
+    getevents_per_req: Option<f64>,
+    /// The least of the file resident after any run (cached target).
+    resident_min: Option<f64>,
+}
+
+fn medians(s: &[Sample]) -> Summary {
+    let stats: Vec<AioStats> = s.iter().filter_map(|x| x.stats).collect();
+    let of_stats = |f: fn(&AioStats) -> f64| {
+        (!stats.is_empty()).then(|| median(stats.iter().map(f).collect()))
+    };
+    Summary {
         iops: median(s.iter().map(|x| x.iops).collect()),
         p99_us: median(s.iter().map(|x| x.p99_us).collect()),
         cpu_us_per_req: median(s.iter().map(|x| x.cpu_us_per_req).collect()),
+        submits_per_req: of_stats(AioStats::submits_per_request),
+        getevents_per_req: of_stats(AioStats::getevents_per_request),
+        resident_min: s.iter().filter_map(|x| x.resident_after).reduce(f64::min),
     }
+}
+
+/// The median IOPS of a cell, if it ran.
+fn cell_iops(cells: &Cells, target: &str, workload: &str, c: Contender) -> Option<f64> {
+    cells
+        .iter()
+        .find(|x| x.0 == target && x.1 == workload && x.2 == c && !x.3.is_empty())
+        .map(|x| medians(&x.3).iops)
 }
 
 /// The best fio libaio configuration of a (target, workload): the reference
@@ -473,13 +653,27 @@ fn reference(cells: &Cells, target: &str, workload: &str) -> f64 {
         .fold(0.0, f64::max)
 }
 
+/// Below this fraction of the cached file resident after a run, the run
+/// did not measure page-cached I/O.
+const MIN_RESIDENT: f64 = 0.99;
+
 fn render_table(cells: &Cells) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "{:<7} {:<18} {:<22} {:>10} {:>10} {:>12} {:>8}",
-        "target", "workload", "contender", "IOPS", "p99 us", "CPU us/req", "vs libaio"
+        "{:<7} {:<18} {:<22} {:>10} {:>10} {:>11} {:>9} {:>10} {:>10}",
+        "target",
+        "workload",
+        "contender",
+        "IOPS",
+        "p99 us",
+        "CPU us/req",
+        "vs libaio",
+        "submit/req",
+        "getev/req"
     );
+    let opt = |v: Option<f64>| v.map_or_else(|| "-".to_string(), |v| format!("{v:.3}"));
+    let mut cold = Vec::new();
     for (t, w, c, samples) in cells {
         if samples.is_empty() {
             continue;
@@ -493,18 +687,151 @@ fn render_table(cells: &Cells) -> String {
         };
         let _ = writeln!(
             s,
-            "{t:<7} {w:<18} {:<22} {:>10.0} {:>10.1} {:>12.2} {:>8}",
+            "{t:<7} {w:<18} {:<22} {:>10.0} {:>10.1} {:>11.2} {:>9} {:>10} {:>10}",
             c.name(),
             m.iops,
             m.p99_us,
             m.cpu_us_per_req,
-            ratio
+            ratio,
+            opt(m.submits_per_req),
+            opt(m.getevents_per_req),
+        );
+        if let Some(r) = m.resident_min.filter(|&r| r < MIN_RESIDENT) {
+            cold.push(format!(
+                "{t} {w} {}: only {:.1}% of the file in the page cache after a run",
+                c.name(),
+                r * 100.0
+            ));
+        }
+    }
+    for c in cold {
+        let _ = writeln!(s, "warning: {c}");
+    }
+    s
+}
+
+/// One target of issue 10, checked against the medians.
+struct Goal {
+    what: String,
+    value: Option<f64>,
+    /// `true`: value ≥ bound; `false`: value ≤ bound.
+    at_least: bool,
+    bound: f64,
+}
+
+impl Goal {
+    fn met(&self) -> Option<bool> {
+        self.value.map(|v| {
+            if self.at_least {
+                v >= self.bound
+            } else {
+                v <= self.bound
+            }
+        })
+    }
+}
+
+fn ratio_goal(
+    cells: &Cells,
+    (t, w): (&str, &str),
+    ours: Contender,
+    of: Contender,
+    bound: f64,
+) -> Goal {
+    let value = cell_iops(cells, t, w, ours)
+        .zip(cell_iops(cells, t, w, of))
+        .filter(|(_, b)| *b > 0.0)
+        .map(|(a, b)| a / b);
+    Goal {
+        what: format!("{t} {w}: {} / {} IOPS", ours.name(), of.name()),
+        value,
+        at_least: true,
+        bound,
+    }
+}
+
+/// The targets of issue 10 that this run can check.
+fn goals(cells: &Cells) -> Vec<Goal> {
+    use Contender::*;
+    let qd32 = "randread-4k-qd32";
+    let mut g = vec![
+        ratio_goal(cells, ("zram0", qd32), AioSyncKernel, FioLibaioBest, 1.0),
+        ratio_goal(cells, ("zram0", qd32), AioSyncKernel, FioLibaioDefault, 1.5),
+        ratio_goal(cells, ("direct", qd32), AioSyncKernel, FioIoUring, 0.97),
+        // The engine's target (page-cached 4 KiB random reads: engine
+        // >= 0.8x fio psync x2) slots in here with its contender.
+    ];
+    let mut seen: Vec<(&str, &str)> = Vec::new();
+    for (t, w, _, _) in cells {
+        if !seen.contains(&(t, w)) {
+            seen.push((t, w));
+        }
+    }
+    for &(t, w) in &seen {
+        g.push(ratio_goal(
+            cells,
+            (t, w),
+            AioTokioKernel,
+            AioSyncKernel,
+            0.9,
+        ));
+    }
+    for &(t, w) in &seen {
+        g.push(ratio_goal(cells, (t, w), AioTokioKernel, TokioFs, 3.0));
+    }
+    // Syscalls at depth 32: at most one io_submit per 8 requests. (No
+    // io_getevents while events wait in the ring holds by construction:
+    // aio's Core::drive reaps the ring before every io_getevents; the
+    // counters cannot show it, the getev/req column shows how often the
+    // context slept in io_getevents at all.)
+    for (t, w, c, samples) in cells {
+        let depth = WORKLOADS.iter().find(|x| x.name == *w).map(|x| x.depth);
+        if depth != Some(32) || !c.is_sync_api() || samples.is_empty() {
+            continue;
+        }
+        g.push(Goal {
+            what: format!("{t} {w}: {} io_submit calls per request", c.name()),
+            value: medians(samples).submits_per_req,
+            at_least: false,
+            bound: 1.0 / 8.0,
+        });
+    }
+    g
+}
+
+fn render_goals(goals: &[Goal]) -> String {
+    let mut s = String::from("targets (medians):\n");
+    for g in goals {
+        let value = g
+            .value
+            .map_or_else(|| "-".to_string(), |v| format!("{v:.3}"));
+        let verdict = match g.met() {
+            Some(true) => "met",
+            Some(false) => "MISSED",
+            None => "not run",
+        };
+        let _ = writeln!(
+            s,
+            "  {:<72} {:>8} {} {:<6} {verdict}",
+            g.what,
+            value,
+            if g.at_least { ">=" } else { "<=" },
+            g.bound
         );
     }
     s
 }
 
 fn to_json(cells: &Cells, opts: &Options) -> Value {
+    let stats_json = |s: &AioStats| {
+        json!({
+            "requests": s.requests,
+            "submit_calls": s.submit_calls,
+            "getevents_calls": s.getevents_calls,
+            "ring_reaps": s.ring_reaps,
+            "completions": s.completions,
+        })
+    };
     json!({
         "runtime_s": opts.runtime,
         "repeats": opts.repeats,
@@ -519,11 +846,30 @@ fn to_json(cells: &Cells, opts: &Options) -> Value {
                 "target": t,
                 "workload": w,
                 "contender": c.name(),
-                "runs": s.iter().map(|x| json!({"iops": x.iops, "p99_us": x.p99_us, "cpu_us_per_req": x.cpu_us_per_req})).collect::<Vec<_>>(),
-                "median": {"iops": m.iops, "p99_us": m.p99_us, "cpu_us_per_req": m.cpu_us_per_req},
+                "runs": s.iter().map(|x| json!({
+                    "iops": x.iops,
+                    "p99_us": x.p99_us,
+                    "cpu_us_per_req": x.cpu_us_per_req,
+                    "stats": x.stats.as_ref().map(stats_json),
+                    "resident_after": x.resident_after,
+                })).collect::<Vec<_>>(),
+                "median": {
+                    "iops": m.iops,
+                    "p99_us": m.p99_us,
+                    "cpu_us_per_req": m.cpu_us_per_req,
+                    "submit_calls_per_request": m.submits_per_req,
+                    "getevents_calls_per_request": m.getevents_per_req,
+                },
                 "ratio_to_best_fio_libaio": if r > 0.0 { json!(m.iops / r) } else { Value::Null },
             })
         }).collect::<Vec<_>>(),
+        "targets": goals(cells).iter().map(|g| json!({
+            "what": g.what,
+            "value": g.value,
+            "bound": g.bound,
+            "at_least": g.at_least,
+            "met": g.met(),
+        })).collect::<Vec<_>>(),
     })
 }
 
@@ -632,6 +978,7 @@ mod tests {
             iops,
             p99_us: 1.0,
             cpu_us_per_req: 1.0,
+            ..Sample::default()
         };
         let cells: Cells = vec![
             ("zram0", "w", Contender::FioLibaioDefault, vec![s(100.0)]),
@@ -656,5 +1003,53 @@ mod tests {
             }],
         );
         assert!(svg.starts_with("<svg") && svg.contains("aio sync/kernel"));
+    }
+
+    #[test]
+    fn tool_json_goals_and_cold_cache() {
+        let v: Value = serde_json::from_str(
+            r#"{"iops": 1000.0, "latency_us": {"p99": 50.0}, "cpu": {"per_request_us": 2.0},
+                "stats": {"requests": 1000, "submit_calls": 50, "getevents_calls": 10,
+                          "ring_reaps": 40, "completions": 1000}}"#,
+        )
+        .unwrap();
+        let sync = parse_tool_json(&v);
+        assert_eq!(sync.stats.unwrap().submits_per_request(), 0.05);
+        let fs: Value = serde_json::from_str(
+            r#"{"iops": 200.0, "latency_us": {"p99": 500.0}, "cpu": {"per_request_us": 20.0},
+                "stats": null}"#,
+        )
+        .unwrap();
+        let fs = parse_tool_json(&fs);
+        assert!(fs.stats.is_none());
+        let tokio = Sample {
+            iops: 950.0,
+            resident_after: Some(0.5),
+            ..sync
+        };
+        let w = "randread-4k-qd32";
+        let cells: Cells = vec![
+            ("cached", w, Contender::AioSyncKernel, vec![sync]),
+            ("cached", w, Contender::AioTokioKernel, vec![tokio]),
+            ("cached", w, Contender::TokioFs, vec![fs]),
+        ];
+        let g = goals(&cells);
+        let find = |what: &str| g.iter().find(|g| g.what.contains(what)).unwrap();
+        let vs_sync = find("aio tokio/kernel / aio sync/kernel");
+        assert_eq!((vs_sync.value, vs_sync.met()), (Some(0.95), Some(true)));
+        let vs_fs = find("aio tokio/kernel / tokio::fs");
+        assert_eq!((vs_fs.value, vs_fs.met()), (Some(4.75), Some(true)));
+        let submits = find("aio sync/kernel io_submit calls per request");
+        assert_eq!(submits.met(), Some(true));
+        assert!(!g.iter().any(|g| g.what.contains("tokio/kernel io_submit")));
+        assert_eq!(find("zram0").met(), None, "not run");
+        let table = render_table(&cells);
+        assert!(table.contains("0.050"), "{table}");
+        assert!(
+            table.contains("warning: cached randread-4k-qd32 aio tokio/kernel"),
+            "{table}"
+        );
+        let goals = render_goals(&g);
+        assert!(goals.contains("MISSED") || goals.contains("met"), "{goals}");
     }
 }
