@@ -15,6 +15,7 @@ pub use aio_abi as abi;
 
 pub mod probe;
 mod ring;
+pub mod seccomp;
 mod syscalls;
 
 pub use probe::{Capabilities, probe};

@@ -1,17 +1,17 @@
-//! Every operation against the running kernel on tmpfs (buffered), on an
-//! `O_DIRECT` file in the scratch directory (the root filesystem unless
-//! `AIO_TEST_DIR` says otherwise), and on a raw block device (`O_DIRECT`):
-//! data written with one segment layout reads back byte-exact through
-//! another.
+//! Every operation on tmpfs (buffered), on a buffered and an `O_DIRECT`
+//! file in the scratch directory (the root filesystem unless
+//! `AIO_TEST_DIR` says otherwise), and on a raw block device (`O_DIRECT`),
+//! through each driver (`Auto`, the kernel, the engine): data written with
+//! one segment layout reads back byte-exact through another.
 
 mod common;
 
 use std::fs::File;
 
-use aio::{AlignedBuf, Context, Fdatasync, Fsync, Read, ReadV, Write, WriteV};
+use aio::{AlignedBuf, Context, Driver, Fdatasync, Fsync, Read, ReadV, Write, WriteV};
 use common::{
-    BlockDevice, Scratch, bufs_from, concat, direct_scratch_in, layout, pattern, scratch_dir,
-    scratch_in, shm_dir,
+    BlockDevice, DRIVERS, Scratch, bufs_from, concat, context_on, direct_scratch_in, layout,
+    pattern, scratch_dir, scratch_in, shm_dir,
 };
 use proptest::prelude::*;
 
@@ -30,6 +30,21 @@ struct Target {
 
 fn tmpfs() -> Target {
     let s = scratch_in(&shm_dir(), false);
+    Target {
+        file: s.file.try_clone().unwrap(),
+        unit: 1,
+        mem_align: 1,
+        total: 1 << 20,
+        _scratch: Some(s),
+        _device: None,
+    }
+}
+
+/// A buffered file on the filesystem under test: `Auto` reads it in the
+/// kernel with `RWF_NOWAIT` (or, where the filesystem refuses that, on the
+/// engine) and writes it on the engine.
+fn buffered_file() -> Target {
+    let s = scratch_in(&scratch_dir(), false);
     Target {
         file: s.file.try_clone().unwrap(),
         unit: 1,
@@ -89,7 +104,13 @@ fn vectored_round_trip(ctx: &Context, t: &Target, offset: u64, seed_w: u64, seed
 }
 
 fn every_operation(t: &Target) {
-    let ctx = Context::new(64).unwrap();
+    for driver in DRIVERS {
+        every_operation_on(t, driver);
+    }
+}
+
+fn every_operation_on(t: &Target, driver: Driver) {
+    let ctx = context_on(driver, 64);
     // Vectored in, vectored out, two different layouts.
     vectored_round_trip(&ctx, t, 0, 1, 2);
 
@@ -146,11 +167,24 @@ fn every_operation(t: &Target) {
         s.readv_at(&t.file, &mut segs, 0);
     });
     assert!(dst[..] == data[..]);
+
+    // The driver asked for is the one that ran the requests.
+    let st = ctx.stats();
+    match driver {
+        Driver::Kernel => assert_eq!(st.engine_submitted, 0, "{st:?}"),
+        Driver::Engine => assert_eq!(st.engine_submitted, st.submitted, "{st:?}"),
+        _ => assert_eq!(st.submitted, st.requests, "{st:?}"),
+    }
 }
 
 #[test]
 fn every_operation_on_tmpfs() {
     every_operation(&tmpfs());
+}
+
+#[test]
+fn every_operation_on_a_buffered_file() {
+    every_operation(&buffered_file());
 }
 
 #[test]
@@ -170,17 +204,18 @@ fn every_operation_on_a_raw_block_device() {
 #[test]
 fn odd_segment_sizes_on_tmpfs() {
     // Buffered I/O takes any sizes: 1 byte, page-straddling, large.
-    let t = tmpfs();
-    let ctx = Context::new(8).unwrap();
-    let lens = [1usize, 4095, 4097, 65_537, 3, 200_000];
-    let total: usize = lens.iter().sum();
-    let data = pattern(total, 9);
-    let (n, _) = ctx.run(WriteV::new(&t.file, bufs_from(&data, &lens, 1), 7));
-    assert_eq!(n.unwrap(), total);
-    let back = vec![vec![0u8; 100_000], vec![0u8; total - 100_000]];
-    let (n, back) = ctx.run(ReadV::new(&t.file, back, 7));
-    assert_eq!(n.unwrap(), total);
-    assert!(back.concat() == data);
+    for (t, driver) in DRIVERS.map(|d| (tmpfs(), d)) {
+        let ctx = context_on(driver, 8);
+        let lens = [1usize, 4095, 4097, 65_537, 3, 200_000];
+        let total: usize = lens.iter().sum();
+        let data = pattern(total, 9);
+        let (n, _) = ctx.run(WriteV::new(&t.file, bufs_from(&data, &lens, 1), 7));
+        assert_eq!(n.unwrap(), total);
+        let back = vec![vec![0u8; 100_000], vec![0u8; total - 100_000]];
+        let (n, back) = ctx.run(ReadV::new(&t.file, back, 7));
+        assert_eq!(n.unwrap(), total, "{driver:?}");
+        assert!(back.concat() == data, "{driver:?}");
+    }
 }
 
 #[test]
@@ -196,16 +231,29 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 12, .. ProptestConfig::default() })]
 
     #[test]
-    fn any_two_layouts_agree_on_tmpfs(w in any::<u64>(), r in any::<u64>(), off in 0u64..10_000) {
+    fn any_two_layouts_agree_on_tmpfs(
+        w in any::<u64>(), r in any::<u64>(), off in 0u64..10_000, d in 0..DRIVERS.len()
+    ) {
         let t = tmpfs();
-        let ctx = Context::new(16).unwrap();
+        let ctx = context_on(DRIVERS[d], 16);
         vectored_round_trip(&ctx, &t, off, w, r);
     }
 
     #[test]
-    fn any_two_layouts_agree_with_o_direct(w in any::<u64>(), r in any::<u64>(), off in 0u64..64) {
+    fn any_two_layouts_agree_on_a_buffered_file(
+        w in any::<u64>(), r in any::<u64>(), off in 0u64..10_000, d in 0..DRIVERS.len()
+    ) {
+        let t = buffered_file();
+        let ctx = context_on(DRIVERS[d], 16);
+        vectored_round_trip(&ctx, &t, off, w, r);
+    }
+
+    #[test]
+    fn any_two_layouts_agree_with_o_direct(
+        w in any::<u64>(), r in any::<u64>(), off in 0u64..64, d in 0..DRIVERS.len()
+    ) {
         if let Some(t) = direct_file() {
-            let ctx = Context::new(16).unwrap();
+            let ctx = context_on(DRIVERS[d], 16);
             vectored_round_trip(&ctx, &t, off * t.unit as u64, w, r);
         }
     }
@@ -213,9 +261,15 @@ proptest! {
 
 #[test]
 fn rw_flags_and_ioprio_reach_the_kernel() {
+    for driver in DRIVERS {
+        rw_flags_and_ioprio_on(driver);
+    }
+}
+
+fn rw_flags_and_ioprio_on(driver: Driver) {
     use aio::{RwFlags, ioprio};
     let t = tmpfs();
-    let ctx = Context::new(8).unwrap();
+    let ctx = context_on(driver, 8);
     let prio = ioprio::value(ioprio::CLASS_BE, 4);
     let (n, _) = ctx.run(
         Write::new(&t.file, b"flagged".to_vec(), 0)

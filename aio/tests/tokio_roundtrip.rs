@@ -1,16 +1,16 @@
-//! Every operation of `aio::tokio::File` on tmpfs (buffered) and on an
-//! `O_DIRECT` file in the scratch directory, on both runtime flavours:
-//! data written with one segment layout reads back byte-exact through
-//! another.
+//! Every operation of `aio::tokio::File` on tmpfs (buffered) and on a
+//! buffered and an `O_DIRECT` file in the scratch directory, on both
+//! runtime flavours and through each driver: data written with one segment
+//! layout reads back byte-exact through another.
 #![cfg(feature = "tokio")]
 
 mod common;
 
 use std::path::Path;
 
-use aio::AlignedBuf;
-use aio::tokio::{File, Handle};
-use common::{bufs_from, concat, layout, pattern, scratch_dir, shm_dir};
+use aio::tokio::{Builder, File, Handle};
+use aio::{AlignedBuf, Driver};
+use common::{DRIVERS, bufs_from, concat, layout, pattern, scratch_dir, shm_dir};
 
 /// Opens a fresh file in `dir` through the tokio API; `None` if `direct`
 /// and the filesystem has no `O_DIRECT`.
@@ -35,7 +35,13 @@ async fn open(dir: &Path, direct: bool, handle: &Handle) -> Option<(File, tempfi
 }
 
 async fn every_operation(dir: &Path, direct: bool) {
-    let handle = Handle::new().unwrap();
+    for driver in DRIVERS {
+        every_operation_on(dir, direct, driver).await;
+    }
+}
+
+async fn every_operation_on(dir: &Path, direct: bool, driver: Driver) {
+    let handle = Builder::new().driver(driver).build().unwrap();
     let Some((file, _tmp)) = open(dir, direct, &handle).await else {
         return;
     };
@@ -101,6 +107,14 @@ async fn every_operation(dir: &Path, direct: bool) {
         assert_eq!(aio::errno(&e), Some(libc::EINVAL));
         assert!(e.to_string().contains("O_DIRECT"), "{e}");
     }
+
+    // The driver asked for is the one that ran the requests.
+    let st = handle.stats();
+    match driver {
+        Driver::Kernel => assert_eq!(st.engine_submitted, 0, "{st:?}"),
+        Driver::Engine => assert_eq!(st.engine_submitted, st.submitted, "{st:?}"),
+        _ => assert!(st.submitted >= 10, "{st:?}"),
+    }
 }
 
 #[tokio::test(flavor = "current_thread")]
@@ -111,6 +125,16 @@ async fn every_operation_on_tmpfs_current_thread() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_operation_on_tmpfs_multi_thread() {
     every_operation(&shm_dir(), false).await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn every_operation_on_a_buffered_file_current_thread() {
+    every_operation(&scratch_dir(), false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_operation_on_a_buffered_file_multi_thread() {
+    every_operation(&scratch_dir(), false).await;
 }
 
 #[tokio::test(flavor = "current_thread")]

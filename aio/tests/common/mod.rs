@@ -218,3 +218,28 @@ impl Drop for BlockDevice {
         }
     }
 }
+
+/// Every driver a context can have; round-trip tests run on each.
+pub const DRIVERS: [aio::Driver; 3] = [aio::Driver::Auto, aio::Driver::Kernel, aio::Driver::Engine];
+
+/// A context of `depth` on `driver`.
+pub fn context_on(driver: aio::Driver, depth: u32) -> aio::Context {
+    aio::Context::builder()
+        .queue_depth(depth)
+        .driver(driver)
+        .build()
+        .unwrap_or_else(|e| panic!("a context on {driver:?}: {e}"))
+}
+
+/// `data` cut into owned segments of `lens` (which sum to its length).
+pub fn layout_of(data: &[u8], lens: &[usize]) -> Vec<Vec<u8>> {
+    assert_eq!(lens.iter().sum::<usize>(), data.len());
+    let mut rest = data;
+    lens.iter()
+        .map(|&l| {
+            let (a, b) = rest.split_at(l);
+            rest = b;
+            a.to_vec()
+        })
+        .collect()
+}
