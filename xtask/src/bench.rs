@@ -113,6 +113,9 @@ enum Contender {
     // whose bench_args() add `--driver engine|auto`.
 }
 
+// aio's default driver is `Driver::Auto` (since 88f6788): once
+// `aio-tools bench` has `--driver`, the two "/kernel" contenders must pass
+// `--driver kernel` in bench_args() to be what their names say.
 const CONTENDERS: &[Contender] = &[
     Contender::FioLibaioDefault,
     Contender::FioLibaioBest,
@@ -236,6 +239,11 @@ fn fio(t: &Target, w: &Workload, c: Contender, runtime: u64) -> Result<Sample, S
         // the cached target would be read from disk. Ours never drops it;
         // O_DIRECT targets do not use the cache.
         "--invalidate=0",
+        // Percentiles of the total latency (submission to completion), as
+        // ours measures from push to reap; fio's default, completion
+        // latency, leaves out the time spent in io_submit, which is the
+        // whole read for buffered I/O.
+        "--lat_percentiles=1",
     ]);
     if t.kind != TargetKind::Zram {
         cmd.arg(format!("--size={}", target_size(t.kind)));
@@ -271,7 +279,7 @@ fn fio(t: &Target, w: &Workload, c: Contender, runtime: u64) -> Result<Sample, S
     };
     let iops = dir["iops"].as_f64().unwrap_or(0.0);
     let ios = dir["total_ios"].as_f64().unwrap_or(0.0).max(1.0);
-    let p99_ns = dir["clat_ns"]["percentile"]["99.000000"]
+    let p99_ns = dir["lat_ns"]["percentile"]["99.000000"]
         .as_f64()
         .unwrap_or(0.0);
     // With --group_reporting (psync x2) job_runtime is the sum over the
@@ -419,8 +427,41 @@ fn write_sysfs(path: &str, value: &str) -> std::io::Result<()> {
     std::fs::write(path, value)
 }
 
-/// Resets zram0 on drop.
-struct ZramGuard;
+/// Holds zram0 for the run: the fs matrix's lock (it resets and sizes
+/// zram0 too), released after zram0 is reset on drop.
+struct ZramGuard {
+    _lock: crate::sys::Lock,
+}
+
+/// Takes the lock that `cargo xtask fs-matrix` holds while it uses zram0
+/// (the same file as fsmatrix.rs's `lock()`), waiting for a matrix run.
+fn zram_lock() -> Result<crate::sys::Lock, String> {
+    let dir = if Path::new("/run/lock").is_dir() {
+        PathBuf::from("/run/lock")
+    } else {
+        std::env::temp_dir()
+    };
+    let path = dir.join("aio-xtask-fs-matrix.lock");
+    let mut said = false;
+    loop {
+        match crate::sys::Lock::try_take(&path) {
+            Ok(Some(lock)) => return Ok(lock),
+            Ok(None) if !said => {
+                println!(
+                    "waiting for an fs-matrix run to finish with zram0 ({})",
+                    path.display()
+                );
+                said = true;
+            }
+            Ok(None) => {}
+            Err(e) => return Err(format!("locking {}: {e}", path.display())),
+        }
+        if proc::interrupted() {
+            return Err("interrupted while waiting for zram0".into());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
 
 impl Drop for ZramGuard {
     fn drop(&mut self) {
@@ -436,12 +477,23 @@ fn prepare(only: &[String], dir: &Path) -> Result<(Vec<Target>, Option<ZramGuard
         if !Path::new("/sys/block/zram0").exists() {
             let _ = Command::new("modprobe").arg("zram").status();
         }
+        let lock = zram_lock()?;
+        // A sized zram0 belongs to someone else (swap, a mount, another
+        // tool, or a killed run of this one): not ours to reset.
+        let size = std::fs::read_to_string("/sys/block/zram0/disksize").unwrap_or_default();
+        if size.trim() != "0" {
+            return Err(format!(
+                "/dev/zram0 is in use (disksize {}); if it is a leftover, free it with \
+                 `echo 1 > /sys/block/zram0/reset`, or leave zram0 out with --only direct,cached",
+                size.trim()
+            ));
+        }
         write_sysfs("/sys/block/zram0/reset", "1")
             .and_then(|_| write_sysfs("/sys/block/zram0/disksize", "1G"))
             .map_err(|e| {
                 format!("cannot set up /dev/zram0 (needs root and the zram module): {e}")
             })?;
-        guard = Some(ZramGuard);
+        guard = Some(ZramGuard { _lock: lock });
         fill(Path::new("/dev/zram0"), 1 << 30).map_err(|e| format!("filling /dev/zram0: {e}"))?;
         targets.push(Target {
             name: "zram0",
