@@ -81,6 +81,13 @@ pub struct BenchArgs {
     /// sync only: tasks refill as they complete.
     #[arg(long, value_enum, default_value_t = BenchApi::Sync)]
     pub api: BenchApi,
+    /// What executes aio's requests (not tokio-fs's).
+    #[arg(long, value_enum, default_value_t = crate::DriverArg::Auto)]
+    pub driver: crate::DriverArg,
+    /// Threads, each with its own context (or runtime) and --iodepth
+    /// requests in flight, like fio's numjobs; results are summed.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub jobs: u32,
 }
 
 /// What issues the requests of `aio-tools bench`.
@@ -131,9 +138,9 @@ enum Runner {
 }
 
 impl Runner {
-    fn new(api: BenchApi, depth: u32) -> io::Result<Runner> {
+    fn new(api: BenchApi, depth: u32, driver: aio::Driver) -> io::Result<Runner> {
         match api.aio() {
-            Some(api) => Ok(Runner::Aio(Issuer::new(api, depth)?)),
+            Some(api) => Ok(Runner::Aio(Issuer::new(api, depth, driver)?)),
             None => Ok(Runner::TokioFs(
                 tokio::runtime::Builder::new_current_thread()
                     .enable_all()
@@ -259,6 +266,28 @@ struct Measured {
     cpu_sys: Duration,
     /// The context's counters over the run (none for tokio-fs).
     stats: Option<aio::Stats>,
+    /// Time spent in each `Context::submit` (sync API only): what a
+    /// caller that must not block pays.
+    submits: Latencies,
+}
+
+impl Measured {
+    /// Another job's run added to this one.
+    fn merge(&mut self, other: Measured) {
+        self.requests += other.requests;
+        self.bytes += other.bytes;
+        self.errors += other.errors;
+        if self.first_error.is_none() {
+            self.first_error = other.first_error;
+        }
+        self.elapsed = self.elapsed.max(other.elapsed);
+        self.latencies.merge(&other.latencies);
+        self.submits.merge(&other.submits);
+        self.stats = match (self.stats, other.stats) {
+            (Some(a), Some(b)) => Some(a + b),
+            (a, b) => a.or(b),
+        };
+    }
 }
 
 fn cpu_times() -> (Duration, Duration) {
@@ -282,10 +311,10 @@ struct Offsets {
 }
 
 impl Offsets {
-    fn new(args: &BenchArgs, t: &Target) -> Offsets {
+    fn new(args: &BenchArgs, t: &Target, seed: u64) -> Offsets {
         let req_len = args.bs * args.segments as u64;
         Offsets {
-            rng: Rng::new(args.seed),
+            rng: Rng::new(seed),
             next_seq: 0,
             slots: t.size / req_len,
             req_len,
@@ -324,7 +353,8 @@ impl Measured {
     }
 }
 
-fn measure(args: &BenchArgs, t: &Target, runner: &Runner) -> Measured {
+/// One job's run; `job` varies the offsets and the data.
+fn measure(args: &BenchArgs, t: &Target, runner: &Runner, job: u32) -> Measured {
     let mut m = Measured {
         requests: 0,
         bytes: 0,
@@ -335,11 +365,13 @@ fn measure(args: &BenchArgs, t: &Target, runner: &Runner) -> Measured {
         cpu_user: Duration::ZERO,
         cpu_sys: Duration::ZERO,
         stats: None,
+        submits: Latencies::default(),
     };
     let before = runner.stats();
     // Writes write incompressible data, as fio's do: zram stores a page of
     // zeros (or of one repeated word) without compressing it.
-    let rng = std::cell::RefCell::new(Rng::new(args.seed ^ 0x5eed_b0f5));
+    let seed = args.seed ^ u64::from(job).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    let rng = std::cell::RefCell::new(Rng::new(seed ^ 0x5eed_b0f5));
     let buffers = || -> Vec<AlignedBuf> {
         let mut rng = rng.borrow_mut();
         (0..args.segments)
@@ -352,8 +384,7 @@ fn measure(args: &BenchArgs, t: &Target, runner: &Runner) -> Measured {
             })
             .collect()
     };
-    let mut offsets = Offsets::new(args, t);
-    let (u0, s0) = cpu_times();
+    let mut offsets = Offsets::new(args, t, seed);
     let start = Instant::now();
     let deadline = start + args.runtime;
     match runner {
@@ -379,20 +410,40 @@ fn measure(args: &BenchArgs, t: &Target, runner: &Runner) -> Measured {
         )),
     }
     m.elapsed = start.elapsed();
+    m.stats = before.zip(runner.stats()).map(|(b, a)| a - b);
+    m
+}
+
+/// `--jobs` threads, each with its own runner, measured together.
+fn measure_jobs(args: &BenchArgs, t: &Target) -> Result<Measured, String> {
+    let (u0, s0) = cpu_times();
+    let runs: Vec<Result<Measured, String>> = std::thread::scope(|s| {
+        let jobs: Vec<_> = (0..args.jobs)
+            .map(|job| {
+                s.spawn(move || {
+                    let runner = Runner::new(args.api, args.iodepth, args.driver.into())
+                        .map_err(|e| format!("cannot create an AIO context: {e}"))?;
+                    Ok(measure(args, t, &runner, job))
+                })
+            })
+            .collect();
+        jobs.into_iter()
+            .map(|j| j.join().expect("a bench job panicked"))
+            .collect()
+    });
     let (u1, s1) = cpu_times();
+    let mut total: Option<Measured> = None;
+    for run in runs {
+        let run = run?;
+        match &mut total {
+            None => total = Some(run),
+            Some(m) => m.merge(run),
+        }
+    }
+    let mut m = total.expect("at least one job");
     m.cpu_user = u1 - u0;
     m.cpu_sys = s1 - s0;
-    m.stats = before.zip(runner.stats()).map(|(b, a)| aio::Stats {
-        requests: a.requests - b.requests,
-        submitted: a.submitted - b.submitted,
-        submit_calls: a.submit_calls - b.submit_calls,
-        getevents_calls: a.getevents_calls - b.getevents_calls,
-        ring_reaps: a.ring_reaps - b.ring_reaps,
-        completions: a.completions - b.completions,
-        // Counters added later (driver-specific) as they stand at the end.
-        ..a
-    });
-    m
+    Ok(m)
 }
 
 /// The sync API: tickets in a fixed array, refilled after `--batch`
@@ -430,6 +481,10 @@ fn run_sync(
                 }
             }
             done_since_refill = 0;
+            let t0 = Instant::now();
+            if ctx.submit() > 0 {
+                m.submits.record(t0.elapsed());
+            }
         }
         if in_flight == 0 {
             return;
@@ -577,14 +632,17 @@ pub fn run(args: &BenchArgs, out: Output) -> Exit {
             return Exit::Usage;
         }
     };
-    let runner = match Runner::new(args.api, args.iodepth) {
-        Ok(c) => c,
+    let m = match measure_jobs(args, &t) {
+        Ok(m) => m,
         Err(e) => {
-            eprintln!("aio-tools bench: cannot create an AIO context: {e}");
+            eprintln!("aio-tools bench: {e}");
             return Exit::Usage;
         }
     };
-    let m = measure(args, &t, &runner);
+    let submits = (!m.submits.is_empty()).then(|| {
+        let [p50, p99, _] = m.submits.summary_us();
+        (p50.1, p99.1, m.submits.max().as_nanos() as f64 / 1000.0)
+    });
     let lat = m.latencies.summary_us();
     let cpu = m.cpu_user + m.cpu_sys;
     let cpu_per_req_us = cpu.as_nanos() as f64 / 1000.0 / m.requests.max(1) as f64;
@@ -602,7 +660,10 @@ pub fn run(args: &BenchArgs, out: Output) -> Exit {
                 "direct": t.direct,
                 "size": t.size,
                 "api": args.api.name(),
-                "driver": if m.stats.is_some() { json!("kernel") } else { Value::Null },
+                "driver": if m.stats.is_some() { json!(aio::Driver::from(args.driver).name()) } else { Value::Null },
+                "jobs": args.jobs,
+                // Time inside each Context::submit (sync API).
+                "submit_us": submits.map(|(p50, p99, max)| json!({"p50": p50, "p99": p99, "max": max})),
                 "requests": m.requests,
                 "bytes": m.bytes,
                 "errors": m.errors,
@@ -631,6 +692,9 @@ pub fn run(args: &BenchArgs, out: Output) -> Exit {
                     "getevents_calls": s.getevents_calls,
                     "ring_reaps": s.ring_reaps,
                     "completions": s.completions,
+                    "engine_submitted": s.engine_submitted,
+                    "nowait_retries": s.nowait_retries,
+                    "eventfd_waits": s.eventfd_waits,
                 })),
             });
             println!(
@@ -640,13 +704,19 @@ pub fn run(args: &BenchArgs, out: Output) -> Exit {
         }
         Output::Human => {
             println!(
-                "{:?} bs={}x{} iodepth={} {} {} API: {} requests in {:.2}s",
+                "{:?} bs={}x{} iodepth={} jobs={} {} {} API{}: {} requests in {:.2}s",
                 args.rw,
                 args.bs,
                 args.segments,
                 args.iodepth,
+                args.jobs,
                 if t.direct { "direct" } else { "buffered" },
                 args.api.name(),
+                if m.stats.is_some() {
+                    format!(", {} driver", aio::Driver::from(args.driver).name())
+                } else {
+                    String::new()
+                },
                 m.requests,
                 m.elapsed.as_secs_f64()
             );
@@ -666,9 +736,17 @@ pub fn run(args: &BenchArgs, out: Output) -> Exit {
             );
             if m.stats.is_some() {
                 println!(
-                    "  syscalls: {} io_submit ({:.1} requests each), {} io_getevents, {} ring reaps",
-                    stats.submit_calls, per_submit, stats.getevents_calls, stats.ring_reaps
+                    "  syscalls: {} io_submit ({:.1} requests each), {} io_getevents, {} ring reaps; {} requests on the engine, {} page-cache misses retried there",
+                    stats.submit_calls,
+                    per_submit,
+                    stats.getevents_calls,
+                    stats.ring_reaps,
+                    stats.engine_submitted,
+                    stats.nowait_retries
                 );
+            }
+            if let Some((p50, p99, max)) = submits {
+                println!("  time in submit: p50 {p50:.1} us, p99 {p99:.1} us, max {max:.1} us");
             }
             if let Some(e) = &m.first_error {
                 println!("  {} errors, the first: {e}", m.errors);

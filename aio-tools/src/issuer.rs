@@ -2,7 +2,7 @@
 
 use std::io;
 
-use aio::Context;
+use aio::{Context, Driver};
 
 /// Which API of the `aio` crate drives the requests.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -33,18 +33,25 @@ pub enum Issuer {
 }
 
 impl Issuer {
-    /// An issuer for `api` with `depth` requests in flight.
-    pub fn new(api: Api, depth: u32) -> io::Result<Issuer> {
+    /// An issuer for `api` with `depth` requests in flight on `driver`.
+    pub fn new(api: Api, depth: u32, driver: Driver) -> io::Result<Issuer> {
         match api {
             Api::Sync => Ok(Issuer::Sync(Box::new(
-                Context::builder().queue_depth(depth).build()?,
+                Context::builder()
+                    .queue_depth(depth)
+                    .driver(driver)
+                    .build()?,
             ))),
             Api::Tokio => {
                 let rt = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()?;
-                let handle = rt
-                    .block_on(async { aio::tokio::Handle::builder().queue_depth(depth).build() })?;
+                let handle = rt.block_on(async {
+                    aio::tokio::Handle::builder()
+                        .queue_depth(depth)
+                        .driver(driver)
+                        .build()
+                })?;
                 Ok(Issuer::Tokio(rt, handle))
             }
         }
@@ -55,6 +62,28 @@ impl Issuer {
         match self {
             Issuer::Sync(ctx) => ctx.stats(),
             Issuer::Tokio(_, h) => h.stats(),
+        }
+    }
+}
+
+/// `--driver`: what executes the requests (see `aio::Driver`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum DriverArg {
+    /// O_DIRECT, syncs and polls in the kernel; page-cached reads in the
+    /// kernel with RWF_NOWAIT; everything that could block on the engine.
+    Auto,
+    /// The running kernel (buffered I/O blocks inside io_submit).
+    Kernel,
+    /// The userspace engine of aio-kernel (worker threads).
+    Engine,
+}
+
+impl From<DriverArg> for Driver {
+    fn from(d: DriverArg) -> Driver {
+        match d {
+            DriverArg::Auto => Driver::Auto,
+            DriverArg::Kernel => Driver::Kernel,
+            DriverArg::Engine => Driver::Engine,
         }
     }
 }

@@ -13,7 +13,7 @@ mod vectest;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-pub use issuer::{Api, Issuer};
+pub use issuer::{Api, DriverArg, Issuer};
 
 /// How a command ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

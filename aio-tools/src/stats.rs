@@ -25,6 +25,23 @@ impl Latencies {
         Duration::from_nanos(self.0.value_at_quantile(q))
     }
 
+    /// Adds the latencies of another run (another job's).
+    pub fn merge(&mut self, other: &Latencies) {
+        self.0
+            .add(&other.0)
+            .expect("histograms with the same bounds");
+    }
+
+    /// Whether nothing was recorded.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The largest latency recorded.
+    pub fn max(&self) -> Duration {
+        Duration::from_nanos(self.0.max())
+    }
+
     /// p50, p99, p99.9 in microseconds, for reports.
     pub fn summary_us(&self) -> [(&'static str, f64); 3] {
         [("p50", 0.5), ("p99", 0.99), ("p99.9", 0.999)]

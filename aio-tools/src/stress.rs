@@ -60,6 +60,19 @@ pub struct StressArgs {
     /// Seed of everything random.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// What executes the requests.
+    #[arg(long, value_enum, default_value_t = crate::DriverArg::Auto)]
+    pub driver: crate::DriverArg,
+}
+
+impl StressArgs {
+    /// A context of `depth` on the chosen driver.
+    fn context(&self, depth: u32) -> std::io::Result<Context> {
+        Context::builder()
+            .queue_depth(depth)
+            .driver(self.driver.into())
+            .build()
+    }
 }
 
 /// Counters shared by the workloads.
@@ -134,7 +147,7 @@ fn mixed_worker(sh: &Shared, args: &StressArgs, files: &[File], me: u64, pattern
     // gens[file][block - lo]: the generation that last wrote the block (0: never).
     let mut gens = vec![vec![0u8; region as usize]; files.len()];
     let mut rng = Rng::new(args.seed ^ (me + 1).wrapping_mul(0x9e37));
-    let ctx = match Context::new(args.depth) {
+    let ctx = match args.context(args.depth) {
         Ok(ctx) => ctx,
         Err(e) => return sh.fail(&c.errors, format!("mixed: context: {e}")),
     };
@@ -266,7 +279,7 @@ const APPEND_ROUND_BYTES: u64 = 16 << 20;
 
 fn append_worker(sh: &Shared, args: &StressArgs, rounds: &AppendRounds, me: u16) {
     let c = &sh.append;
-    let ctx = Context::new(args.depth);
+    let ctx = args.context(args.depth);
     let mut rng = Rng::new(args.seed ^ 0xa99 ^ me as u64);
     let share = APPEND_ROUND_BYTES / args.threads as u64;
     loop {
@@ -379,7 +392,7 @@ fn check_appends(sh: &Shared, path: &Path, writers: u16, expected: u64) {
 /// empty again and starts over (a new pass), for as long as the run lasts.
 fn sparse_writer(sh: &Shared, args: &StressArgs, file: &File, pattern: &Pattern) {
     let c = &sh.sparse;
-    let ctx = match Context::new(args.depth) {
+    let ctx = match args.context(args.depth) {
         Ok(ctx) => ctx,
         Err(e) => return sh.fail(&c.errors, format!("sparse: context: {e}")),
     };
@@ -427,7 +440,7 @@ fn sparse_writer(sh: &Shared, args: &StressArgs, file: &File, pattern: &Pattern)
 
 fn sparse_reader(sh: &Shared, args: &StressArgs, file: &File, pattern: &Pattern, me: u64) {
     let c = &sh.sparse;
-    let ctx = match Context::new(args.depth) {
+    let ctx = match args.context(args.depth) {
         Ok(ctx) => ctx,
         Err(e) => return sh.fail(&c.errors, format!("sparse: context: {e}")),
     };
@@ -473,10 +486,13 @@ fn contexts_worker(sh: &Shared, args: &StressArgs, file: &File) {
     let mut rng = Rng::new(args.seed ^ 0xc7);
     while sh.running() {
         let depth = rng.range(1, 64) as u32;
-        let ctx = match Context::new(depth) {
+        let ctx = match args.context(depth) {
             Ok(ctx) => ctx,
             Err(e) => {
-                sh.fail(&c.errors, format!("contexts: Context::new({depth}): {e}"));
+                sh.fail(
+                    &c.errors,
+                    format!("contexts: a context of depth {depth}: {e}"),
+                );
                 continue;
             }
         };

@@ -505,3 +505,57 @@ fn bench_runs_tokio_fs_for_comparison() {
         v["requests"].as_u64().unwrap() * 8 * 4096
     );
 }
+
+#[test]
+fn vectest_stress_and_bench_take_each_driver() {
+    let (_d, f) = file_in(&scratch_dir());
+    for driver in ["auto", "kernel", "engine"] {
+        let r = run(&["vectest", &f, "--size", "4M", "--driver", driver, "--json"]);
+        assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+        let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+        assert_eq!(
+            (v["result"].as_str(), v["driver"].as_str()),
+            (Some("pass"), Some(driver))
+        );
+        let on_engine = v["syscalls"]["engine_requests"].as_u64().unwrap();
+        let requests = v["requests"].as_u64().unwrap();
+        match driver {
+            "kernel" => assert_eq!(on_engine, 0, "{v}"),
+            "engine" => assert_eq!(on_engine, requests, "{v}"),
+            // Buffered writes run on the engine, page-cached reads do not.
+            _ => assert!(on_engine > 0 && on_engine < requests, "{v}"),
+        }
+
+        let r = run(&[
+            "bench",
+            &f,
+            "--size",
+            "4M",
+            "--runtime",
+            "300ms",
+            "--jobs",
+            "2",
+            "--driver",
+            driver,
+            "--json",
+        ]);
+        assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+        let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+        assert_eq!(
+            (v["driver"].as_str(), v["jobs"].as_u64()),
+            (Some(driver), Some(2))
+        );
+        assert_eq!(v["errors"], 0, "{v}");
+        assert!(v["submit_us"]["p99"].as_f64().unwrap() > 0.0, "{v}");
+        let s = &v["stats"];
+        assert!(s["requests"].as_u64().unwrap() >= v["requests"].as_u64().unwrap());
+        if driver == "engine" {
+            assert_eq!(s["engine_submitted"], s["submitted"], "{v}");
+        }
+
+        let r = run(&["stress", "--duration", "1s", "--driver", driver, "--json"]);
+        assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    }
+    let r = run(&["vectest", &f, "--driver", "uring"]);
+    assert_eq!(r.code, 2, "{}{}", r.stdout, r.stderr);
+}

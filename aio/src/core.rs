@@ -180,6 +180,44 @@ pub struct Stats {
     pub eventfd_waits: u64,
 }
 
+impl std::ops::Sub for Stats {
+    type Output = Stats;
+
+    /// The counts between two snapshots (`later - earlier`).
+    fn sub(self, earlier: Stats) -> Stats {
+        Stats {
+            requests: self.requests - earlier.requests,
+            submitted: self.submitted - earlier.submitted,
+            submit_calls: self.submit_calls - earlier.submit_calls,
+            getevents_calls: self.getevents_calls - earlier.getevents_calls,
+            ring_reaps: self.ring_reaps - earlier.ring_reaps,
+            completions: self.completions - earlier.completions,
+            engine_submitted: self.engine_submitted - earlier.engine_submitted,
+            nowait_retries: self.nowait_retries - earlier.nowait_retries,
+            eventfd_waits: self.eventfd_waits - earlier.eventfd_waits,
+        }
+    }
+}
+
+impl std::ops::Add for Stats {
+    type Output = Stats;
+
+    /// The counts of two contexts together.
+    fn add(self, other: Stats) -> Stats {
+        Stats {
+            requests: self.requests + other.requests,
+            submitted: self.submitted + other.submitted,
+            submit_calls: self.submit_calls + other.submit_calls,
+            getevents_calls: self.getevents_calls + other.getevents_calls,
+            ring_reaps: self.ring_reaps + other.ring_reaps,
+            completions: self.completions + other.completions,
+            engine_submitted: self.engine_submitted + other.engine_submitted,
+            nowait_retries: self.nowait_retries + other.nowait_retries,
+            eventfd_waits: self.eventfd_waits + other.eventfd_waits,
+        }
+    }
+}
+
 /// What [`Core::submit_some`] left behind.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(crate) enum Submitted {

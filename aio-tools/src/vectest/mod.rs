@@ -61,6 +61,9 @@ pub struct VectestArgs {
     /// The aio API that issues the requests.
     #[arg(long, value_enum, default_value_t = crate::Api::Sync)]
     pub api: crate::Api,
+    /// What executes the requests.
+    #[arg(long, value_enum, default_value_t = crate::DriverArg::Auto)]
+    pub driver: crate::DriverArg,
     /// Test hook: after the first write phase, overwrite 4 KiB at this
     /// offset through a second descriptor with the data of another offset,
     /// to show how a misplaced write is reported.

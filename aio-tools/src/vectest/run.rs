@@ -469,7 +469,7 @@ pub fn run(args: &VectestArgs, out: Output) -> Exit {
             return Exit::Usage;
         }
     };
-    let issuer = match Issuer::new(args.api, args.iodepth) {
+    let issuer = match Issuer::new(args.api, args.iodepth, args.driver.into()) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("aio-tools vectest: cannot create an AIO context: {e}");
@@ -491,7 +491,7 @@ pub fn run(args: &VectestArgs, out: Output) -> Exit {
     let mut tally = Tally::default();
     if out == Output::Human {
         eprintln!(
-            "vectest: {} {} ({} bytes, {}), {} passes, iodepth {}, up to {} segments and {} bytes per request, {} API, seed {seed}",
+            "vectest: {} {} ({} bytes, {}), {} passes, iodepth {}, up to {} segments and {} bytes per request, {} API, {} driver, seed {seed}",
             t.kind,
             t.name,
             t.size,
@@ -505,6 +505,7 @@ pub fn run(args: &VectestArgs, out: Output) -> Exit {
             args.max_segments,
             max_request,
             args.api.name(),
+            aio::Driver::from(args.driver).name(),
         );
     }
     let started = Instant::now();
@@ -585,6 +586,7 @@ fn report(
                 "passes": args.passes,
                 "iodepth": args.iodepth,
                 "api": args.api.name(),
+                "driver": aio::Driver::from(args.driver).name(),
                 "max_segments": args.max_segments,
                 "requests": tally.requests,
                 "bytes": tally.bytes,
@@ -602,6 +604,8 @@ fn report(
                     "io_submit": stats.submit_calls,
                     "io_getevents": stats.getevents_calls,
                     "ring_reaps": stats.ring_reaps,
+                    "engine_requests": stats.engine_submitted,
+                    "nowait_retries": stats.nowait_retries,
                 },
             });
             println!(
@@ -630,8 +634,12 @@ fn report(
                 tally.errors.len(),
             );
             println!(
-                "syscalls: {} io_submit, {} io_getevents, {} ring reaps",
-                stats.submit_calls, stats.getevents_calls, stats.ring_reaps
+                "syscalls: {} io_submit, {} io_getevents, {} ring reaps; {} requests on the engine, {} page-cache misses retried there",
+                stats.submit_calls,
+                stats.getevents_calls,
+                stats.ring_reaps,
+                stats.engine_submitted,
+                stats.nowait_retries
             );
         }
     }
