@@ -560,6 +560,18 @@ pub fn run(opts: &Options) -> Outcome {
             return Outcome::Failed(format!("fio is missing and cannot be installed: {e}"));
         }
     }
+    // Before building: what else runs here (the 1-minute average lags).
+    let load_at_start = loadavg();
+    let busy = load_at_start
+        .split_whitespace()
+        .next()
+        .and_then(|l| l.parse::<f64>().ok())
+        .filter(|&l| l > 0.5);
+    if let Some(l) = busy {
+        println!(
+            "warning: load average {l} before the run: other work on this machine will skew the numbers"
+        );
+    }
     let root = proc::workspace_root();
     let tools = match build_tools(&root) {
         Ok(t) => t,
@@ -638,7 +650,7 @@ pub fn run(opts: &Options) -> Outcome {
     let table = render_table(&cells);
     println!("{table}");
     println!("{}", render_goals(&goals(&cells)));
-    let json = to_json(&cells, opts);
+    let json = to_json(&cells, opts, &load_at_start);
     let json_path = out_dir.join("results.json");
     let svg_path = out_dir.join("iops-vs-depth.svg");
     let written = std::fs::write(&json_path, serde_json::to_string_pretty(&json).unwrap())
@@ -646,6 +658,8 @@ pub fn run(opts: &Options) -> Outcome {
     if let Err(e) = written {
         return Outcome::Failed(format!("writing results: {e}"));
     }
+    println!("command: {}", json["command"].as_str().unwrap_or(""));
+    println!("machine: {}", json["machine"]);
     println!("wrote {} and {}", json_path.display(), svg_path.display());
     if failures.is_empty() {
         Outcome::Passed(format!("{} cells x {} repeats", cells.len(), opts.repeats))
@@ -874,23 +888,73 @@ fn render_goals(goals: &[Goal]) -> String {
     s
 }
 
-fn to_json(cells: &Cells, opts: &Options) -> Value {
+/// The command that reproduces this run.
+fn command_line(opts: &Options) -> String {
+    let mut c = format!(
+        "cargo xtask bench --runtime {} --repeats {}",
+        opts.runtime, opts.repeats
+    );
+    if !opts.only.is_empty() {
+        let _ = write!(c, " --only {}", opts.only.join(","));
+    }
+    c
+}
+
+/// The 1, 5 and 15 minute load averages.
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// What the README's table needs to say about the machine.
+fn machine(load_at_start: &str) -> Value {
+    let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
+    let cpuinfo = read("/proc/cpuinfo");
+    let field = |text: &str, key: &str| {
+        text.lines()
+            .find(|l| l.starts_with(key))
+            .and_then(|l| l.split(':').nth(1))
+            .map(|v| v.trim().to_string())
+    };
+    let fio = Command::new("fio")
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    json!({
+        "kernel": read("/proc/sys/kernel/osrelease").trim(),
+        "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "cpu_model": field(&cpuinfo, "model name"),
+        "memory": field(&read("/proc/meminfo"), "MemTotal"),
+        "os": read("/etc/os-release")
+            .lines()
+            .find_map(|l| l.strip_prefix("PRETTY_NAME="))
+            .map(|v| v.trim_matches('"').to_string()),
+        "fio": fio,
+        "load_average_at_start": load_at_start,
+        "load_average_at_end": loadavg(),
+    })
+}
+
+fn to_json(cells: &Cells, opts: &Options, load_at_start: &str) -> Value {
     let stats_json = |s: &AioStats| {
         json!({
-            "requests": s.requests,
-            "submit_calls": s.submit_calls,
-            "getevents_calls": s.getevents_calls,
-            "ring_reaps": s.ring_reaps,
-            "completions": s.completions,
+            "requests": s.requests as u64,
+            "submit_calls": s.submit_calls as u64,
+            "getevents_calls": s.getevents_calls as u64,
+            "ring_reaps": s.ring_reaps as u64,
+            "completions": s.completions as u64,
         })
     };
     json!({
         "runtime_s": opts.runtime,
         "repeats": opts.repeats,
-        "machine": {
-            "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim(),
-            "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
-        },
+        "command": command_line(opts),
+        "machine": machine(load_at_start),
         "cells": cells.iter().map(|(t, w, c, s)| {
             let m = medians(s);
             let r = reference(cells, t, w);
