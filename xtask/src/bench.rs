@@ -109,13 +109,13 @@ enum Contender {
     /// no AIO (see `BenchApi::TokioFs` in aio-tools/src/bench.rs).
     TokioFs,
     // Driver-specific contenders go here (and in CONTENDERS, name() and
-    // bench_args()): e.g. AioSyncEngine / AioSyncAuto / AioTokioEngine,
-    // whose bench_args() add `--driver engine|auto`.
+    // bench_args()): e.g. AioSyncEngine / AioSyncAuto / AioTokioAuto, whose
+    // bench_args() are `--api sync|tokio --driver engine|auto`; a sync one
+    // gets the io_submit-per-request check (is_sync_api) by itself.
 }
 
-// aio's default driver is `Driver::Auto` (since 88f6788): once
-// `aio-tools bench` has `--driver`, the two "/kernel" contenders must pass
-// `--driver kernel` in bench_args() to be what their names say.
+// aio's default driver is `Driver::Auto`: the "/kernel" contenders pass
+// `--driver kernel` to be what their names say.
 const CONTENDERS: &[Contender] = &[
     Contender::FioLibaioDefault,
     Contender::FioLibaioBest,
@@ -148,8 +148,8 @@ impl Contender {
             | Contender::FioLibaioBest
             | Contender::FioIoUring
             | Contender::FioPsync2 => None,
-            Contender::AioSyncKernel => Some(&["--api", "sync"]),
-            Contender::AioTokioKernel => Some(&["--api", "tokio"]),
+            Contender::AioSyncKernel => Some(&["--api", "sync", "--driver", "kernel"]),
+            Contender::AioTokioKernel => Some(&["--api", "tokio", "--driver", "kernel"]),
             Contender::TokioFs => Some(&["--api", "tokio-fs"]),
         }
     }
