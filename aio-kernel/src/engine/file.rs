@@ -56,6 +56,8 @@ pub(crate) struct EngineFile {
     fmt: u32,
     /// `(st_dev, st_ino)`: appends to one inode run in submission order.
     inode: (u64, u64),
+    /// Opened with `O_DIRECT`.
+    direct: bool,
     mode: FileMode,
     kind: Kind,
     shared: Arc<Shared>,
@@ -220,6 +222,7 @@ pub(crate) fn fget(shared: &Arc<Shared>, fd: i32) -> Result<Arc<dyn File>, Errno
         fd: Arc::new(owned),
         fmt,
         inode: (st.st_dev, st.st_ino),
+        direct: fl & libc::O_DIRECT != 0,
         mode,
         kind,
         shared: shared.clone(),
@@ -331,6 +334,23 @@ impl EngineFile {
                     IoStatus::Done(n as usize)
                 } else {
                     IoStatus::Error(last_errno())
+                }
+            }
+            Kind::Positioned if !write && !self.direct && self.mode.nowait => {
+                // What the page cache holds is copied here, without
+                // waiting, as Linux copies it inside io_submit; only a miss
+                // goes to a worker. (Not for O_DIRECT: a synchronous read
+                // waits for the device even with RWF_NOWAIT.)
+                // SAFETY: as above.
+                let n = unsafe { transfer(fd, op, op.pos, op.flags | RwFlags::NOWAIT, false) };
+                match n {
+                    // All of it, or the end of the file.
+                    n if n == 0 || n as u64 == op.len() => IoStatus::Done(n as usize),
+                    // The cache ends here (or the file does: the next call
+                    // reads 0).
+                    n if n > 0 => IoStatus::Partial(n as usize),
+                    // A miss; any error is the worker's to report.
+                    _ => self.queue(op, done, write, op.pos),
                 }
             }
             Kind::Positioned | Kind::Other => self.queue(op, done, write, op.pos),

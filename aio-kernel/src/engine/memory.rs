@@ -15,9 +15,11 @@ fn errno() -> Errno {
     )
 }
 
-/// Reads `dst.len()` bytes at `addr` through the kernel's page-table walk,
-/// so an unmapped or protected address is `EFAULT`, never a crash.
-pub(crate) fn copy_from_user(addr: u64, dst: &mut [u8]) -> Result<(), Errno> {
+/// Reads `dst.len()` bytes at `addr` of process `pid` (this one: the
+/// engine's, cached to spare a `getpid` per copy) through the kernel's
+/// page-table walk, so an unmapped or protected address is `EFAULT`, never
+/// a crash.
+pub(crate) fn copy_from_user(pid: libc::pid_t, addr: u64, dst: &mut [u8]) -> Result<(), Errno> {
     if dst.is_empty() {
         return Ok(());
     }
@@ -31,7 +33,7 @@ pub(crate) fn copy_from_user(addr: u64, dst: &mut [u8]) -> Result<(), Errno> {
     };
     // SAFETY: `local` describes `dst`, which we borrow mutably; `remote` is
     // only read by the kernel, which validates it.
-    let n = unsafe { libc::process_vm_readv(libc::getpid(), &local, 1, &remote, 1, 0) };
+    let n = unsafe { libc::process_vm_readv(pid, &local, 1, &remote, 1, 0) };
     if n == dst.len() as isize {
         Ok(())
     } else {
@@ -39,14 +41,15 @@ pub(crate) fn copy_from_user(addr: u64, dst: &mut [u8]) -> Result<(), Errno> {
     }
 }
 
-/// Writes `src` at `addr`; `EFAULT` if the range is not writable.
+/// Writes `src` at `addr` of this process (`pid`); `EFAULT` if the range
+/// is not writable.
 ///
 /// # Safety
 ///
 /// `addr..addr + src.len()` must be memory the caller of the engine allowed
 /// it to write (an iocb, an event array, a `*ctxp`), or unmapped: writing
 /// through the kernel is still writing into this process.
-pub(crate) unsafe fn copy_to_user(addr: u64, src: &[u8]) -> Result<(), Errno> {
+pub(crate) unsafe fn copy_to_user(pid: libc::pid_t, addr: u64, src: &[u8]) -> Result<(), Errno> {
     if src.is_empty() {
         return Ok(());
     }
@@ -59,7 +62,7 @@ pub(crate) unsafe fn copy_to_user(addr: u64, src: &[u8]) -> Result<(), Errno> {
         iov_len: src.len(),
     };
     // SAFETY: `local` is only read; the caller vouches for `remote`.
-    let n = unsafe { libc::process_vm_writev(libc::getpid(), &local, 1, &remote, 1, 0) };
+    let n = unsafe { libc::process_vm_writev(pid, &local, 1, &remote, 1, 0) };
     if n == src.len() as isize {
         Ok(())
     } else {

@@ -153,6 +153,9 @@ pub struct EngineHost {
     cpus: u32,
     page: u64,
     nice: bool,
+    /// This process: the engine refuses every call from a fork child
+    /// before any memory is copied, so it stays right.
+    pid: libc::pid_t,
 }
 
 fn possible_cpus() -> u32 {
@@ -229,14 +232,14 @@ impl Host for EngineHost {
     type Ring = EngineRing;
 
     fn copy_from_user(&self, addr: u64, dst: &mut [u8]) -> Result<(), Errno> {
-        memory::copy_from_user(addr, dst)
+        memory::copy_from_user(self.pid, addr, dst)
     }
 
     fn copy_to_user(&self, addr: u64, src: &[u8]) -> Result<(), Errno> {
         // SAFETY: the core writes only where Linux would write (an iocb's
         // key, `*ctxp`, the event array): memory the engine's caller handed
         // over through an `unsafe` API whose contract covers it.
-        unsafe { memory::copy_to_user(addr, src) }
+        unsafe { memory::copy_to_user(self.pid, addr, src) }
     }
 
     fn user_addr_limit(&self) -> u64 {
@@ -414,6 +417,7 @@ impl Engine {
             cpus: possible_cpus(),
             page: if page > 0 { page as u64 } else { 4096 },
             nice: capable_sys_nice(),
+            pid: std::process::id() as libc::pid_t,
         };
         Engine {
             kernel: Kernel::new(Arc::new(host)),
