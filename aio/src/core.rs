@@ -61,6 +61,8 @@ struct Slot {
     scope: u64,
     /// The driver it went to.
     route: Route,
+    /// The device of its file, for `Auto`'s page-cache bookkeeping.
+    dev: u64,
     /// Bytes a short `RWF_NOWAIT` read got from the kernel before the
     /// engine was sent the rest; added to the engine's result.
     carried: i64,
@@ -83,6 +85,7 @@ impl Slot {
             detached: false,
             scope: 0,
             route: Route::Unrouted,
+            dev: 0,
             carried: 0,
             waker: None,
         }
@@ -478,7 +481,7 @@ impl Core {
                 let idx = self.queue[i];
                 let slot = self.slab.slot(idx);
                 if slot.route == Route::Unrouted {
-                    slot.route = self.drivers.route(&mut slot.iocb, &mut classes);
+                    (slot.route, slot.dev) = self.drivers.route(&mut slot.iocb, &mut classes);
                 }
                 let side = slot.route.side();
                 let iocb: *mut Iocb = &mut slot.iocb;
@@ -588,11 +591,16 @@ impl Core {
             }
             self.in_flight -= 1;
             self.drivers.in_flight[slot.route.side()] -= 1;
-            if slot.route == Route::KernelNowait && continue_on_engine(slot, ev.res) {
-                self.stats.nowait_retries += 1;
-                self.queue.push_front(key.idx);
-                self.requeued = true;
-                continue;
+            if slot.route == Route::KernelNowait {
+                let dev = slot.dev;
+                let miss = continue_on_engine(slot, ev.res);
+                self.drivers.nowait_outcome(dev, !miss);
+                if miss {
+                    self.stats.nowait_retries += 1;
+                    self.queue.push_front(key.idx);
+                    self.requeued = true;
+                    continue;
+                }
             }
             slot.state = State::Done;
             slot.res = match ev.res {

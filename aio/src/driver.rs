@@ -308,11 +308,18 @@ impl Route {
 enum Device {
     /// tmpfs or ramfs: the data is in memory; the kernel copies it.
     Memory,
-    /// Reads go to the kernel with `RWF_NOWAIT` first.
-    Nowait,
+    /// Reads go to the kernel with `RWF_NOWAIT` first, unless `misses`
+    /// (up by one per miss, down by one per hit) says the cache is cold;
+    /// `tick` counts reads, to try the kernel again every so often.
+    Nowait { misses: u8, tick: u8 },
     /// The filesystem refused `RWF_NOWAIT`: everything to the engine.
     Blocking,
 }
+
+/// `misses` of a device from which its reads skip the kernel.
+const COLD: u8 = 8;
+/// While cold, one read in this many still tries the kernel.
+const PROBE_COLD: u8 = 8;
 
 /// What `Auto` needs to know about a descriptor, learnt once per batch.
 #[derive(Clone, Copy, Default)]
@@ -458,48 +465,73 @@ impl Drivers {
     }
 
     /// Decides where a request runs, setting `RWF_NOWAIT` in its iocb for
-    /// [`Route::KernelNowait`].
-    pub(crate) fn route(&mut self, iocb: &mut Iocb, cache: &mut ClassCache) -> Route {
+    /// [`Route::KernelNowait`]; with the device of the file, for
+    /// [`Drivers::nowait_outcome`].
+    pub(crate) fn route(&mut self, iocb: &mut Iocb, cache: &mut ClassCache) -> (Route, u64) {
         if self.kernel.is_none() {
-            return Route::Engine;
+            return (Route::Engine, 0);
         }
         if self.policy == Driver::Kernel {
-            return Route::Kernel;
+            return (Route::Kernel, 0);
         }
         let op = iocb.aio_lio_opcode;
         if !(op.is_read() || op.is_write()) {
             // fsync, fdatasync and poll never block io_submit.
-            return Route::Kernel;
+            return (Route::Kernel, 0);
         }
         let Some(class) = cache.get(iocb.fd()) else {
             // A bad descriptor: the kernel says which error.
-            return Route::Kernel;
+            return (Route::Kernel, 0);
         };
         if class.positioned && class.direct {
-            return Route::Kernel;
+            return (Route::Kernel, 0);
         }
         if !class.positioned {
-            return Route::Engine;
+            return (Route::Engine, 0);
         }
-        match self.device(class.dev, class.regular, iocb.fd()) {
+        let at = self.device(class.dev, class.regular, iocb.fd());
+        let route = match &mut self.devices[at].1 {
             // A memory copy either way: no thread hop.
             Device::Memory => Route::Kernel,
-            Device::Nowait if op.is_read() => {
+            Device::Nowait { misses, tick } if op.is_read() => {
+                *tick = tick.wrapping_add(1);
                 if iocb.aio_rw_flags.contains(RwFlags::NOWAIT) {
                     // The caller asked for EAGAIN rather than waiting.
-                    return Route::Kernel;
+                    Route::Kernel
+                } else if *misses >= COLD && *tick % PROBE_COLD != 0 {
+                    // Mostly misses lately: a miss costs the submitter the
+                    // readahead it starts; go straight to the engine, and
+                    // look again now and then.
+                    Route::Engine
+                } else {
+                    iocb.aio_rw_flags |= RwFlags::NOWAIT;
+                    Route::KernelNowait
                 }
-                iocb.aio_rw_flags |= RwFlags::NOWAIT;
-                Route::KernelNowait
             }
-            Device::Nowait | Device::Blocking => Route::Engine,
+            Device::Nowait { .. } | Device::Blocking => Route::Engine,
+        };
+        (route, class.dev)
+    }
+
+    /// How a [`Route::KernelNowait`] read on `dev` went: all from the page
+    /// cache (`hit`), or not.
+    pub(crate) fn nowait_outcome(&mut self, dev: u64, hit: bool) {
+        if let Some((_, Device::Nowait { misses, .. })) =
+            self.devices.iter_mut().find(|(d, _)| *d == dev)
+        {
+            *misses = if hit {
+                misses.saturating_sub(1)
+            } else {
+                (*misses + 1).min(2 * COLD)
+            };
         }
     }
 
-    /// What is known of the filesystem of `dev`, learning it from `fd`.
-    fn device(&mut self, dev: u64, regular: bool, fd: RawFd) -> Device {
-        if let Some(&(_, d)) = self.devices.iter().find(|(d, _)| *d == dev) {
-            return d;
+    /// The entry of `dev` in `devices`, learning about its filesystem from
+    /// `fd` the first time.
+    fn device(&mut self, dev: u64, regular: bool, fd: RawFd) -> usize {
+        if let Some(at) = self.devices.iter().position(|(d, _)| *d == dev) {
+            return at;
         }
         // SAFETY: fstatfs writes into a local.
         let mut sfs: libc::statfs = unsafe { std::mem::zeroed() };
@@ -510,10 +542,10 @@ impl Drivers {
         let d = if memory {
             Device::Memory
         } else {
-            Device::Nowait
+            Device::Nowait { misses: 0, tick: 0 }
         };
         self.devices.push((dev, d));
-        d
+        self.devices.len() - 1
     }
 
     /// After the kernel refused a [`Route::KernelNowait`] request with

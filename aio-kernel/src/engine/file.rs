@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicU8, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::vec::Vec;
 
@@ -38,14 +39,52 @@ pub(crate) struct Shared {
     pub(crate) poller: Poller,
     /// Per-device answers of the `FMODE_NOWAIT`/`RWF_DONTCACHE` probes.
     probes: Mutex<HashMap<u64, (bool, bool)>>,
+    /// Per device (hashed): how often the page cache missed the reads
+    /// tried inside `io_submit` lately (up one per miss, down one per
+    /// hit). A miss costs the submitter the readahead it starts, so a cold
+    /// device's reads go straight to the workers, but one in
+    /// `PROBE_COLD` still tries.
+    misses: [AtomicU8; 64],
+    reads: AtomicU32,
 }
 
+/// `misses` from which a device counts as cold.
+const COLD: u8 = 8;
+/// While cold, one read in this many is still tried inside `io_submit`.
+const PROBE_COLD: u32 = 8;
+
 impl Shared {
+    fn misses(&self, dev: u64) -> &AtomicU8 {
+        &self.misses[(dev ^ dev >> 17) as usize % self.misses.len()]
+    }
+
+    /// Whether to try a buffered read of `dev` inside `io_submit`.
+    fn try_inline(&self, dev: u64) -> bool {
+        self.misses(dev).load(Ordering::Relaxed) < COLD
+            || self.reads.fetch_add(1, Ordering::Relaxed) % PROBE_COLD == 0
+    }
+
+    fn inline_outcome(&self, dev: u64, hit: bool) {
+        let m = self.misses(dev);
+        // Racy read-modify-write: a lost update only shifts a heuristic.
+        let now = m.load(Ordering::Relaxed);
+        m.store(
+            if hit {
+                now.saturating_sub(1)
+            } else {
+                (now + 1).min(2 * COLD)
+            },
+            Ordering::Relaxed,
+        );
+    }
+
     pub(crate) fn new(pool: Pool, poller: Poller) -> Shared {
         Shared {
             pool,
             poller,
             probes: Mutex::new(HashMap::new()),
+            misses: [const { AtomicU8::new(0) }; 64],
+            reads: AtomicU32::new(0),
         }
     }
 }
@@ -336,13 +375,20 @@ impl EngineFile {
                     IoStatus::Error(last_errno())
                 }
             }
-            Kind::Positioned if !write && !self.direct && self.mode.nowait => {
+            Kind::Positioned
+                if !write
+                    && !self.direct
+                    && self.mode.nowait
+                    && self.shared.try_inline(self.inode.0) =>
+            {
                 // What the page cache holds is copied here, without
                 // waiting, as Linux copies it inside io_submit; only a miss
                 // goes to a worker. (Not for O_DIRECT: a synchronous read
                 // waits for the device even with RWF_NOWAIT.)
                 // SAFETY: as above.
                 let n = unsafe { transfer(fd, op, op.pos, op.flags | RwFlags::NOWAIT, false) };
+                let hit = n == 0 || n > 0 && n as u64 == op.len();
+                self.shared.inline_outcome(self.inode.0, hit);
                 match n {
                     // All of it, or the end of the file.
                     n if n == 0 || n as u64 == op.len() => IoStatus::Done(n as usize),
