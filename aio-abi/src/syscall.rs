@@ -51,3 +51,34 @@ pub const NATIVE: Numbers = AARCH64;
 /// The numbers of the architecture this crate is compiled for.
 #[cfg(target_arch = "riscv64")]
 pub const NATIVE: Numbers = RISCV64;
+
+/// `cachestat(2)` (Linux 6.5): the page-cache state of a file range,
+/// without reading it (a read with `RWF_NOWAIT` that misses starts
+/// readahead). The same number on every architecture.
+pub const CACHESTAT: i64 = 451;
+
+/// `struct cachestat_range`: `len` 0 means to the end of the file.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CachestatRange {
+    /// First byte.
+    pub off: u64,
+    /// Bytes.
+    pub len: u64,
+}
+
+/// `struct cachestat`, in pages.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Cachestat {
+    /// Pages of the range in the page cache.
+    pub nr_cache: u64,
+    /// Of those, dirty.
+    pub nr_dirty: u64,
+    /// Of those, under writeback.
+    pub nr_writeback: u64,
+    /// Pages evicted from the cache.
+    pub nr_evicted: u64,
+    /// Of those, recently.
+    pub nr_recently_evicted: u64,
+}

@@ -1,4 +1,5 @@
 use core::ptr;
+use std::os::fd::RawFd;
 use std::time::Duration;
 
 use aio_abi::syscall::NATIVE;
@@ -205,4 +206,25 @@ pub unsafe fn io_pgetevents_raw(
 ) -> Result<libc::c_long, Errno> {
     // SAFETY: forwarded from the caller's contract.
     check(unsafe { libc::syscall(NATIVE.io_pgetevents, ctx, min_nr, nr, events, timeout, sig) })
+}
+
+/// Whether all of `len` bytes at `off` of `fd` are in the page cache, by
+/// `cachestat(2)` (Linux 6.5), which starts no readahead, unlike a read
+/// with `RWF_NOWAIT` that misses; `None` where the kernel lacks it or a
+/// filter forbids it.
+pub fn page_cache_holds(fd: RawFd, off: i64, len: u64) -> Option<bool> {
+    use aio_abi::syscall::{CACHESTAT, Cachestat, CachestatRange};
+    let range = CachestatRange {
+        off: off.max(0) as u64,
+        len: len.max(1),
+    };
+    let mut stat = Cachestat::default();
+    // SAFETY: cachestat reads `range` and writes `stat`, both locals.
+    if unsafe { libc::syscall(CACHESTAT, fd, &range, &mut stat, 0) } != 0 {
+        return None;
+    }
+    // SAFETY: plain query.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(1) as u64;
+    let pages = (range.off + range.len).div_ceil(page) - range.off / page;
+    Some(stat.nr_cache >= pages)
 }

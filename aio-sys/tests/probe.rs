@@ -62,3 +62,32 @@ fn probe_reports_a_refused_flag_with_the_kernels_errno() {
         other => panic!("RWF_ATOMIC on a 1-byte write: {other:?}"),
     }
 }
+
+#[test]
+fn page_cache_holds_follows_the_cache() {
+    use std::io::Write as _;
+    use std::os::fd::AsRawFd;
+    let dir = std::env::var_os("AIO_TEST_DIR").map_or_else(std::env::temp_dir, Into::into);
+    let mut f = tempfile::tempfile_in(dir).unwrap();
+    f.write_all(&vec![7u8; 1 << 20]).unwrap();
+    let fd = f.as_raw_fd();
+    let Some(held) = aio_sys::page_cache_holds(fd, 0, 1 << 20) else {
+        eprintln!("SKIPPED: no cachestat (Linux < 6.5)");
+        return;
+    };
+    // Just written: in the cache.
+    assert!(held);
+    assert_eq!(aio_sys::page_cache_holds(fd, 4096, 8192), Some(true));
+    // Past the end there is nothing to hold.
+    assert_eq!(aio_sys::page_cache_holds(fd, 2 << 20, 4096), Some(false));
+    f.sync_all().unwrap();
+    // SAFETY: advice on our own descriptor.
+    unsafe { libc::posix_fadvise(fd, 0, 0, libc::POSIX_FADV_DONTNEED) };
+    // SAFETY: statfs is plain data; all zeroes is a valid value.
+    let mut sfs: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: valid out-pointer.
+    assert_eq!(unsafe { libc::fstatfs(fd, &mut sfs) }, 0);
+    if sfs.f_type != libc::TMPFS_MAGIC as _ {
+        assert_eq!(aio_sys::page_cache_holds(fd, 0, 1 << 20), Some(false));
+    }
+}

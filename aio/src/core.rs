@@ -481,7 +481,12 @@ impl Core {
                 let idx = self.queue[i];
                 let slot = self.slab.slot(idx);
                 if slot.route == Route::Unrouted {
-                    (slot.route, slot.dev) = self.drivers.route(&mut slot.iocb, &mut classes);
+                    let len = if slot.iocb.aio_lio_opcode.is_vectored() {
+                        slot.iovs.iter().map(|v| v.iov_len).sum()
+                    } else {
+                        slot.iocb.aio_nbytes
+                    };
+                    (slot.route, slot.dev) = self.drivers.route(&mut slot.iocb, len, &mut classes);
                 }
                 let side = slot.route.side();
                 let iocb: *mut Iocb = &mut slot.iocb;

@@ -467,7 +467,13 @@ impl Drivers {
     /// Decides where a request runs, setting `RWF_NOWAIT` in its iocb for
     /// [`Route::KernelNowait`]; with the device of the file, for
     /// [`Drivers::nowait_outcome`].
-    pub(crate) fn route(&mut self, iocb: &mut Iocb, cache: &mut ClassCache) -> (Route, u64) {
+    /// `len` is the request's length in bytes.
+    pub(crate) fn route(
+        &mut self,
+        iocb: &mut Iocb,
+        len: u64,
+        cache: &mut ClassCache,
+    ) -> (Route, u64) {
         if self.kernel.is_none() {
             return (Route::Engine, 0);
         }
@@ -498,10 +504,16 @@ impl Drivers {
                 if iocb.aio_rw_flags.contains(RwFlags::NOWAIT) {
                     // The caller asked for EAGAIN rather than waiting.
                     Route::Kernel
-                } else if *misses >= COLD && *tick % PROBE_COLD != 0 {
+                } else if *misses >= COLD
+                    && !aio_sys::page_cache_holds(iocb.fd(), iocb.aio_offset, len)
+                        .unwrap_or(*tick % PROBE_COLD == 0)
+                {
                     // Mostly misses lately: a miss costs the submitter the
-                    // readahead it starts; go straight to the engine, and
-                    // look again now and then.
+                    // readahead it starts, so ask cachestat first (or,
+                    // without it, try one read in PROBE_COLD). Not cached
+                    // counts as a miss: the device stays cold until reads
+                    // hit again.
+                    *misses = (*misses + 1).min(2 * COLD);
                     Route::Engine
                 } else {
                     iocb.aio_rw_flags |= RwFlags::NOWAIT;

@@ -108,10 +108,12 @@ enum Contender {
     /// `aio-tools bench --api tokio-fs`: tokio's blocking-pool file I/O,
     /// no AIO (see `BenchApi::TokioFs` in aio-tools/src/bench.rs).
     TokioFs,
-    // Driver-specific contenders go here (and in CONTENDERS, name() and
-    // bench_args()): e.g. AioSyncEngine / AioSyncAuto / AioTokioAuto, whose
-    // bench_args() are `--api sync|tokio --driver engine|auto`; a sync one
-    // gets the io_submit-per-request check (is_sync_api) by itself.
+    /// `aio-tools bench --api sync --driver auto --jobs 2`: aio's default
+    /// driver with two workers, as fio psync x2 has.
+    AioSyncAutoX2,
+    /// `aio-tools bench --api sync --driver engine --jobs 2`: the
+    /// userspace engine alone, two workers.
+    AioSyncEngineX2,
 }
 
 // aio's default driver is `Driver::Auto`: the "/kernel" contenders pass
@@ -123,7 +125,8 @@ const CONTENDERS: &[Contender] = &[
     Contender::FioPsync2,
     Contender::AioSyncKernel,
     Contender::AioTokioKernel,
-    // <- the engine/auto driver contenders slot in here.
+    Contender::AioSyncAutoX2,
+    Contender::AioSyncEngineX2,
     Contender::TokioFs,
 ];
 
@@ -137,6 +140,8 @@ impl Contender {
             Contender::AioSyncKernel => "aio sync/kernel",
             Contender::AioTokioKernel => "aio tokio/kernel",
             Contender::TokioFs => "tokio::fs",
+            Contender::AioSyncAutoX2 => "aio sync/auto x2",
+            Contender::AioSyncEngineX2 => "aio sync/engine x2",
         }
     }
 
@@ -151,6 +156,10 @@ impl Contender {
             Contender::AioSyncKernel => Some(&["--api", "sync", "--driver", "kernel"]),
             Contender::AioTokioKernel => Some(&["--api", "tokio", "--driver", "kernel"]),
             Contender::TokioFs => Some(&["--api", "tokio-fs"]),
+            Contender::AioSyncAutoX2 => Some(&["--api", "sync", "--driver", "auto", "--jobs", "2"]),
+            Contender::AioSyncEngineX2 => {
+                Some(&["--api", "sync", "--driver", "engine", "--jobs", "2"])
+            }
         }
     }
 
@@ -549,6 +558,131 @@ fn build_tools(root: &Path) -> Result<PathBuf, String> {
 
 type Cells = Vec<(&'static str, &'static str, Contender, Vec<Sample>)>;
 
+/// One run of the cold-cache submission check.
+#[derive(Clone, Copy, Debug, Default)]
+struct ColdRun {
+    iops: f64,
+    /// Time inside one `Context::submit` call, in microseconds.
+    submit_p50: f64,
+    submit_p99: f64,
+    submit_max: f64,
+    /// Requests per `io_submit`-level submission (kernel and engine calls).
+    per_call: f64,
+}
+
+/// The drivers the cold-cache check compares.
+const COLD_DRIVERS: [&str; 2] = ["auto", "kernel"];
+
+/// Issue 6: with the page cache dropped (`drop_caches`), 4 KiB random
+/// reads at depth 32 of a 2 GiB file on the root filesystem through the
+/// sync API: the time a caller spends inside `Context::submit` with
+/// `Auto` (cache misses go to the engine) and with the kernel driver
+/// (Linux reads inside `io_submit`). Runs interleaved, `repeats` each.
+fn cold_submission(
+    tools: &Path,
+    dir: &Path,
+    runtime: u64,
+    repeats: usize,
+) -> Result<Vec<(&'static str, Vec<ColdRun>)>, String> {
+    let path = dir.join("cold.dat");
+    let size: u64 = 2 << 30;
+    if std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0) < size {
+        fill(&path, size).map_err(|e| format!("laying out {}: {e}", path.display()))?;
+    }
+    let mut runs: Vec<(&'static str, Vec<ColdRun>)> =
+        COLD_DRIVERS.iter().map(|&d| (d, Vec::new())).collect();
+    for rep in 0..repeats {
+        for (driver, list) in runs.iter_mut() {
+            if proc::interrupted() {
+                return Err("interrupted".into());
+            }
+            print!("\r[cold {}/{repeats}] {driver:<8}", rep + 1);
+            let _ = std::io::stdout().flush();
+            // SAFETY: sync takes no arguments.
+            unsafe { libc::sync() };
+            write_sysfs("/proc/sys/vm/drop_caches", "3")
+                .map_err(|e| format!("drop_caches: {e}"))?;
+            let out = run_capture(Command::new(tools).args([
+                "bench",
+                "--json",
+                &path.display().to_string(),
+                "--rw",
+                "randread",
+                "--iodepth",
+                "32",
+                "--runtime",
+                &format!("{runtime}s"),
+                "--size",
+                &size.to_string(),
+                "--driver",
+                driver,
+            ]))?;
+            let v: Value =
+                serde_json::from_str(&out).map_err(|e| format!("aio-tools bench JSON: {e}"))?;
+            let f = |x: &Value| x.as_f64().unwrap_or(0.0);
+            list.push(ColdRun {
+                iops: f(&v["iops"]),
+                submit_p50: f(&v["submit_us"]["p50"]),
+                submit_p99: f(&v["submit_us"]["p99"]),
+                submit_max: f(&v["submit_us"]["max"]),
+                per_call: f(&v["stats"]["submitted"]) / f(&v["stats"]["submit_calls"]).max(1.0),
+            });
+        }
+    }
+    println!();
+    Ok(runs)
+}
+
+fn cold_medians(runs: &[ColdRun]) -> ColdRun {
+    let m = |f: fn(&ColdRun) -> f64| median(runs.iter().map(f).collect());
+    ColdRun {
+        iops: m(|r| r.iops),
+        submit_p50: m(|r| r.submit_p50),
+        submit_p99: m(|r| r.submit_p99),
+        submit_max: m(|r| r.submit_max),
+        per_call: m(|r| r.per_call),
+    }
+}
+
+fn render_cold(runs: &[(&'static str, Vec<ColdRun>)]) -> String {
+    let mut s = String::from(
+        "cold page cache (2 GiB file on the root filesystem, drop_caches before each run), 4 KiB random reads, depth 32, sync API:\n",
+    );
+    let _ = writeln!(
+        s,
+        "  {:<8} {:>10} {:>16} {:>16} {:>16} {:>14}",
+        "driver", "IOPS", "submit p50 us", "submit p99 us", "submit max us", "requests/call"
+    );
+    for (driver, list) in runs {
+        let m = cold_medians(list);
+        let _ = writeln!(
+            s,
+            "  {driver:<8} {:>10.0} {:>16.1} {:>16.1} {:>16.1} {:>14.1}",
+            m.iops, m.submit_p50, m.submit_p99, m.submit_max, m.per_call
+        );
+    }
+    s
+}
+
+fn cold_json(runs: &[(&'static str, Vec<ColdRun>)]) -> Value {
+    let one = |r: &ColdRun| {
+        json!({
+            "iops": r.iops,
+            "submit_us": {"p50": r.submit_p50, "p99": r.submit_p99, "max": r.submit_max},
+            "requests_per_call": r.per_call,
+        })
+    };
+    runs.iter()
+        .map(|(d, list)| {
+            json!({
+                "driver": d,
+                "runs": list.iter().map(one).collect::<Vec<_>>(),
+                "median": one(&cold_medians(list)),
+            })
+        })
+        .collect()
+}
+
 /// Runs the benchmark.
 pub fn run(opts: &Options) -> Outcome {
     if !proc::is_root() {
@@ -647,10 +781,34 @@ pub fn run(opts: &Options) -> Outcome {
         }
     }
     println!();
+    let cold = if opts.only.is_empty() || opts.only.iter().any(|o| o == "cold") {
+        match cold_submission(&tools, &out_dir, opts.runtime, opts.repeats) {
+            Ok(c) => c,
+            Err(e) => {
+                failures.push(format!("cold page cache: {e}"));
+                Vec::new()
+            }
+        }
+    } else {
+        Vec::new()
+    };
     let table = render_table(&cells);
     println!("{table}");
-    println!("{}", render_goals(&goals(&cells)));
-    let json = to_json(&cells, opts, &load_at_start);
+    let mut goals = goals(&cells);
+    if let Some((_, auto)) = cold.iter().find(|(d, _)| *d == "auto") {
+        goals.push(Goal {
+            what: "cold cache, depth 32: time in Context::submit p99 with auto (us)".into(),
+            value: (!auto.is_empty()).then(|| cold_medians(auto).submit_p99),
+            at_least: false,
+            bound: 50.0,
+        });
+    }
+    if !cold.is_empty() {
+        println!("{}", render_cold(&cold));
+    }
+    println!("{}", render_goals(&goals));
+    let mut json = to_json(&cells, opts, &load_at_start);
+    json["cold_submission"] = cold_json(&cold);
     let json_path = out_dir.join("results.json");
     let svg_path = out_dir.join("iops-vs-depth.svg");
     let written = std::fs::write(&json_path, serde_json::to_string_pretty(&json).unwrap())
@@ -824,8 +982,10 @@ fn goals(cells: &Cells) -> Vec<Goal> {
         ratio_goal(cells, ("zram0", qd32), AioSyncKernel, FioLibaioBest, 1.0),
         ratio_goal(cells, ("zram0", qd32), AioSyncKernel, FioLibaioDefault, 1.5),
         ratio_goal(cells, ("direct", qd32), AioSyncKernel, FioIoUring, 0.97),
-        // The engine's target (page-cached 4 KiB random reads: engine
-        // >= 0.8x fio psync x2) slots in here with its contender.
+        // Page-cached 4 KiB random reads with two workers against pread
+        // from two threads: Auto (issue 6) and the engine alone (issue 10).
+        ratio_goal(cells, ("cached", qd32), AioSyncAutoX2, FioPsync2, 0.8),
+        ratio_goal(cells, ("cached", qd32), AioSyncEngineX2, FioPsync2, 0.8),
     ];
     let mut seen: Vec<(&str, &str)> = Vec::new();
     for (t, w, _, _) in cells {

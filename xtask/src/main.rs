@@ -89,7 +89,8 @@ enum Cmd {
         /// Runs per cell; the median is reported.
         #[arg(long, default_value_t = 3)]
         repeats: usize,
-        /// Only these targets (comma-separated): zram0, direct, cached.
+        /// Only these targets (comma-separated): zram0, direct, cached, and
+        /// cold (the cold-page-cache submission check).
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
     },

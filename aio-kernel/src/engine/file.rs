@@ -46,12 +46,16 @@ pub(crate) struct Shared {
     /// `PROBE_COLD` still tries.
     misses: [AtomicU8; 64],
     reads: AtomicU32,
+    /// The eventfd of the last request that had one, with its number.
+    last_eventfd: Mutex<Option<(i32, Arc<EngineEventFd>)>>,
 }
 
 /// `misses` from which a device counts as cold.
 const COLD: u8 = 8;
-/// While cold, one read in this many is still tried inside `io_submit`.
-const PROBE_COLD: u32 = 8;
+/// While cold, one read in this many is still tried inside `io_submit`
+/// (rarely: a miss starts readahead, which on a virtual disk costs the
+/// submitter an exit to the hypervisor).
+const PROBE_COLD: u32 = 64;
 
 impl Shared {
     fn misses(&self, dev: u64) -> &AtomicU8 {
@@ -85,6 +89,7 @@ impl Shared {
             probes: Mutex::new(HashMap::new()),
             misses: [const { AtomicU8::new(0) }; 64],
             reads: AtomicU32::new(0),
+            last_eventfd: Mutex::new(None),
         }
     }
 }
@@ -547,11 +552,44 @@ impl EventFd for EngineEventFd {
     }
 }
 
+/// `kcmp(2)`'s `KCMP_FILE`: whether two descriptors of this process
+/// name the same open file (`None` where kcmp is missing or forbidden).
+fn same_file(a: i32, b: i32) -> Option<bool> {
+    const KCMP_FILE: libc::c_long = 0;
+    // SAFETY: plain query.
+    let pid = unsafe { libc::getpid() };
+    // SAFETY: kcmp reads no memory of ours.
+    let r = unsafe { libc::syscall(libc::SYS_kcmp, pid, pid, KCMP_FILE, a, b) };
+    (r >= 0).then_some(r == 0)
+}
+
 /// `eventfd_ctx_fdget`: `EBADF` if closed, `EINVAL` if not an eventfd.
-pub(crate) fn eventfd_get(fd: i32) -> Result<Arc<dyn EventFd>, Errno> {
+/// The last eventfd taken is kept: a request naming the same open file
+/// again (every request of a context usually does) costs one `kcmp`
+/// instead of a `readlink` of /proc and a `dup`.
+pub(crate) fn eventfd_get(shared: &Shared, fd: i32) -> Result<Arc<dyn EventFd>, Errno> {
     if fd < 0 {
         return Err(Errno::EBADF);
     }
+    let last = shared
+        .last_eventfd
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    if let Some((raw, efd)) = last {
+        if raw == fd && same_file(fd, efd.0.as_raw_fd()) == Some(true) {
+            return Ok(efd);
+        }
+    }
+    let efd = eventfd_open(fd)?;
+    *shared
+        .last_eventfd
+        .lock()
+        .unwrap_or_else(|e| e.into_inner()) = Some((fd, efd.clone()));
+    Ok(efd)
+}
+
+fn eventfd_open(fd: i32) -> Result<Arc<EngineEventFd>, Errno> {
     // SAFETY: F_GETFL only inspects the fd table.
     let fl = unsafe { libc::fcntl(fd, libc::F_GETFL) };
     if fl < 0 || fl & libc::O_PATH != 0 {

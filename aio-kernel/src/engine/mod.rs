@@ -255,7 +255,7 @@ impl Host for EngineHost {
     }
 
     fn eventfd_get(&self, fd: i32) -> Result<Arc<dyn EventFd>, Errno> {
-        file::eventfd_get(fd)
+        file::eventfd_get(&self.shared, fd)
     }
 
     fn map_ring(&self, len: u64, at: Option<u64>) -> Result<EngineRing, Errno> {
