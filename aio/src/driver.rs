@@ -111,28 +111,56 @@ pub(crate) trait Backend: Send {
     fn destroy(&mut self) -> Result<(), Errno>;
 }
 
+/// A context's ring, read until the context is destroyed.
+struct Reaper {
+    ring: RingView,
+    destroyed: bool,
+}
+
+impl Reaper {
+    /// # Safety
+    /// If `use_ring`, `ctx` is the address of a mapped `aio_ring` that
+    /// stays mapped until [`Reaper::destroyed`] is set.
+    unsafe fn new(ctx: AioContext, use_ring: bool) -> Reaper {
+        let ring = if use_ring {
+            // SAFETY: per the contract.
+            unsafe { RingView::new(ctx) }
+        } else {
+            RingView::syscall_only(ctx)
+        };
+        Reaper {
+            ring,
+            destroyed: false,
+        }
+    }
+
+    fn try_reap(&mut self, out: &mut [IoEvent]) -> usize {
+        if self.destroyed {
+            return 0;
+        }
+        self.ring.try_reap(out)
+    }
+
+    fn reaps_ring(&self) -> bool {
+        self.ring.is_mapped() && !self.destroyed
+    }
+}
+
 /// The running kernel.
 pub(crate) struct KernelBackend {
     ctx: AioContext,
-    ring: RingView,
-    destroyed: bool,
+    reaper: Reaper,
 }
 
 impl KernelBackend {
     /// `io_setup(depth)`, reaping from the ring if `use_ring`.
     pub(crate) fn new(depth: u32, use_ring: bool) -> Result<KernelBackend, Errno> {
         let ctx = aio_sys::io_setup(depth)?;
-        let ring = if use_ring {
-            // SAFETY: `ctx` was just returned by io_setup and is destroyed
-            // only by `destroy`, after which the view is never used.
-            unsafe { RingView::new(ctx) }
-        } else {
-            RingView::syscall_only(ctx)
-        };
         Ok(KernelBackend {
             ctx,
-            ring,
-            destroyed: false,
+            // SAFETY: `ctx` was just returned by io_setup and is destroyed
+            // only by `destroy`, which marks the reaper.
+            reaper: unsafe { Reaper::new(ctx, use_ring) },
         })
     }
 }
@@ -144,10 +172,7 @@ impl Backend for KernelBackend {
     }
 
     fn try_reap(&mut self, out: &mut [IoEvent]) -> usize {
-        if self.destroyed {
-            return 0;
-        }
-        self.ring.try_reap(out)
+        self.reaper.try_reap(out)
     }
 
     fn wait(
@@ -168,17 +193,17 @@ impl Backend for KernelBackend {
     }
 
     fn reaps_ring(&self) -> bool {
-        self.ring.is_mapped() && !self.destroyed
+        self.reaper.reaps_ring()
     }
 
     fn destroy(&mut self) -> Result<(), Errno> {
-        if self.destroyed {
+        if self.reaper.destroyed {
             return Ok(());
         }
         // SAFETY: the ring view is not used after this (`destroyed` guards
         // try_reap; `wait` on a destroyed context only returns EINVAL).
         unsafe { aio_sys::io_destroy(self.ctx) }?;
-        self.destroyed = true;
+        self.reaper.destroyed = true;
         Ok(())
     }
 }
@@ -195,27 +220,20 @@ impl Drop for KernelBackend {
 pub(crate) struct EngineBackend {
     engine: &'static Engine,
     ctx: AioContext,
-    ring: RingView,
-    destroyed: bool,
+    reaper: Reaper,
 }
 
 impl EngineBackend {
     pub(crate) fn new(depth: u32, use_ring: bool) -> Result<EngineBackend, Errno> {
         let engine = Engine::global();
         let ctx = engine.io_setup(depth)?;
-        let ring = if use_ring {
-            // SAFETY: the engine's contexts are the addresses of rings with
-            // the kernel's layout, mapped until `io_destroy`, after which
-            // the view is never used.
-            unsafe { RingView::new(ctx) }
-        } else {
-            RingView::syscall_only(ctx)
-        };
         Ok(EngineBackend {
             engine,
             ctx,
-            ring,
-            destroyed: false,
+            // SAFETY: the engine's contexts are the addresses of rings with
+            // the kernel's layout, mapped until `io_destroy`, which marks
+            // the reaper.
+            reaper: unsafe { Reaper::new(ctx, use_ring) },
         })
     }
 }
@@ -232,10 +250,7 @@ impl Backend for EngineBackend {
     }
 
     fn try_reap(&mut self, out: &mut [IoEvent]) -> usize {
-        if self.destroyed {
-            return 0;
-        }
-        self.ring.try_reap(out)
+        self.reaper.try_reap(out)
     }
 
     fn wait(
@@ -244,10 +259,7 @@ impl Backend for EngineBackend {
         out: &mut [IoEvent],
         timeout: Option<Duration>,
     ) -> Result<usize, Errno> {
-        let ts = timeout.map(|t| libc::timespec {
-            tv_sec: t.as_secs() as libc::time_t,
-            tv_nsec: t.subsec_nanos() as libc::c_long,
-        });
+        let ts = timeout.map(aio_sys::timespec);
         self.engine
             .io_getevents(self.ctx, min_nr as i64, out, ts.as_ref())
     }
@@ -260,15 +272,15 @@ impl Backend for EngineBackend {
     }
 
     fn reaps_ring(&self) -> bool {
-        self.ring.is_mapped() && !self.destroyed
+        self.reaper.reaps_ring()
     }
 
     fn destroy(&mut self) -> Result<(), Errno> {
-        if self.destroyed {
+        if self.reaper.destroyed {
             return Ok(());
         }
         self.engine.io_destroy(self.ctx)?;
-        self.destroyed = true;
+        self.reaper.destroyed = true;
         Ok(())
     }
 }
