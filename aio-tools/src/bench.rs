@@ -519,8 +519,9 @@ fn run_sync(
     }
 }
 
-/// The tokio API: one task per request in flight on a current-thread
-/// runtime; each completion starts the next request with its buffers.
+/// The tokio API on a current-thread runtime: --iodepth request futures in
+/// flight in one task; each completion starts the next request with its
+/// buffers.
 async fn run_tokio(
     args: &BenchArgs,
     t: &Target,
@@ -530,32 +531,32 @@ async fn run_tokio(
     deadline: Instant,
     m: &mut Measured,
 ) {
-    let mut set = tokio::task::JoinSet::new();
-    let mut spawn = |set: &mut tokio::task::JoinSet<_>, bufs: Vec<AlignedBuf>| {
+    use futures_util::StreamExt as _;
+    use futures_util::future::Either;
+    use futures_util::stream::FuturesUnordered;
+    // --iodepth requests in flight in this one task (no spawn per
+    // request); each completion starts the next with its buffers.
+    let mut in_flight = FuturesUnordered::new();
+    let mut start = |bufs: Vec<AlignedBuf>| {
         let (off, write) = offsets.next(args.rw);
         let started = Instant::now();
-        if write {
-            let op = handle.run(WriteV::new(&t.file, bufs, off));
-            set.spawn(async move {
-                let (r, b) = op.await;
-                (r, b, started)
-            });
+        let op = if write {
+            Either::Left(handle.run(WriteV::new(&t.file, bufs, off)))
         } else {
-            let op = handle.run(ReadV::new(&t.file, bufs, off));
-            set.spawn(async move {
-                let (r, b) = op.await;
-                (r, b, started)
-            });
+            Either::Right(handle.run(ReadV::new(&t.file, bufs, off)))
+        };
+        async move {
+            let (r, b) = op.await;
+            (r, b, started)
         }
     };
     for _ in 0..args.iodepth {
-        spawn(&mut set, buffers());
+        in_flight.push(start(buffers()));
     }
-    while let Some(done) = set.join_next().await {
-        let (res, bufs, started) = done.expect("a bench task panicked");
+    while let Some((res, bufs, started)) = in_flight.next().await {
         m.record(res, started.elapsed());
         if Instant::now() < deadline {
-            spawn(&mut set, bufs);
+            in_flight.push(start(bufs));
         }
     }
 }
