@@ -52,11 +52,13 @@ pub struct TestArgs {
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Kill a test binary (or vectest) in the guest that runs longer than
-    /// this (the slowest passing one takes ~20 s under TCG).
+    /// this (under TCG most take seconds; aio's roundtrip on the nfs row
+    /// takes 750-900 s, so a full run wants --timeout-secs 900 or more).
     #[arg(long, default_value_t = 300)]
     timeout_secs: u64,
-    /// Kill the whole VM after this long.
-    #[arg(long, default_value_t = 1800)]
+    /// Kill the whole VM after this long (a full run under TCG on 2 loaded
+    /// cores took 1950 s in the VM on 6.1).
+    #[arg(long, default_value_t = 3600)]
     vm_timeout_secs: u64,
     /// qemu acceleration: kvm when /dev/kvm works (auto), or force one.
     #[arg(long, value_enum, default_value_t = Accel::Auto)]
