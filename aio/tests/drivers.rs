@@ -78,9 +78,10 @@ fn an_empty_pipe_read_through_the_kernel_blocks_in_submission() {
 }
 
 /// A scratch file on the filesystem under test, with `len` bytes of
-/// pattern `seed` on disk and none of them in the page cache; `None` on
-/// tmpfs (memory only) or where the cache cannot be dropped.
-fn cold_file(len: usize, seed: u64) -> Option<(common::Scratch, Vec<u8>)> {
+/// pattern `seed` on disk and none of them in the page cache, and whether
+/// its filesystem takes `RWF_NOWAIT`; `None` on tmpfs (memory only) or
+/// where the cache cannot be dropped.
+fn cold_file(len: usize, seed: u64) -> Option<(common::Scratch, Vec<u8>, bool)> {
     let mut s = scratch_in(&scratch_dir(), false);
     let data = pattern(len, seed);
     s.file.write_all(&data).unwrap();
@@ -93,6 +94,8 @@ fn cold_file(len: usize, seed: u64) -> Option<(common::Scratch, Vec<u8>)> {
         eprintln!("SKIPPED: tmpfs has no page cache to miss");
         return None;
     }
+    // Asked while the file is cached: a miss would start readahead.
+    let nowait = takes_nowait(&s.file);
     // SAFETY: advice on our own descriptor.
     let r = unsafe { libc::posix_fadvise(s.file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
     assert_eq!(r, 0);
@@ -100,7 +103,7 @@ fn cold_file(len: usize, seed: u64) -> Option<(common::Scratch, Vec<u8>)> {
         eprintln!("SKIPPED: the page cache kept the file after POSIX_FADV_DONTNEED");
         return None;
     }
-    Some((s, data))
+    Some((s, data, nowait))
 }
 
 /// Whether the page at `offset` is in the page cache, by `mincore` (a
@@ -130,8 +133,8 @@ fn cached(file: &std::fs::File, offset: usize) -> bool {
 /// Whether the filesystem of `file` takes `RWF_NOWAIT`. Those without
 /// FMODE_NOWAIT (ext2, jfs, reiserfs and NFS in Linux 6.12) refuse it with
 /// EOPNOTSUPP, and Auto then sends their reads to the engine without
-/// trying the kernel. A one-byte `preadv2` with the flag answers without
-/// starting readahead (IOCB_NOIO), so a cold file stays cold.
+/// trying the kernel. Ask with a one-byte `preadv2` of cached data: a
+/// miss would start readahead (RWF_NOWAIT is not IOCB_NOIO).
 fn takes_nowait(file: &std::fs::File) -> bool {
     let mut b = 0u8;
     let iov = libc::iovec {
@@ -156,10 +159,9 @@ fn takes_nowait(file: &std::fs::File) -> bool {
 #[test]
 fn auto_sends_page_cache_misses_to_the_engine() {
     const LEN: usize = 1 << 20;
-    let Some((s, data)) = cold_file(LEN, 3) else {
+    let Some((s, data, nowait)) = cold_file(LEN, 3) else {
         return;
     };
-    let nowait = takes_nowait(&s.file);
     let ctx = context_on(Driver::Auto, 8);
     let (n, buf) = ctx.run(Read::new(&s.file, vec![0u8; LEN], 0));
     assert_eq!(n.unwrap(), LEN);
@@ -180,10 +182,9 @@ fn auto_sends_page_cache_misses_to_the_engine() {
 #[test]
 fn a_read_half_in_the_page_cache_is_finished_by_the_engine() {
     const LEN: usize = 256 << 10;
-    let Some((s, data)) = cold_file(LEN, 4) else {
+    let Some((s, data, nowait)) = cold_file(LEN, 4) else {
         return;
     };
-    let nowait = takes_nowait(&s.file);
     // The first 100 KiB cached, the rest not (no readahead).
     // SAFETY: advice on our own descriptor.
     unsafe { libc::posix_fadvise(s.file.as_raw_fd(), 0, 0, libc::POSIX_FADV_RANDOM) };
