@@ -174,9 +174,10 @@ pub struct Stats {
     /// [`Driver::Auto`](crate::Driver::Auto) for buffered writes, pipes,
     /// sockets and page-cache misses).
     pub engine_submitted: u64,
-    /// Buffered reads that `Auto` tried in the kernel with `RWF_NOWAIT`
-    /// and handed (in whole or in part) to the engine because the data
-    /// was not all in the page cache.
+    /// Buffered reads (and writes) that `Auto` tried in the kernel with
+    /// `RWF_NOWAIT` and handed, in whole or in part, to the engine because
+    /// the kernel would have waited (data not in the page cache, a write
+    /// that must allocate or is throttled).
     pub nowait_retries: u64,
     /// Sleeps on `Auto`'s eventfd, when both drivers had requests in
     /// flight (counted apart from `getevents_calls`).
@@ -559,7 +560,11 @@ impl Core {
                 let idx = self.batch[side][0];
                 let slot = self.slab.slot(idx);
                 if slot.route == Route::KernelNowait
-                    && self.drivers.nowait_refused(slot.iocb.fd(), e)
+                    && self.drivers.nowait_refused(
+                        slot.iocb.fd(),
+                        slot.iocb.aio_lio_opcode.is_write(),
+                        e,
+                    )
                 {
                     // This filesystem does not do RWF_NOWAIT: route this
                     // batch's reads again, knowing that.
@@ -597,9 +602,9 @@ impl Core {
             self.in_flight -= 1;
             self.drivers.in_flight[slot.route.side()] -= 1;
             if slot.route == Route::KernelNowait {
-                let dev = slot.dev;
+                let (dev, write) = (slot.dev, slot.iocb.aio_lio_opcode.is_write());
                 let miss = continue_on_engine(slot, ev.res);
-                self.drivers.nowait_outcome(dev, !miss);
+                self.drivers.nowait_outcome(dev, write, !miss);
                 if miss {
                     self.stats.nowait_retries += 1;
                     self.queue.push_front(key.idx);
@@ -931,11 +936,11 @@ impl Drop for Core {
     }
 }
 
-/// After a [`Route::KernelNowait`] read's event: whether the engine must
-/// run it (the kernel answered `EAGAIN`) or the rest of it (a short read,
-/// which is the page cache ending or the file ending; the engine tells
-/// which). Prepares the slot for that: `RWF_NOWAIT` off, the done part
-/// skipped and counted in `carried`.
+/// After a [`Route::KernelNowait`] event: whether the engine must run the
+/// request (the kernel answered `EAGAIN`) or the rest of it (a short read,
+/// which is the page cache ending or the file ending, the engine tells
+/// which; or a short write). Prepares the slot for that: `RWF_NOWAIT` off,
+/// the done part skipped and counted in `carried`.
 fn continue_on_engine(slot: &mut Slot, res: i64) -> bool {
     let iocb = &mut slot.iocb;
     let vectored = iocb.aio_lio_opcode.is_vectored();

@@ -25,8 +25,9 @@ pub enum Driver {
     /// is copied inside `io_submit` at the kernel's speed, and to the
     /// engine when the kernel answers that it would have to wait (or
     /// returns part of the data: the engine reads the rest); buffered
-    /// writes and everything on pipes, sockets and other files to the
-    /// engine. When the AIO system calls are unavailable (`ENOSYS`, or
+    /// writes the same way where the filesystem takes `RWF_NOWAIT` for
+    /// writes (xfs, btrfs; not ext4, nor appends), else to the engine;
+    /// everything on pipes, sockets and other files to the engine. When the AIO system calls are unavailable (`ENOSYS`, or
     /// `EPERM` from a seccomp filter), everything goes to the engine.
     ///
     /// Requests in flight together are not ordered, as with the kernel:
@@ -322,9 +323,18 @@ enum Device {
     Memory,
     /// Reads go to the kernel with `RWF_NOWAIT` first, unless `misses`
     /// (up by one per miss, down by one per hit) says the cache is cold;
-    /// `tick` counts reads, to try the kernel again every so often.
-    Nowait { misses: u8, tick: u8 },
-    /// The filesystem refused `RWF_NOWAIT`: everything to the engine.
+    /// `tick` counts requests, to try the kernel again every so often.
+    /// Writes (not appends) too, unless `writes_refused` (ext4 takes the
+    /// flag for reads only) or `write_misses` says they mostly would wait
+    /// (xfs answers EAGAIN to every buffered AIO write with the flag).
+    Nowait {
+        misses: u8,
+        tick: u8,
+        writes_refused: bool,
+        write_misses: u8,
+    },
+    /// The filesystem refused `RWF_NOWAIT` for reads: everything to the
+    /// engine.
     Blocking,
 }
 
@@ -341,6 +351,8 @@ struct FdClass {
     positioned: bool,
     regular: bool,
     direct: bool,
+    /// `O_APPEND`.
+    append: bool,
     /// The filesystem's device, or the block device itself.
     dev: u64,
 }
@@ -366,6 +378,7 @@ fn classify(fd: RawFd) -> Option<FdClass> {
         positioned: fmt == libc::S_IFREG || fmt == libc::S_IFBLK,
         regular: fmt == libc::S_IFREG,
         direct: fl & libc::O_DIRECT != 0,
+        append: fl & libc::O_APPEND != 0,
         dev: if fmt == libc::S_IFBLK {
             st.st_rdev
         } else {
@@ -511,7 +524,28 @@ impl Drivers {
         let route = match &mut self.devices[at].1 {
             // A memory copy either way: no thread hop.
             Device::Memory => Route::Kernel,
-            Device::Nowait { misses, tick } if op.is_read() => {
+            Device::Nowait {
+                writes_refused: false,
+                write_misses,
+                tick,
+                ..
+            } if op.is_write() && !class.append => {
+                *tick = tick.wrapping_add(1);
+                if iocb
+                    .aio_rw_flags
+                    .intersects(RwFlags::NOWAIT | RwFlags::APPEND)
+                    || (*write_misses >= COLD && *tick % PROBE_COLD != 0)
+                {
+                    // The caller's NOWAIT is theirs to see; an append's
+                    // rest could not go on where the first part ended; and
+                    // writes that keep answering EAGAIN cost a second trip.
+                    Route::Engine
+                } else {
+                    iocb.aio_rw_flags |= RwFlags::NOWAIT;
+                    Route::KernelNowait
+                }
+            }
+            Device::Nowait { misses, tick, .. } if op.is_read() => {
                 *tick = tick.wrapping_add(1);
                 if iocb.aio_rw_flags.contains(RwFlags::NOWAIT) {
                     // The caller asked for EAGAIN rather than waiting.
@@ -537,16 +571,23 @@ impl Drivers {
         (route, class.dev)
     }
 
-    /// How a [`Route::KernelNowait`] read on `dev` went: all from the page
-    /// cache (`hit`), or not.
-    pub(crate) fn nowait_outcome(&mut self, dev: u64, hit: bool) {
-        if let Some((_, Device::Nowait { misses, .. })) =
-            self.devices.iter_mut().find(|(d, _)| *d == dev)
+    /// How a [`Route::KernelNowait`] read (or `write`) on `dev` went: done
+    /// in the kernel (`hit`), or not.
+    pub(crate) fn nowait_outcome(&mut self, dev: u64, write: bool, hit: bool) {
+        if let Some((
+            _,
+            Device::Nowait {
+                misses,
+                write_misses,
+                ..
+            },
+        )) = self.devices.iter_mut().find(|(d, _)| *d == dev)
         {
-            *misses = if hit {
-                misses.saturating_sub(1)
+            let m = if write { write_misses } else { misses };
+            *m = if hit {
+                m.saturating_sub(1)
             } else {
-                (*misses + 1).min(2 * COLD)
+                (*m + 1).min(2 * COLD)
             };
         }
     }
@@ -566,23 +607,36 @@ impl Drivers {
         let d = if memory {
             Device::Memory
         } else {
-            Device::Nowait { misses: 0, tick: 0 }
+            Device::Nowait {
+                misses: 0,
+                tick: 0,
+                writes_refused: false,
+                write_misses: 0,
+            }
         };
         self.devices.push((dev, d));
         self.devices.len() - 1
     }
 
-    /// After the kernel refused a [`Route::KernelNowait`] request with
-    /// `errno` at submission: whether to run it on the engine instead, and
-    /// then to send the rest of that device's reads there too.
-    pub(crate) fn nowait_refused(&mut self, fd: RawFd, errno: Errno) -> bool {
+    /// After the kernel refused a [`Route::KernelNowait`] read (or
+    /// `write`) with `errno` at submission: whether to run it on the engine
+    /// instead, and then to send the rest of that device's reads (writes)
+    /// there too.
+    pub(crate) fn nowait_refused(&mut self, fd: RawFd, write: bool, errno: Errno) -> bool {
         if errno != Errno::EOPNOTSUPP && errno != Errno::EINVAL {
             return false;
         }
         if let Some(class) = classify(fd) {
-            match self.devices.iter_mut().find(|(d, _)| *d == class.dev) {
-                Some(entry) => entry.1 = Device::Blocking,
-                None => self.devices.push((class.dev, Device::Blocking)),
+            let at = match self.devices.iter().position(|(d, _)| *d == class.dev) {
+                Some(at) => at,
+                None => {
+                    self.devices.push((class.dev, Device::Blocking));
+                    return true;
+                }
+            };
+            match &mut self.devices[at].1 {
+                Device::Nowait { writes_refused, .. } if write => *writes_refused = true,
+                d => *d = Device::Blocking,
             }
         }
         true
