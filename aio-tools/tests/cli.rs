@@ -508,7 +508,7 @@ fn bench_runs_tokio_fs_for_comparison() {
 
 #[test]
 fn vectest_stress_and_bench_take_each_driver() {
-    let (_d, f) = file_in(&scratch_dir());
+    let (d, f) = file_in(&scratch_dir());
     for driver in ["auto", "kernel", "engine"] {
         let r = run(&["vectest", &f, "--size", "4M", "--driver", driver, "--json"]);
         assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
@@ -553,7 +553,19 @@ fn vectest_stress_and_bench_take_each_driver() {
             assert_eq!(s["engine_submitted"], s["submitted"], "{v}");
         }
 
-        let r = run(&["stress", "--duration", "1s", "--driver", driver, "--json"]);
+        // In its own directory: another test counts the stress files left
+        // in the shared one.
+        let own = d.path().to_str().unwrap();
+        let r = run(&[
+            "stress",
+            "--duration",
+            "1s",
+            "--driver",
+            driver,
+            "--json",
+            "--dir",
+            own,
+        ]);
         assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
     }
     let r = run(&["vectest", &f, "--driver", "uring"]);

@@ -190,7 +190,7 @@ impl ContextBuilder {
 /// // Wait for a write before reading what it wrote.
 /// let (n, buf) = ctx.run(Read::new(&file, vec![0u8; 10], 0));
 /// assert_eq!((n.unwrap(), &buf[..]), (10, &b"helloworld"[..]));
-/// assert_eq!(ctx.stats().submitted, 3);
+/// assert_eq!(ctx.stats().requests, 3);
 /// ```
 pub struct Context {
     core: RefCell<Core>,

@@ -603,6 +603,12 @@ impl Core {
             self.drivers.in_flight[slot.route.side()] -= 1;
             if slot.route == Route::KernelNowait {
                 let (dev, write) = (slot.dev, slot.iocb.aio_lio_opcode.is_write());
+                if ev.res == Errno::EOPNOTSUPP.as_res() {
+                    // Refused by the filesystem's write_iter (ext4's
+                    // buffered writes) rather than at io_submit.
+                    self.drivers
+                        .nowait_refused(slot.iocb.fd(), write, Errno::EOPNOTSUPP);
+                }
                 let miss = continue_on_engine(slot, ev.res);
                 self.drivers.nowait_outcome(dev, write, !miss);
                 if miss {
@@ -949,7 +955,7 @@ fn continue_on_engine(slot: &mut Slot, res: i64) -> bool {
     } else {
         iocb.aio_nbytes
     };
-    let rest = if res == Errno::EAGAIN.as_res() {
+    let rest = if res == Errno::EAGAIN.as_res() || res == Errno::EOPNOTSUPP.as_res() {
         0
     } else if res > 0 && (res as u64) < len {
         res as u64
