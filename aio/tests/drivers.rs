@@ -156,6 +156,24 @@ fn takes_nowait(file: &std::fs::File) -> bool {
     }
 }
 
+/// Where the filesystem refuses RWF_NOWAIT, a cold read runs on the engine
+/// at once. Where it takes it, the kernel tries first and a miss (EAGAIN or
+/// a short count) goes on to the engine; but since Linux 6.12 such a miss
+/// starts readahead, and a device that finishes it at once (zram, a host's
+/// cache behind a VM's disk) lets the kernel serve the read: then nothing
+/// reaches the engine (docs/spec-errata.md, §1.4).
+fn cold_read_went_where_it_should(st: &aio::Stats, nowait: bool) {
+    if !nowait {
+        assert_eq!(st.nowait_retries, 0, "{st:?}");
+        assert!(st.engine_submitted >= 1, "{st:?}");
+    } else if st.nowait_retries == 0 {
+        assert_eq!(st.engine_submitted, 0, "{st:?}");
+        eprintln!("the kernel's readahead served the cold read: no miss to retry");
+    } else {
+        assert!(st.engine_submitted >= st.nowait_retries, "{st:?}");
+    }
+}
+
 #[test]
 fn auto_sends_page_cache_misses_to_the_engine() {
     const LEN: usize = 1 << 20;
@@ -167,10 +185,7 @@ fn auto_sends_page_cache_misses_to_the_engine() {
     assert_eq!(n.unwrap(), LEN);
     assert!(buf == data);
     let st = ctx.stats();
-    // Tried in the kernel first, where the filesystem takes RWF_NOWAIT;
-    // on the engine at once where it refuses the flag.
-    assert_eq!(st.nowait_retries >= 1, nowait, "{st:?}");
-    assert!(st.engine_submitted >= 1, "{st:?}");
+    cold_read_went_where_it_should(&st, nowait);
     // Now cached: the kernel serves it inside io_submit (or, without
     // RWF_NOWAIT, the engine does); no retry either way.
     let (n, buf) = ctx.run(Read::new(&s.file, vec![0u8; LEN], 0));
@@ -202,10 +217,8 @@ fn a_read_half_in_the_page_cache_is_finished_by_the_engine() {
     assert_eq!(n.unwrap(), LEN);
     assert!(back.concat() == data, "data differs");
     let st = ctx.stats();
-    // Where the filesystem refuses RWF_NOWAIT the whole read goes to the
-    // engine without a retry.
-    assert_eq!(st.nowait_retries, u64::from(nowait), "{st:?}");
-    assert!(st.engine_submitted >= 1, "{st:?}");
+    assert!(st.nowait_retries <= 1, "{st:?}");
+    cold_read_went_where_it_should(&st, nowait);
     // And a plain read from inside the cached part into the cold one,
     // then one past the end of the file: short, as from the kernel.
     // SAFETY: as in cold_file.
