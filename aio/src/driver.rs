@@ -97,7 +97,8 @@ pub(crate) trait Backend: Send {
         timeout: Option<Duration>,
     ) -> Result<usize, Errno>;
 
-    /// `io_cancel` of an in-flight request (only polls are cancellable).
+    /// `io_cancel` of an in-flight request (only polls are cancellable),
+    /// with Linux's result: `EINPROGRESS` when it was found and cancelled.
     ///
     /// # Safety
     /// `iocb` is the address the request was submitted from.
@@ -187,10 +188,7 @@ impl Backend for KernelBackend {
 
     unsafe fn cancel(&mut self, iocb: *mut Iocb) -> Result<(), Errno> {
         // SAFETY: forwarded from the caller's contract.
-        match unsafe { aio_sys::io_cancel(self.ctx, iocb) } {
-            Ok(()) | Err(Errno::EINPROGRESS) => Ok(()),
-            Err(e) => Err(e),
-        }
+        unsafe { aio_sys::io_cancel(self.ctx, iocb) }
     }
 
     fn reaps_ring(&self) -> bool {
@@ -266,10 +264,7 @@ impl Backend for EngineBackend {
     }
 
     unsafe fn cancel(&mut self, iocb: *mut Iocb) -> Result<(), Errno> {
-        match self.engine.io_cancel(self.ctx, iocb) {
-            Ok(()) | Err(Errno::EINPROGRESS) => Ok(()),
-            Err(e) => Err(e),
-        }
+        self.engine.io_cancel(self.ctx, iocb)
     }
 
     fn reaps_ring(&self) -> bool {
@@ -716,13 +711,17 @@ impl Drivers {
         self.backend(side)?.wait(1, out, None)
     }
 
-    /// `io_cancel` on the side the request went to.
+    /// `io_cancel` on the side the request went to; `Ok` when cancelled.
     ///
     /// # Safety
     /// As [`Backend::cancel`].
     pub(crate) unsafe fn cancel(&mut self, route: Route, iocb: *mut Iocb) -> Result<(), Errno> {
         // SAFETY: forwarded.
-        unsafe { self.backend(route.side())?.cancel(iocb) }
+        match unsafe { self.backend(route.side())?.cancel(iocb) } {
+            // Linux's answer for a request it found and cancelled.
+            Ok(()) | Err(Errno::EINPROGRESS) => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 
     /// Destroys every context, each waiting for its requests.
