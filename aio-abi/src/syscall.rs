@@ -67,6 +67,23 @@ pub struct CachestatRange {
     pub len: u64,
 }
 
+impl CachestatRange {
+    /// The range of `len` bytes at `off` (a negative offset is 0; an empty
+    /// range is one byte, never cachestat's "to the end of the file").
+    pub const fn bytes(off: i64, len: u64) -> CachestatRange {
+        CachestatRange {
+            off: if off < 0 { 0 } else { off as u64 },
+            len: if len == 0 { 1 } else { len },
+        }
+    }
+
+    /// Pages of `page` bytes the range touches: all of them cached means
+    /// a read of it will not wait.
+    pub const fn pages(&self, page: u64) -> u64 {
+        (self.off + self.len).div_ceil(page) - self.off / page
+    }
+}
+
 /// `struct cachestat`, in pages.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -81,4 +98,23 @@ pub struct Cachestat {
     pub nr_evicted: u64,
     /// Of those, recently.
     pub nr_recently_evicted: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::CachestatRange;
+
+    #[test]
+    fn a_cachestat_range_counts_every_page_it_touches() {
+        let pages = |off, len| CachestatRange::bytes(off, len).pages(4096);
+        assert_eq!(pages(0, 4096), 1);
+        assert_eq!(pages(1, 4096), 2);
+        assert_eq!(pages(4095, 2), 2);
+        assert_eq!(pages(8192, 3 * 4096), 3);
+        // Empty: one byte (cachestat's 0 would mean to the end of the file).
+        assert_eq!(CachestatRange::bytes(100, 0).len, 1);
+        assert_eq!(pages(100, 0), 1);
+        // A negative offset (a stream's -1) is the start.
+        assert_eq!(CachestatRange::bytes(-1, 10).off, 0);
+    }
 }

@@ -214,10 +214,7 @@ pub unsafe fn io_pgetevents_raw(
 /// filter forbids it.
 pub fn page_cache_holds(fd: RawFd, off: i64, len: u64) -> Option<bool> {
     use aio_abi::syscall::{CACHESTAT, Cachestat, CachestatRange};
-    let range = CachestatRange {
-        off: off.max(0) as u64,
-        len: len.max(1),
-    };
+    let range = CachestatRange::bytes(off, len);
     let mut stat = Cachestat::default();
     // SAFETY: cachestat reads `range` and writes `stat`, both locals.
     if unsafe { libc::syscall(CACHESTAT, fd, &range, &mut stat, 0) } != 0 {
@@ -225,6 +222,5 @@ pub fn page_cache_holds(fd: RawFd, off: i64, len: u64) -> Option<bool> {
     }
     // SAFETY: plain query.
     let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(1) as u64;
-    let pages = (range.off + range.len).div_ceil(page) - range.off / page;
-    Some(stat.nr_cache >= pages)
+    Some(stat.nr_cache >= range.pages(page))
 }

@@ -2,6 +2,7 @@
 //! `fget` takes a reference), classified by `fstat`, and its operations
 //! mapped onto `preadv2`/`pwritev2`/`fsync`/`poll`.
 
+use std::boxed::Box;
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU8, AtomicU32, Ordering};
@@ -10,6 +11,7 @@ use std::vec::Vec;
 
 use aio_abi::{Errno, PollEvents, RwFlags};
 
+use super::plug::{self, Deferred};
 use super::poller::Poller;
 use super::workers::Pool;
 use crate::host::{Completion, EventFd, File, FileMode, IoStatus, PollWaiter, RwOp};
@@ -62,10 +64,19 @@ impl Shared {
         &self.misses[(dev ^ dev >> 17) as usize % self.misses.len()]
     }
 
-    /// Whether to try a buffered read of `dev` inside `io_submit`.
-    fn try_inline(&self, dev: u64) -> bool {
-        self.misses(dev).load(Ordering::Relaxed) < COLD
-            || self.reads.fetch_add(1, Ordering::Relaxed) % PROBE_COLD == 0
+    /// Whether to try a buffered read of `len` bytes at `pos` of `fd` (on
+    /// `dev`) inside `io_submit`. While the device is cold, one read in
+    /// `PROBE_COLD` asks `cachestat` (where the kernel has it) whether it
+    /// would hit: a blind try that misses starts readahead, which the
+    /// submitter pays for (from Linux 6.12 a `RWF_NOWAIT` miss does).
+    fn try_inline(&self, dev: u64, fd: i32, pos: i64, len: u64) -> bool {
+        if self.misses(dev).load(Ordering::Relaxed) < COLD {
+            return true;
+        }
+        if self.reads.fetch_add(1, Ordering::Relaxed) % PROBE_COLD != 0 {
+            return false;
+        }
+        page_cache_holds(fd, pos, len).unwrap_or(true)
     }
 
     fn inline_outcome(&self, dev: u64, hit: bool) {
@@ -80,6 +91,19 @@ impl Shared {
             },
             Ordering::Relaxed,
         );
+    }
+
+    /// This engine, as its plug knows it.
+    pub(crate) fn id(&self) -> usize {
+        self as *const Shared as usize
+    }
+
+    /// Runs `job` on a worker: at the end of the `io_submit` call if the
+    /// thread is inside one (see `plug`), else now.
+    pub(crate) fn run(&self, job: Deferred) {
+        if let Err(job) = plug::defer(self.id(), job) {
+            self.pool.dispatch(std::iter::once(job));
+        }
     }
 
     pub(crate) fn new(pool: Pool, poller: Poller) -> Shared {
@@ -128,8 +152,19 @@ fn probe_flag(fd: i32, readable: bool, flag: RwFlags, pos: i64) -> bool {
     !(n < 0 && last_errno() == Errno::EOPNOTSUPP)
 }
 
-/// `fget`: `EBADF` for a closed or `O_PATH` fd.
+/// `fget`: `EBADF` for a closed or `O_PATH` fd. Within one `io_submit`
+/// call a descriptor is resolved once (a `close` racing with the call may
+/// then go unnoticed by its later iocbs, as if it came after the call).
 pub(crate) fn fget(shared: &Arc<Shared>, fd: i32) -> Result<Arc<dyn File>, Errno> {
+    if let Some(file) = plug::file(shared.id(), fd) {
+        return Ok(file);
+    }
+    let file = open_file(shared, fd)?;
+    plug::keep_file(shared.id(), fd, &file);
+    Ok(file)
+}
+
+fn open_file(shared: &Arc<Shared>, fd: i32) -> Result<Arc<dyn File>, Errno> {
     if fd < 0 {
         return Err(Errno::EBADF);
     }
@@ -273,6 +308,21 @@ pub(crate) fn fget(shared: &Arc<Shared>, fd: i32) -> Result<Arc<dyn File>, Errno
     }))
 }
 
+/// Whether the page cache holds all of `len` bytes at `pos` of `fd`;
+/// `None` without `cachestat` (before Linux 6.5, or filtered).
+fn page_cache_holds(fd: i32, pos: i64, len: u64) -> Option<bool> {
+    use aio_abi::syscall::{CACHESTAT, Cachestat, CachestatRange};
+    let range = CachestatRange::bytes(pos, len);
+    let mut stat = Cachestat::default();
+    // SAFETY: cachestat reads `range` and writes `stat`, both locals.
+    if unsafe { libc::syscall(CACHESTAT, fd, &range, &mut stat, 0) } != 0 {
+        return None;
+    }
+    // SAFETY: plain query.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(1) as u64;
+    Some(stat.nr_cache >= range.pages(page))
+}
+
 /// A mapped page nobody can access (never unmapped).
 fn guard_page() -> u64 {
     static PAGE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
@@ -384,7 +434,7 @@ impl EngineFile {
                 if !write
                     && !self.direct
                     && self.mode.nowait
-                    && self.shared.try_inline(self.inode.0) =>
+                    && self.shared.try_inline(self.inode.0, fd, op.pos, op.len()) =>
             {
                 // What the page cache holds is copied here, without
                 // waiting, as Linux copies it inside io_submit; only a miss
@@ -437,11 +487,11 @@ impl EngineFile {
             };
             done.finish(status);
         };
-        if appends {
-            self.shared.pool.run_ordered(self.inode, job);
+        self.shared.run(if appends {
+            Deferred::Ordered(self.inode, Box::new(job))
         } else {
-            self.shared.pool.run(job);
-        }
+            Deferred::Run(Box::new(job))
+        });
         IoStatus::Queued
     }
 }
@@ -462,7 +512,7 @@ impl File for EngineFile {
     fn fsync(&self, datasync: bool, done: &Completion) -> IoStatus {
         let fd = self.fd.clone();
         let done = done.clone();
-        self.shared.pool.run(move || {
+        self.shared.run(Deferred::Run(Box::new(move || {
             let raw = fd.as_raw_fd();
             // SAFETY: plain syscalls on an fd we own.
             let r = unsafe {
@@ -477,7 +527,7 @@ impl File for EngineFile {
             } else {
                 IoStatus::Error(last_errno())
             });
-        });
+        })));
         IoStatus::Queued
     }
 
@@ -541,14 +591,26 @@ fn same_key(rev: PollEvents) -> PollEvents {
     rev
 }
 
-/// An eventfd duplicated at submission, like `eventfd_ctx_fdget`'s reference.
-pub(crate) struct EngineEventFd(OwnedFd);
+/// An eventfd duplicated at submission, like `eventfd_ctx_fdget`'s
+/// reference, with the engine (`Shared::id`) whose plug may hold its
+/// signals back.
+pub(crate) struct EngineEventFd {
+    fd: Arc<OwnedFd>,
+    engine: usize,
+}
+
+/// Adds `n` to the eventfd's counter.
+pub(crate) fn eventfd_add(fd: &OwnedFd, n: u64) {
+    let n = n.to_ne_bytes();
+    // SAFETY: writes 8 bytes from a live buffer to our own fd.
+    unsafe { libc::write(fd.as_raw_fd(), n.as_ptr().cast(), 8) };
+}
 
 impl EventFd for EngineEventFd {
     fn signal(&self) {
-        let one = 1u64.to_ne_bytes();
-        // SAFETY: writes 8 bytes from a live buffer to our own fd.
-        unsafe { libc::write(self.0.as_raw_fd(), one.as_ptr().cast(), 8) };
+        if !plug::defer_signal(self.engine, &self.fd) {
+            eventfd_add(&self.fd, 1);
+        }
     }
 }
 
@@ -571,17 +633,26 @@ pub(crate) fn eventfd_get(shared: &Shared, fd: i32) -> Result<Arc<dyn EventFd>, 
     if fd < 0 {
         return Err(Errno::EBADF);
     }
+    if let Some(efd) = plug::eventfd(shared.id(), fd) {
+        return Ok(efd);
+    }
+    let efd = eventfd_lookup(shared, fd)?;
+    plug::keep_eventfd(shared.id(), fd, &efd);
+    Ok(efd)
+}
+
+fn eventfd_lookup(shared: &Shared, fd: i32) -> Result<Arc<EngineEventFd>, Errno> {
     let last = shared
         .last_eventfd
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .clone();
     if let Some((raw, efd)) = last {
-        if raw == fd && same_file(fd, efd.0.as_raw_fd()) == Some(true) {
+        if raw == fd && same_file(fd, efd.fd.as_raw_fd()) == Some(true) {
             return Ok(efd);
         }
     }
-    let efd = eventfd_open(fd)?;
+    let efd = eventfd_open(shared, fd)?;
     *shared
         .last_eventfd
         .lock()
@@ -589,7 +660,7 @@ pub(crate) fn eventfd_get(shared: &Shared, fd: i32) -> Result<Arc<dyn EventFd>, 
     Ok(efd)
 }
 
-fn eventfd_open(fd: i32) -> Result<Arc<EngineEventFd>, Errno> {
+fn eventfd_open(shared: &Shared, fd: i32) -> Result<Arc<EngineEventFd>, Errno> {
     // SAFETY: F_GETFL only inspects the fd table.
     let fl = unsafe { libc::fcntl(fd, libc::F_GETFL) };
     if fl < 0 || fl & libc::O_PATH != 0 {
@@ -605,7 +676,9 @@ fn eventfd_open(fd: i32) -> Result<Arc<EngineEventFd>, Errno> {
         return Err(last_errno());
     }
     // SAFETY: `dup` is a fresh fd nobody else owns.
-    Ok(Arc::new(EngineEventFd(unsafe {
-        OwnedFd::from_raw_fd(dup)
-    })))
+    let fd = Arc::new(unsafe { OwnedFd::from_raw_fd(dup) });
+    Ok(Arc::new(EngineEventFd {
+        fd,
+        engine: shared.id(),
+    }))
 }
