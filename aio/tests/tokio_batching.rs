@@ -184,3 +184,67 @@ async fn dropping_a_waiting_poll_cancels_it() {
     assert_eq!(handle.in_flight(), 0);
     assert_eq!(handle.stats().completions, 1);
 }
+
+/// One request at a time (depth 1) is not held back for a batch: after a
+/// batch of one, a future's first poll submits its request, and a read the
+/// kernel finishes inside `io_submit` (page-cached, kernel driver) is ready
+/// on that first poll.
+#[tokio::test(flavor = "current_thread")]
+async fn depth_one_requests_are_submitted_on_their_first_poll() {
+    use std::future::Future as _;
+    use std::task::Poll;
+    let (s, data) = data_file();
+    let handle = Handle::builder()
+        .driver(aio::Driver::Kernel)
+        .build()
+        .unwrap();
+    let file = File::from_std_with(s.file.try_clone().unwrap(), &handle);
+    // The first request batches as usual (nothing known yet).
+    let (n, _) = file.read_at(vec![0u8; 512], 0).await;
+    assert_eq!(n.unwrap(), 512);
+    for i in 1..N {
+        let mut read = std::pin::pin!(file.read_at(vec![0u8; 512], (i * 512) as u64));
+        let first = std::future::poll_fn(|cx| Poll::Ready(read.as_mut().poll(cx))).await;
+        let Poll::Ready((n, buf)) = first else {
+            panic!("read {i} was not done on its first poll");
+        };
+        assert_eq!(n.unwrap(), 512);
+        assert_eq!(&buf[..], &data[i * 512..(i + 1) * 512]);
+    }
+    let stats = handle.stats();
+    assert_eq!(stats.submit_calls, N as u64, "{stats:?}");
+    // A batch of several futures is batched again.
+    let reads = (0..8).map(|i| file.read_at(vec![0u8; 512], (i * 512) as u64));
+    let before = handle.stats().submit_calls;
+    check(join_all(reads).await, &data);
+    assert!(handle.stats().submit_calls - before <= 8);
+}
+
+/// Requests that complete inside `io_submit` spend tokio's cooperative
+/// budget: a task reading in a loop without other awaits still lets the
+/// runtime's other tasks run.
+#[tokio::test(flavor = "current_thread")]
+async fn a_loop_of_immediately_ready_requests_yields_to_other_tasks() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let (s, _) = data_file();
+    let handle = Handle::builder()
+        .driver(aio::Driver::Kernel)
+        .build()
+        .unwrap();
+    let file = File::from_std_with(s.file.try_clone().unwrap(), &handle);
+    // A batch of one first: the loop's requests are then submitted (and
+    // done) on their first polls, and never return Pending by themselves.
+    let (n, _) = file.read_at(vec![0u8; 512], 0).await;
+    assert_eq!(n.unwrap(), 512);
+    let ran = Arc::new(AtomicBool::new(false));
+    let flag = ran.clone();
+    tokio::spawn(async move { flag.store(true, Ordering::SeqCst) });
+    let mut reads = 0;
+    while !ran.load(Ordering::SeqCst) {
+        let (n, _) = file.read_at(vec![0u8; 512], 0).await;
+        assert_eq!(n.unwrap(), 512);
+        reads += 1;
+        assert!(reads < 100_000, "the other task never ran");
+    }
+}

@@ -51,6 +51,13 @@
 //! batch until one of these. When the ring is full, the driver submits
 //! the rest, in the order queued, as completions make room.
 //!
+//! One request at a time is not batched: while the last batch was a single
+//! request and nothing is in flight or queued, a future's first poll
+//! submits its request at once (and returns its result, if the kernel
+//! completed it inside `io_submit`), sparing depth-1 I/O a trip through
+//! the scheduler and the reactor. The first batch of two or more returns
+//! to batching.
+//!
 //! # Cancellation and shutdown
 //!
 //! Linux cannot cancel file I/O, so the request's slot in the driver, not
@@ -197,6 +204,7 @@ impl Builder {
                 batch: 0,
                 driver_polls: 0,
                 owed_since: 0,
+                last_batch: 0,
             }),
             depth: self.inner.depth(),
         });
@@ -398,6 +406,8 @@ struct State {
     /// Driver polls so far, and their count when the owed batch began.
     driver_polls: u64,
     owed_since: u64,
+    /// Requests in the last batch submitted (0: none yet).
+    last_batch: usize,
 }
 
 impl State {
@@ -408,6 +418,7 @@ impl State {
     /// back to the queue and are submitted again, to the engine.
     fn flush(&mut self) {
         self.owed = false;
+        self.last_batch = self.core.queued();
         // Events already there free ring slots for this submission.
         self.core.reap_ring();
         loop {
@@ -423,6 +434,21 @@ impl State {
     /// must flush on its next poll, if it is the batch's first request.
     fn enqueue<O: Operation>(&mut self, op: O, waker: &Waker) -> (Key, Option<u64>) {
         let key = self.core.push(|iovs| op.prepare(iovs), 0);
+        if !self.owed
+            && self.last_batch == 1
+            && self.core.in_flight() == 0
+            && self.core.queued() == 1
+        {
+            // One request at a time lately, and nothing else in flight:
+            // submitted now, without waiting for a batch to form (which
+            // costs a trip through the scheduler and the reactor). The
+            // waker is set after: one done inside io_submit wakes nobody.
+            self.flush();
+            if !self.core.is_done(key) {
+                self.core.set_waker(key, waker);
+            }
+            return (key, None);
+        }
         self.core.set_waker(key, waker);
         if !self.owed {
             self.owed = true;
@@ -534,7 +560,22 @@ impl<O: Operation + Send + 'static> Future for Op<'_, O> {
     type Output = O::Output;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> TaskPoll<O::Output> {
+        // Tokio's cooperative budget: a task whose requests keep completing
+        // inside io_submit (page-cached reads) yields every so often, as
+        // it would on tokio's own I/O, instead of starving the others.
+        let coop = std::task::ready!(::tokio::task::coop::poll_proceed(cx));
         let this = &mut *self;
+        let out = this.poll_state(cx);
+        if out.is_ready() {
+            coop.made_progress();
+        }
+        out
+    }
+}
+
+impl<O: Operation + Send + 'static> Op<'_, O> {
+    fn poll_state(&mut self, cx: &mut TaskContext<'_>) -> TaskPoll<O::Output> {
+        let this = self;
         match mem::replace(&mut this.state, OpState::Finished) {
             OpState::Unpushed(op) => {
                 let mut st = this.handle.user.shared.lock();
@@ -545,12 +586,21 @@ impl<O: Operation + Send + 'static> Future for Op<'_, O> {
                     return TaskPoll::Ready(O::complete(Err(closed_error()), keep));
                 }
                 let (key, batch) = st.enqueue(op, cx.waker());
+                // Submitted at once, and done inside io_submit?
+                let out = (batch.is_none() && st.core.is_done(key)).then(|| {
+                    // SAFETY: `key` came from `push` with this `O`, and the
+                    // state stays `Finished`, so it is taken once.
+                    unsafe { st.core.take::<O>(key) }
+                });
                 let deferred = st.deferred();
                 drop(st);
-                this.state = OpState::Pushed(key, batch);
                 if let Some(d) = deferred {
                     d.run();
                 }
+                if let Some(out) = out {
+                    return TaskPoll::Ready(out);
+                }
+                this.state = OpState::Pushed(key, batch);
                 if batch.is_some() {
                     // Submit on the next poll, after the futures polled in
                     // the same pass have queued theirs.
