@@ -354,3 +354,150 @@ fn appends_land_in_submission_order() {
     }
     engine.io_destroy(ctx).unwrap();
 }
+
+/// A batch completed inside `io_submit` signals its eventfd once per
+/// request, all before the call returns (the plug sums them into one write).
+#[test]
+fn a_batch_completed_in_io_submit_signals_its_eventfd_once_per_request() {
+    const N: usize = 8;
+    let engine = Engine::new();
+    let fx = Fixture::new();
+    let ctx = engine.io_setup(N as u32).unwrap();
+    let mut bufs = [[0u8; 16]; N];
+    let efd = fx.efd.as_raw_fd();
+    // RWF_NOWAIT: the engine completes these inside io_submit, with data
+    // or with EAGAIN, never on a worker.
+    let iocbs: Vec<Iocb> = bufs
+        .iter_mut()
+        .enumerate()
+        .map(|(i, b)| {
+            Iocb::pread(
+                fx.data.as_raw_fd(),
+                b.as_mut_ptr() as u64,
+                16,
+                16 * i as i64,
+            )
+            .with_rw_flags(aio_abi::RwFlags::NOWAIT)
+            .with_eventfd(efd)
+            .with_data(i as u64)
+        })
+        .collect();
+    let ptrs: Vec<*const Iocb> = iocbs.iter().map(|i| i as *const Iocb).collect();
+    // SAFETY: iocbs and buffers outlive the requests (reaped below).
+    assert_eq!(unsafe { engine.io_submit(ctx, &ptrs) }, Ok(N));
+    assert_eq!(fx.take_efd(), N as u64);
+    let mut evs = [IoEvent::default(); N];
+    let zero = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    assert_eq!(engine.io_getevents(ctx, 0, &mut evs, Some(&zero)), Ok(N));
+    assert_eq!(fx.take_efd(), 0);
+    engine.io_destroy(ctx).unwrap();
+}
+
+/// Requests that block on workers, submitted in one batch, all run at once:
+/// the pool grows (each worker that takes a job while more wait starts or
+/// wakes the next) instead of queueing them behind the first. Each of 16
+/// terminals gets its line in the reverse order of submission, and each
+/// read must complete before the next line is written.
+#[test]
+fn a_batch_of_blocking_reads_runs_in_parallel() {
+    const N: usize = 16;
+    let engine = Engine::new();
+    let ctx = engine.io_setup(N as u32).unwrap();
+    let ptys: Vec<(std::fs::File, std::fs::File)> = (0..N).map(|_| open_pty()).collect();
+    let mut bufs = [[0u8; 8]; N];
+    let iocbs: Vec<Iocb> = bufs
+        .iter_mut()
+        .zip(&ptys)
+        .enumerate()
+        .map(|(i, (b, (_, slave)))| {
+            Iocb::pread(slave.as_raw_fd(), b.as_mut_ptr() as u64, 8, 0).with_data(i as u64)
+        })
+        .collect();
+    let ptrs: Vec<*const Iocb> = iocbs.iter().map(|i| i as *const Iocb).collect();
+    // SAFETY: iocbs and buffers outlive the requests (reaped below).
+    assert_eq!(unsafe { engine.io_submit(ctx, &ptrs) }, Ok(N));
+    let five = libc::timespec {
+        tv_sec: 5,
+        tv_nsec: 0,
+    };
+    for i in (0..N).rev() {
+        use std::io::Write;
+        (&ptys[i].0).write_all(format!("{i}\n").as_bytes()).unwrap();
+        let mut ev = [IoEvent::default(); 1];
+        assert_eq!(
+            engine.io_getevents(ctx, 1, &mut ev, Some(&five)),
+            Ok(1),
+            "the read of terminal {i} never started"
+        );
+        assert_eq!(ev[0].data, i as u64);
+        let line = format!("{i}\n");
+        assert_eq!(ev[0].res, line.len() as i64);
+        assert_eq!(&bufs[i][..line.len()], line.as_bytes());
+    }
+    engine.io_destroy(ctx).unwrap();
+}
+
+/// A pseudo-terminal: (master, slave), the slave in canonical mode (a read
+/// blocks until a line arrives).
+fn open_pty() -> (std::fs::File, std::fs::File) {
+    use std::os::fd::FromRawFd;
+    // SAFETY: plain calls on a fresh master fd; results checked.
+    unsafe {
+        let m = libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC);
+        assert!(m >= 0);
+        let master = std::fs::File::from_raw_fd(m);
+        assert_eq!(libc::grantpt(m), 0);
+        assert_eq!(libc::unlockpt(m), 0);
+        let mut name = [0 as libc::c_char; 128];
+        assert_eq!(libc::ptsname_r(m, name.as_mut_ptr(), name.len()), 0);
+        let s = libc::open(
+            name.as_ptr(),
+            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+        );
+        assert!(s >= 0);
+        (master, std::fs::File::from_raw_fd(s))
+    }
+}
+
+/// `io_submit_trusted` reads the iocbs and iovec arrays directly and writes
+/// the key: a vectored write and read back through it, with the keys the
+/// caller left in the iocbs overwritten as Linux does.
+#[test]
+fn trusted_submission_reads_iovecs_and_writes_keys() {
+    let engine = Engine::new();
+    let fx = Fixture::new();
+    let ctx = engine.io_setup(4).unwrap();
+    let mut parts = [pattern(1000, 7), pattern(3000, 8), pattern(96, 9)];
+    let iov = iovecs(&mut parts);
+    let mut write = Iocb::pwritev(fx.data.as_raw_fd(), iov.as_ptr() as u64, 3, 4096).with_data(1);
+    write.aio_key = 0xdead;
+    // SAFETY: the iocb, iovecs and data outlive the request (reaped below).
+    assert_eq!(unsafe { engine.io_submit_trusted(ctx, &[&write]) }, Ok(1));
+    assert_eq!(write.aio_key, 0);
+    let mut ev = [IoEvent::default(); 1];
+    assert_eq!(engine.io_getevents(ctx, 1, &mut ev, None), Ok(1));
+    assert_eq!((ev[0].data, ev[0].res), (1, 4096));
+    let mut back = [vec![0u8; 2048], vec![0u8; 2048]];
+    let riov = iovecs(&mut back);
+    let mut read = Iocb::preadv(fx.data.as_raw_fd(), riov.as_ptr() as u64, 2, 4096).with_data(2);
+    read.aio_key = 0xbeef;
+    // SAFETY: as above.
+    assert_eq!(unsafe { engine.io_submit_trusted(ctx, &[&read]) }, Ok(1));
+    assert_eq!(read.aio_key, 0);
+    assert_eq!(engine.io_getevents(ctx, 1, &mut ev, None), Ok(1));
+    assert_eq!((ev[0].data, ev[0].res), (2, 4096));
+    assert_eq!(back.concat(), parts.concat());
+    engine.io_destroy(ctx).unwrap();
+}
+
+fn iovecs(bufs: &mut [Vec<u8>]) -> Vec<aio_abi::IoVec> {
+    bufs.iter_mut()
+        .map(|b| aio_abi::IoVec {
+            iov_base: b.as_mut_ptr() as u64,
+            iov_len: b.len() as u64,
+        })
+        .collect()
+}

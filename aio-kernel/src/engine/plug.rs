@@ -132,13 +132,7 @@ pub(crate) fn defer_wake(owner: usize) -> bool {
 
 /// The file this call already resolved for `fd`, if any.
 pub(crate) fn file(owner: usize, fd: i32) -> Option<Arc<dyn File>> {
-    with(owner, |p| {
-        p.files
-            .iter()
-            .find(|(f, _)| *f == fd)
-            .map(|(_, file)| file.clone())
-    })
-    .flatten()
+    with(owner, |p| of_fd(&p.files, fd)).flatten()
 }
 
 /// Remembers `fd`'s file for the rest of the call.
@@ -148,16 +142,14 @@ pub(crate) fn keep_file(owner: usize, fd: i32, file: &Arc<dyn File>) {
 
 /// The eventfd this call already resolved for `fd`, if any.
 pub(crate) fn eventfd(owner: usize, fd: i32) -> Option<Arc<EngineEventFd>> {
-    with(owner, |p| {
-        p.eventfds
-            .iter()
-            .find(|(f, _)| *f == fd)
-            .map(|(_, e)| e.clone())
-    })
-    .flatten()
+    with(owner, |p| of_fd(&p.eventfds, fd)).flatten()
 }
 
 /// Remembers `fd`'s eventfd for the rest of the call.
 pub(crate) fn keep_eventfd(owner: usize, fd: i32, efd: &Arc<EngineEventFd>) {
     with(owner, |p| p.eventfds.push((fd, efd.clone())));
+}
+
+fn of_fd<T: Clone>(list: &[(i32, T)], fd: i32) -> Option<T> {
+    list.iter().find(|(f, _)| *f == fd).map(|(_, t)| t.clone())
 }
