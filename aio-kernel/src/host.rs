@@ -83,6 +83,16 @@ pub trait Host: Send + Sync + 'static {
     /// `capable(CAP_SYS_NICE) || capable(CAP_SYS_ADMIN)`, for the real-time
     /// I/O priority class.
     fn capable_sys_nice(&self) -> bool;
+
+    /// `blk_start_plug`: the calling thread begins one `io_submit` batch.
+    /// Until [`Host::finish_plug`], a host may hold back work it would
+    /// hand to other threads (dispatching it at once at the end) and may
+    /// resolve a descriptor named twice in the batch once.
+    fn start_plug(&self) {}
+
+    /// `blk_finish_plug`: the batch is over; whatever was held back goes
+    /// now. Called on every path out of `io_submit` after `start_plug`.
+    fn finish_plug(&self) {}
 }
 
 /// Why [`Host::wait`] returned.

@@ -58,6 +58,23 @@ pub(crate) fn res_of(err: Errno) -> i64 {
     }
 }
 
+/// `blk_start_plug` .. `blk_finish_plug` around one `io_submit`; the plug
+/// ends on every way out, unwinding included.
+struct Plugged<'a, H: Host>(&'a H);
+
+impl<'a, H: Host> Plugged<'a, H> {
+    fn start(host: &'a H) -> Self {
+        host.start_plug();
+        Plugged(host)
+    }
+}
+
+impl<H: Host> Drop for Plugged<'_, H> {
+    fn drop(&mut self) {
+        self.0.finish_plug();
+    }
+}
+
 impl<H: Host> Kernel<H> {
     /// `io_submit(ctx_id, nr, iocbpp)`: the number of iocbs accepted, or the
     /// first one's error if none was.
@@ -67,6 +84,7 @@ impl<H: Host> Kernel<H> {
         }
         let ctx = self.lookup(ctx_id)?;
         let nr = nr.min(ctx.nr_events() as i64) as u64;
+        let _plug = Plugged::start(&*self.host);
         let mut err = Ok(());
         let mut i = 0u64;
         while i < nr {

@@ -243,9 +243,11 @@ impl Backend for EngineBackend {
         let iocbs = unsafe {
             std::slice::from_raw_parts(iocbs.as_ptr().cast::<*const Iocb>(), iocbs.len())
         };
-        // SAFETY: forwarded from the caller's contract, which is the
-        // engine's too.
-        unsafe { self.engine.io_submit(self.ctx, iocbs) }
+        // SAFETY: the caller's contract: the iocbs (built by this crate,
+        // not touched during the call) and their iovec arrays are live, as
+        // `io_submit_trusted` requires, and everything they point at stays
+        // valid until the events are reaped, as the engine requires.
+        unsafe { self.engine.io_submit_trusted(self.ctx, iocbs) }
     }
 
     fn try_reap(&mut self, out: &mut [IoEvent]) -> usize {

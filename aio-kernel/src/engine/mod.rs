@@ -68,6 +68,7 @@
 
 mod file;
 mod memory;
+mod plug;
 mod poller;
 mod workers;
 
@@ -196,6 +197,25 @@ fn capable_sys_nice() -> bool {
 std::thread_local! {
     /// Set when a signal handler ended this thread's last wait.
     static INTERRUPTED: Cell<bool> = const { Cell::new(false) };
+    /// Set during [`Engine::io_submit_trusted`]: the caller vouched for
+    /// every address the call reads or writes.
+    static TRUSTED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Sets [`TRUSTED`] for one call; cleared on every way out.
+struct TrustedCall;
+
+impl TrustedCall {
+    fn enter() -> TrustedCall {
+        TRUSTED.with(|t| t.set(true));
+        TrustedCall
+    }
+}
+
+impl Drop for TrustedCall {
+    fn drop(&mut self) {
+        TRUSTED.with(|t| t.set(false));
+    }
 }
 
 /// `io_pgetevents`' mask, installed on the calling thread for the wait and
@@ -228,14 +248,62 @@ impl Drop for SigmaskGuard {
     }
 }
 
+impl EngineHost {
+    fn wake_now(&self) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        if self.sleepers.load(Ordering::SeqCst) > 0 {
+            // SAFETY: FUTEX_WAKE on our own live atomic.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_futex,
+                    self.generation.as_ptr(),
+                    libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
+                    i32::MAX,
+                )
+            };
+        }
+    }
+
+    /// Sends off what a plug held back: the jobs (one lock, one wake-up),
+    /// each eventfd's signals in one write, one wake-up of waiters.
+    fn unplug(&self, held: plug::Unplugged) {
+        if !held.jobs.is_empty() {
+            self.shared.pool.dispatch(held.jobs);
+        }
+        for (fd, n) in &held.signals {
+            file::eventfd_add(fd, *n);
+        }
+        if held.wake {
+            self.wake_now();
+        }
+    }
+}
+
 impl Host for EngineHost {
     type Ring = EngineRing;
 
     fn copy_from_user(&self, addr: u64, dst: &mut [u8]) -> Result<(), Errno> {
+        if TRUSTED.with(Cell::get) {
+            // SAFETY: inside `io_submit_trusted`, whose caller guarantees
+            // that the pointer array, the iocbs and their iovec arrays
+            // (all the core reads) are live, readable and not written
+            // during the call.
+            unsafe {
+                core::ptr::copy_nonoverlapping(addr as *const u8, dst.as_mut_ptr(), dst.len())
+            };
+            return Ok(());
+        }
         memory::copy_from_user(self.pid, addr, dst)
     }
 
     fn copy_to_user(&self, addr: u64, src: &[u8]) -> Result<(), Errno> {
+        if TRUSTED.with(Cell::get) {
+            // SAFETY: inside `io_submit_trusted` the core writes only the
+            // iocbs' keys, which its caller guarantees writable and not
+            // otherwise accessed during the call.
+            unsafe { core::ptr::copy_nonoverlapping(src.as_ptr(), addr as *mut u8, src.len()) };
+            return Ok(());
+        }
         // SAFETY: the core writes only where Linux would write (an iocb's
         // key, `*ctxp`, the event array): memory the engine's caller handed
         // over through an `unsafe` API whose contract covers it.
@@ -327,17 +395,19 @@ impl Host for EngineHost {
     }
 
     fn wake_all(&self) {
-        self.generation.fetch_add(1, Ordering::SeqCst);
-        if self.sleepers.load(Ordering::SeqCst) > 0 {
-            // SAFETY: FUTEX_WAKE on our own live atomic.
-            unsafe {
-                libc::syscall(
-                    libc::SYS_futex,
-                    self.generation.as_ptr(),
-                    libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
-                    i32::MAX,
-                )
-            };
+        if plug::defer_wake(self.shared.id()) {
+            return;
+        }
+        self.wake_now();
+    }
+
+    fn start_plug(&self) {
+        plug::start(self.shared.id());
+    }
+
+    fn finish_plug(&self) {
+        if let Some(held) = plug::finish(self.shared.id()) {
+            self.unplug(held);
         }
     }
 
@@ -511,6 +581,30 @@ impl Engine {
     pub unsafe fn io_submit(&self, ctx: AioContext, iocbs: &[*const Iocb]) -> Result<usize, Errno> {
         let nr = i64::try_from(iocbs.len()).map_err(|_| Errno::EINVAL)?;
         self.k()?.io_submit(ctx, nr, iocbs.as_ptr() as u64)
+    }
+
+    /// [`Engine::io_submit`] for a caller that built the iocbs itself:
+    /// the engine reads the iocbs and their iovec arrays, and writes the
+    /// keys, directly instead of through the kernel's checked copies (two
+    /// or three system calls less per request). Data buffers are still
+    /// only touched by `preadv2`/`pwritev2`, so a bad one is `EFAULT` in
+    /// the event as before.
+    ///
+    /// # Safety
+    ///
+    /// As [`Engine::io_submit`], and moreover: every pointer in `iocbs`
+    /// names a live iocb that the caller does not access during the call,
+    /// and every vectored iocb's `aio_buf` names `aio_nbytes` live iovecs.
+    /// A bad one is undefined behaviour here, not `EFAULT`.
+    pub unsafe fn io_submit_trusted(
+        &self,
+        ctx: AioContext,
+        iocbs: &[*const Iocb],
+    ) -> Result<usize, Errno> {
+        let nr = i64::try_from(iocbs.len()).map_err(|_| Errno::EINVAL)?;
+        let k = self.k()?;
+        let _trusted = TrustedCall::enter();
+        k.io_submit(ctx, nr, iocbs.as_ptr() as u64)
     }
 
     /// `io_getevents(ctx, min_nr, events.len(), events, timeout)`: waits

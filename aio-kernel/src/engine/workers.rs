@@ -5,7 +5,9 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-type Job = Box<dyn FnOnce() + Send>;
+use super::plug::Deferred;
+
+pub(crate) type Job = Box<dyn FnOnce() + Send>;
 
 struct State {
     jobs: VecDeque<Job>,
@@ -26,6 +28,11 @@ struct Inner {
 
 /// Grows while every worker is busy (a blocked read must not starve the
 /// others), up to `max`; idle workers above one retire after a while.
+///
+/// Whoever queues jobs wakes (or starts) one worker; a worker that takes a
+/// job while more are queued wakes (or starts) the next before running its
+/// own. So a batch of jobs costs its submitter one wake-up, and the
+/// submitter never loses its CPU to more than one woken worker.
 #[derive(Clone)]
 pub(crate) struct Pool(Arc<Inner>);
 
@@ -44,54 +51,29 @@ impl Pool {
         }))
     }
 
-    pub(crate) fn run(&self, job: impl FnOnce() + Send + 'static) {
+    /// Queues `jobs` under one lock and wakes one worker. An ordered job
+    /// runs after every job given earlier with the same lane has finished;
+    /// lanes run in parallel with each other and with the rest.
+    pub(crate) fn dispatch(&self, jobs: impl IntoIterator<Item = Deferred>) {
         let mut s = self.0.state.lock().unwrap_or_else(|e| e.into_inner());
-        s.jobs.push_back(Box::new(job));
-        if s.jobs.len() > s.idle && s.threads < self.0.max {
-            s.threads += 1;
-            let inner = self.0.clone();
-            let spawned = std::thread::Builder::new()
-                .name("aio-engine-worker".into())
-                .spawn(move || worker(inner));
-            if spawned.is_err() {
-                s.threads -= 1;
-            }
-        }
-        drop(s);
-        self.0.cv.notify_one();
-    }
-}
-
-impl Pool {
-    /// Runs `job` after every job given earlier with the same `lane` has
-    /// finished; lanes run in parallel with each other and with `run`.
-    pub(crate) fn run_ordered(&self, lane: (u64, u64), job: impl FnOnce() + Send + 'static) {
-        {
-            let mut s = self.0.state.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(waiting) = s.lanes.get_mut(&lane) {
-                // The lane's runner will get to it.
-                waiting.push_back(Box::new(job));
-                return;
-            }
-            s.lanes.insert(lane, VecDeque::new());
-        }
-        let inner = self.0.clone();
-        self.run(move || {
-            job();
-            loop {
-                let next = {
-                    let mut s = inner.state.lock().unwrap_or_else(|e| e.into_inner());
-                    match s.lanes.get_mut(&lane).and_then(VecDeque::pop_front) {
-                        Some(next) => next,
-                        None => {
-                            s.lanes.remove(&lane);
-                            return;
-                        }
+        let before = s.jobs.len();
+        for job in jobs {
+            match job {
+                Deferred::Run(job) => s.jobs.push_back(job),
+                Deferred::Ordered(lane, job) => {
+                    if let Some(waiting) = s.lanes.get_mut(&lane) {
+                        // The lane's runner will get to it.
+                        waiting.push_back(job);
+                    } else {
+                        s.lanes.insert(lane, VecDeque::new());
+                        s.jobs.push_back(lane_runner(self.0.clone(), lane, job));
                     }
-                };
-                next();
+                }
             }
-        });
+        }
+        if s.jobs.len() > before {
+            pass_on(&self.0, &mut s);
+        }
     }
 
     /// Lets every worker finish the queue and exit.
@@ -105,10 +87,49 @@ impl Pool {
     }
 }
 
+/// Runs `first`, then the lane's queued jobs until it is empty.
+fn lane_runner(inner: Arc<Inner>, lane: (u64, u64), first: Job) -> Job {
+    Box::new(move || {
+        first();
+        loop {
+            let next = {
+                let mut s = inner.state.lock().unwrap_or_else(|e| e.into_inner());
+                match s.lanes.get_mut(&lane).and_then(VecDeque::pop_front) {
+                    Some(next) => next,
+                    None => {
+                        s.lanes.remove(&lane);
+                        return;
+                    }
+                }
+            };
+            next();
+        }
+    })
+}
+
+/// Queued jobs need a worker: wake an idle one, or start one.
+fn pass_on(inner: &Arc<Inner>, s: &mut State) {
+    if s.idle > 0 {
+        inner.cv.notify_one();
+    } else if s.threads < inner.max {
+        s.threads += 1;
+        let inner = inner.clone();
+        let spawned = std::thread::Builder::new()
+            .name("aio-engine-worker".into())
+            .spawn(move || worker(inner));
+        if spawned.is_err() {
+            s.threads -= 1;
+        }
+    }
+}
+
 fn worker(inner: Arc<Inner>) {
     let mut s = inner.state.lock().unwrap_or_else(|e| e.into_inner());
     loop {
         if let Some(job) = s.jobs.pop_front() {
+            if !s.jobs.is_empty() {
+                pass_on(&inner, &mut s);
+            }
             drop(s);
             job();
             s = inner.state.lock().unwrap_or_else(|e| e.into_inner());
