@@ -438,6 +438,24 @@ fn a_batch_of_blocking_reads_runs_in_parallel() {
         assert_eq!(&bufs[i][..line.len()], line.as_bytes());
     }
     engine.io_destroy(ctx).unwrap();
+    // The workers run as SCHED_BATCH: their wake-ups do not preempt the
+    // threads that submit.
+    let mut workers = 0;
+    for task in std::fs::read_dir("/proc/self/task").unwrap() {
+        let task = task.unwrap().path();
+        let comm = std::fs::read_to_string(task.join("comm")).unwrap_or_default();
+        if comm.trim() != "aio-engine-work" {
+            continue;
+        }
+        let tid: libc::pid_t = task.file_name().unwrap().to_str().unwrap().parse().unwrap();
+        // SAFETY: plain query of a thread of ours (gone already: -1).
+        let policy = unsafe { libc::sched_getscheduler(tid) };
+        if policy >= 0 {
+            assert_eq!(policy, libc::SCHED_BATCH, "worker {tid}");
+            workers += 1;
+        }
+    }
+    assert!(workers >= N, "{workers} workers");
 }
 
 /// A pseudo-terminal: (master, slave), the slave in canonical mode (a read

@@ -548,15 +548,19 @@ impl Drivers {
                     // The caller asked for EAGAIN rather than waiting.
                     Route::Kernel
                 } else if *misses >= COLD
-                    && !aio_sys::page_cache_holds(iocb.fd(), iocb.aio_offset, len)
-                        .unwrap_or(*tick % PROBE_COLD == 0)
+                    && (*tick % PROBE_COLD != 0
+                        || !aio_sys::page_cache_holds(iocb.fd(), iocb.aio_offset, len)
+                            .unwrap_or(true))
                 {
                     // Mostly misses lately: a miss costs the submitter the
-                    // readahead it starts, so ask cachestat first (or,
-                    // without it, try one read in PROBE_COLD). Not cached
-                    // counts as a miss: the device stays cold until reads
-                    // hit again.
-                    *misses = (*misses + 1).min(2 * COLD);
+                    // readahead it starts, and even cachestat costs a
+                    // system call, so reads go to the engine, but one in
+                    // PROBE_COLD asks cachestat (without it: tries) whether
+                    // the kernel would have it. Not cached counts as a
+                    // miss: the device stays cold until probes hit again.
+                    if *tick % PROBE_COLD == 0 {
+                        *misses = (*misses + 1).min(2 * COLD);
+                    }
                     Route::Engine
                 } else {
                     iocb.aio_rw_flags |= RwFlags::NOWAIT;
