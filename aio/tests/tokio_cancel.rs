@@ -280,16 +280,23 @@ async fn futures_dropped_at_random_points() {
         }
     }
     // A third of the futures are planned to be dropped; those whose request
-    // completed before the drop point (buffered I/O on a fast filesystem
-    // completes inside io_submit) finish instead, so fewer are dropped.
+    // completed before the drop point finish instead, so fewer are dropped.
+    // Where I/O completes inside io_submit (tmpfs, even with O_DIRECT since
+    // Linux 6.6), a request submitted on its first poll (one at a time) is
+    // done before any drop point: only the futures never polled are
+    // dropped for sure.
     let planned = plans.iter().filter(|(p, ..)| *p != Plan::Await).count();
+    let never_polled = plans
+        .iter()
+        .filter(|(p, ..)| *p == Plan::BeforeFirstPoll)
+        .count();
     assert!(
         planned > n / 4 && planned < n / 2,
         "{planned} of {n} planned to drop"
     );
     assert!(
-        dropped >= n / 10,
-        "only {dropped} of {planned} planned drops happened"
+        dropped >= never_polled,
+        "only {dropped} of {planned} planned drops happened ({never_polled} never polled)"
     );
 
     // Completed writes are on disk.
