@@ -539,9 +539,10 @@ async fn run_tokio(
     // --iodepth requests in flight in this one task (no spawn per
     // request); each completion starts the next with its buffers.
     let mut in_flight = FuturesUnordered::new();
-    let mut start = |bufs: Vec<AlignedBuf>| {
+    // One clock read per request, as the sync loop: the time a request
+    // starts is the time its predecessor's completion was taken.
+    let mut start = |bufs: Vec<AlignedBuf>, started: Instant| {
         let (off, write) = offsets.next(args.rw);
-        let started = Instant::now();
         let op = if write {
             Either::Left(handle.run(WriteV::new(&t.file, bufs, off)))
         } else {
@@ -552,13 +553,15 @@ async fn run_tokio(
             (r, b, started)
         }
     };
+    let t0 = Instant::now();
     for _ in 0..args.iodepth {
-        in_flight.push(start(buffers()));
+        in_flight.push(start(buffers(), t0));
     }
     while let Some((res, bufs, started)) = in_flight.next().await {
-        m.record(res, started.elapsed());
-        if Instant::now() < deadline {
-            in_flight.push(start(bufs));
+        let now = Instant::now();
+        m.record(res, now - started);
+        if now < deadline {
+            in_flight.push(start(bufs, now));
         }
     }
 }
