@@ -19,7 +19,14 @@
 //! accessed with `process_vm_readv`/`process_vm_writev` on the own process,
 //! and data buffers only through `preadv2`/`pwritev2`, so a bad pointer is
 //! `EFAULT` — synchronously or in the event, where Linux puts it — and never
-//! a crash.
+//! a crash. A caller that built its iocbs itself can skip those copies with
+//! [`Engine::io_submit_trusted`] (aio does).
+//!
+//! Each `io_submit` is one plug (see `plug.rs`): worker jobs are dispatched
+//! together with one wake-up, eventfd signals of requests completed inside
+//! the call are summed into one write, and a descriptor named by several
+//! iocbs is resolved once. Workers run as `SCHED_BATCH`, so that their
+//! wake-ups never preempt the thread that submits.
 //!
 //! Contexts are keyed by their ring address, as in Linux; one `Engine` is
 //! one address space's AIO state, and [`Engine::global`] is the process-wide
