@@ -245,7 +245,11 @@ fn valgrind_step() -> Step {
                 "CARGO_TARGET_{}_UNKNOWN_LINUX_GNU_RUNNER",
                 std::env::consts::ARCH.to_uppercase()
             );
-            let runner = "valgrind --error-exitcode=1 --trace-children=no --quiet";
+            // --fair-sched=yes: valgrind runs one thread at a time, and its
+            // default lock let the 10 000-task test starve another test's
+            // driver thread for 10 s (a_driver_whose_users_are_gone... timed
+            // out once in CI).
+            let runner = "valgrind --error-exitcode=1 --trace-children=no --quiet --fair-sched=yes";
             let env = [(runner_var.as_str(), runner), ("AIO_TEST_VALGRIND", "1")];
             let args = [
                 "test",
