@@ -560,11 +560,9 @@ impl Core {
                 let idx = self.batch[side][0];
                 let slot = self.slab.slot(idx);
                 if slot.route == Route::KernelNowait
-                    && self.drivers.nowait_refused(
-                        slot.iocb.fd(),
-                        slot.iocb.aio_lio_opcode.is_write(),
-                        e,
-                    )
+                    && self
+                        .drivers
+                        .nowait_refused(slot.dev, slot.iocb.aio_lio_opcode.is_write(), e)
                 {
                     // This filesystem does not do RWF_NOWAIT: route this
                     // batch's reads again, knowing that.
@@ -606,8 +604,7 @@ impl Core {
                 if ev.res == Errno::EOPNOTSUPP.as_res() {
                     // Refused by the filesystem's write_iter (ext4's
                     // buffered writes) rather than at io_submit.
-                    self.drivers
-                        .nowait_refused(slot.iocb.fd(), write, Errno::EOPNOTSUPP);
+                    self.drivers.nowait_refused(dev, write, Errno::EOPNOTSUPP);
                 }
                 let miss = continue_on_engine(slot, ev.res);
                 self.drivers.nowait_outcome(dev, write, !miss);

@@ -620,25 +620,18 @@ impl Drivers {
     }
 
     /// After the kernel refused a [`Route::KernelNowait`] read (or
-    /// `write`) with `errno` at submission: whether to run it on the engine
-    /// instead, and then to send the rest of that device's reads (writes)
-    /// there too.
-    pub(crate) fn nowait_refused(&mut self, fd: RawFd, write: bool, errno: Errno) -> bool {
+    /// `write`) on `dev` (the device [`Drivers::route`] gave it) with
+    /// `errno`, at submission or in its event: whether to run it on the
+    /// engine instead, and then to send the rest of that device's reads
+    /// (writes) there too.
+    pub(crate) fn nowait_refused(&mut self, dev: u64, write: bool, errno: Errno) -> bool {
         if errno != Errno::EOPNOTSUPP && errno != Errno::EINVAL {
             return false;
         }
-        if let Some(class) = classify(fd) {
-            let at = match self.devices.iter().position(|(d, _)| *d == class.dev) {
-                Some(at) => at,
-                None => {
-                    self.devices.push((class.dev, Device::Blocking));
-                    return true;
-                }
-            };
-            match &mut self.devices[at].1 {
-                Device::Nowait { writes_refused, .. } if write => *writes_refused = true,
-                d => *d = Device::Blocking,
-            }
+        match self.devices.iter_mut().find(|(d, _)| *d == dev) {
+            Some((_, Device::Nowait { writes_refused, .. })) if write => *writes_refused = true,
+            Some((_, d)) => *d = Device::Blocking,
+            None => self.devices.push((dev, Device::Blocking)),
         }
         true
     }

@@ -10,9 +10,9 @@ use std::sync::{Arc, Mutex};
 
 use aio_abi::{Errno, PollEvents, RwFlags};
 
-use super::plug::{self, Deferred};
+use super::plug;
 use super::poller::Poller;
-use super::workers::Pool;
+use super::workers::{Deferred, Pool};
 use crate::host::{Completion, EventFd, File, FileMode, IoStatus, PollWaiter, RwOp};
 
 fn last_errno() -> Errno {

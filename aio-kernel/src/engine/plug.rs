@@ -13,21 +13,13 @@
 //! would simply not be plugged.
 
 use std::cell::RefCell;
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::vec::Vec;
 
-use std::os::fd::OwnedFd;
-
 use super::file::EngineEventFd;
-use super::workers::Job;
+use super::workers::Deferred;
 use crate::host::File;
-
-/// A job held back until the end of the call.
-pub(crate) enum Deferred {
-    Run(Job),
-    /// A job of an ordered lane (`Pool::run_ordered`).
-    Ordered((u64, u64), Job),
-}
 
 struct Plug {
     /// The engine that started the plug (`Shared::id`).

@@ -5,9 +5,15 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use super::plug::Deferred;
-
 pub(crate) type Job = Box<dyn FnOnce() + Send>;
+
+/// A job for [`Pool::dispatch`].
+pub(crate) enum Deferred {
+    Run(Job),
+    /// Runs after every job given earlier with the same lane (an inode:
+    /// appends land in submission order).
+    Ordered((u64, u64), Job),
+}
 
 struct State {
     jobs: VecDeque<Job>,
