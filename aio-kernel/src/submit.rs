@@ -9,7 +9,7 @@ use aio_abi::{
     Errno, IoEvent, IoVec, Iocb, IocbFlags, MAX_RW_COUNT, Opcode, PollEvents, RwFlags, UIO_MAXIOV,
     ioprio,
 };
-use zerocopy::{FromBytes, FromZeros};
+use zerocopy::{FromZeros, IntoBytes};
 
 use crate::context::{Cancel, Ctx, Kernel};
 use crate::host::{Completion, EventFd, File, FileMode, Host, IoStatus, PollWaiter, PollWake};
@@ -269,18 +269,14 @@ impl<H: Host> Kernel<H> {
         if n > UIO_MAXIOV {
             return Err(Errno::EINVAL);
         }
-        let mut raw = alloc::vec![0u8; n as usize * 16];
+        let mut segs = alloc::vec![IoVec::new_zeroed(); n as usize];
+        let raw = segs.as_mut_slice().as_mut_bytes();
         if !access_ok(iocb.aio_buf, raw.len() as u64) {
             return Err(Errno::EFAULT);
         }
-        self.host.copy_from_user(iocb.aio_buf, &mut raw)?;
-        let mut segs = Vec::with_capacity(n as usize);
-        for chunk in raw.chunks_exact(16) {
-            let seg = IoVec::read_from_bytes(chunk).map_err(|_| Errno::EFAULT)?;
-            if (seg.iov_len as i64) < 0 {
-                return Err(Errno::EINVAL);
-            }
-            segs.push(seg);
+        self.host.copy_from_user(iocb.aio_buf, raw)?;
+        if segs.iter().any(|seg| (seg.iov_len as i64) < 0) {
+            return Err(Errno::EINVAL);
         }
         let mut total = 0u64;
         // One segment takes the `import_ubuf` path: capped, then checked.

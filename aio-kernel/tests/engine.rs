@@ -5,7 +5,7 @@
 
 mod support;
 
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -508,6 +508,63 @@ fn trusted_submission_reads_iovecs_and_writes_keys() {
     assert_eq!(engine.io_getevents(ctx, 1, &mut ev, None), Ok(1));
     assert_eq!((ev[0].data, ev[0].res), (2, 4096));
     assert_eq!(back.concat(), parts.concat());
+    engine.io_destroy(ctx).unwrap();
+}
+
+/// A trusted call's eventfd is looked up once per number; a context set up
+/// after the old eventfd was closed gets its own eventfd signalled, even
+/// under the old one's number.
+#[test]
+fn trusted_submission_signals_the_eventfd_its_context_was_set_up_with() {
+    let engine = Engine::new();
+    let fx = Fixture::new();
+    let new_eventfd = || {
+        // SAFETY: creates a descriptor we own from here on.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        assert!(fd >= 0);
+        // SAFETY: fresh, owned by nobody else.
+        unsafe { OwnedFd::from_raw_fd(fd) }
+    };
+    let count = |fd: i32| {
+        let mut n = 0u64;
+        // SAFETY: reads 8 bytes into a local.
+        let r = unsafe { libc::read(fd, (&mut n as *mut u64).cast(), 8) };
+        assert_eq!(r, 8);
+        n
+    };
+    let read_one = |ctx, efd: i32| {
+        let mut buf = vec![0u8; 512];
+        let mut iov = iovecs(std::slice::from_mut(&mut buf));
+        let read =
+            Iocb::preadv(fx.data.as_raw_fd(), iov.as_mut_ptr() as u64, 1, 0).with_eventfd(efd);
+        // SAFETY: the iocb, iovec and buffer outlive the request (reaped).
+        assert_eq!(unsafe { engine.io_submit_trusted(ctx, &[&read]) }, Ok(1));
+        let mut ev = [IoEvent::default(); 1];
+        assert_eq!(engine.io_getevents(ctx, 1, &mut ev, None), Ok(1));
+        assert_eq!(ev[0].res, 512);
+    };
+    let first = new_eventfd();
+    let number = first.as_raw_fd();
+    let ctx = engine.io_setup(4).unwrap();
+    read_one(ctx, number);
+    read_one(ctx, number);
+    assert_eq!(count(number), 2);
+    engine.io_destroy(ctx).unwrap();
+    drop(first);
+    // Another eventfd under the same number (the lowest free one, or moved
+    // there).
+    let mut second = new_eventfd();
+    if second.as_raw_fd() != number {
+        // SAFETY: `number` is free (closed above); dup3 puts the eventfd
+        // there, and the OwnedFd made of it owns that copy.
+        let moved = unsafe { libc::dup3(second.as_raw_fd(), number, libc::O_CLOEXEC) };
+        assert_eq!(moved, number);
+        // SAFETY: `number` is ours alone now.
+        second = unsafe { OwnedFd::from_raw_fd(number) };
+    }
+    let ctx = engine.io_setup(4).unwrap();
+    read_one(ctx, number);
+    assert_eq!(count(second.as_raw_fd()), 1);
     engine.io_destroy(ctx).unwrap();
 }
 

@@ -8,7 +8,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
 use aio_abi::{AioContext, Errno, IoEvent, Iocb, RwFlags};
-use aio_kernel::engine::Engine;
+use aio_kernel::engine::{CacheGuess, Engine};
 use aio_sys::RingView;
 
 use crate::core::Stats;
@@ -318,14 +318,15 @@ impl Route {
 enum Device {
     /// tmpfs or ramfs: the data is in memory; the kernel copies it.
     Memory,
-    /// Reads go to the kernel with `RWF_NOWAIT` first, unless `misses`
-    /// (up by one per miss, down by one per hit) says the cache is cold;
-    /// `tick` counts requests, to try the kernel again every so often.
+    /// Reads go to the kernel with `RWF_NOWAIT` first where `reads` says
+    /// the page cache holds them (asking `cachestat` where it is unsure).
     /// Writes (not appends) too, unless `writes_refused` (ext4 takes the
-    /// flag for reads only) or `write_misses` says they mostly would wait
-    /// (xfs answers EAGAIN to every buffered AIO write with the flag).
+    /// flag for reads only) or `write_misses` (up by one per miss, down
+    /// by one per hit) says they mostly would wait (xfs answers EAGAIN to
+    /// every buffered AIO write with the flag); `tick` counts writes, to
+    /// try the kernel again every so often.
     Nowait {
-        misses: u8,
+        reads: CacheGuess,
         tick: u8,
         writes_refused: bool,
         write_misses: u8,
@@ -335,9 +336,9 @@ enum Device {
     Blocking,
 }
 
-/// `misses` of a device from which its reads skip the kernel.
+/// `write_misses` of a device from which its writes skip the kernel.
 const COLD: u8 = 8;
-/// While cold, one read in this many still tries the kernel.
+/// While cold, one write in this many still tries the kernel.
 const PROBE_COLD: u8 = 8;
 
 /// What `Auto` needs to know about a descriptor, learnt once per batch.
@@ -542,29 +543,19 @@ impl Drivers {
                     Route::KernelNowait
                 }
             }
-            Device::Nowait { misses, tick, .. } if op.is_read() => {
-                *tick = tick.wrapping_add(1);
+            Device::Nowait { reads, .. } if op.is_read() => {
                 if iocb.aio_rw_flags.contains(RwFlags::NOWAIT) {
                     // The caller asked for EAGAIN rather than waiting.
                     Route::Kernel
-                } else if *misses >= COLD
-                    && (*tick % PROBE_COLD != 0
-                        || !aio_sys::page_cache_holds(iocb.fd(), iocb.aio_offset, len)
-                            .unwrap_or(true))
+                } else if reads
+                    .should_try(|| aio_sys::page_cache_holds(iocb.fd(), iocb.aio_offset, len))
                 {
-                    // Mostly misses lately: a miss costs the submitter the
-                    // readahead it starts, and even cachestat costs a
-                    // system call, so reads go to the engine, but one in
-                    // PROBE_COLD asks cachestat (without it: tries) whether
-                    // the kernel would have it. Not cached counts as a
-                    // miss: the device stays cold until probes hit again.
-                    if *tick % PROBE_COLD == 0 {
-                        *misses = (*misses + 1).min(2 * COLD);
-                    }
-                    Route::Engine
-                } else {
                     iocb.aio_rw_flags |= RwFlags::NOWAIT;
                     Route::KernelNowait
+                } else {
+                    // A miss would cost the submitter the readahead it
+                    // starts.
+                    Route::Engine
                 }
             }
             Device::Nowait { .. } | Device::Blocking => Route::Engine,
@@ -578,18 +569,19 @@ impl Drivers {
         if let Some((
             _,
             Device::Nowait {
-                misses,
+                reads,
                 write_misses,
                 ..
             },
         )) = self.devices.iter_mut().find(|(d, _)| *d == dev)
         {
-            let m = if write { write_misses } else { misses };
-            *m = if hit {
-                m.saturating_sub(1)
+            if !write {
+                reads.outcome(hit);
+            } else if hit {
+                *write_misses = write_misses.saturating_sub(1);
             } else {
-                (*m + 1).min(2 * COLD)
-            };
+                *write_misses = (*write_misses + 1).min(2 * COLD);
+            }
         }
     }
 
@@ -609,7 +601,7 @@ impl Drivers {
             Device::Memory
         } else {
             Device::Nowait {
-                misses: 0,
+                reads: CacheGuess::default(),
                 tick: 0,
                 writes_refused: false,
                 write_misses: 0,

@@ -5,11 +5,12 @@
 use std::boxed::Box;
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::sync::atomic::{AtomicU8, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
 use aio_abi::{Errno, PollEvents, RwFlags};
 
+use super::cache_guess::CacheGuess;
 use super::plug;
 use super::poller::Poller;
 use super::workers::{Deferred, Pool};
@@ -40,59 +41,46 @@ pub(crate) struct Shared {
     pub(crate) poller: Poller,
     /// Per-device answers of the `FMODE_NOWAIT`/`RWF_DONTCACHE` probes.
     probes: Mutex<HashMap<u64, (bool, bool)>>,
-    /// Per device (hashed): how often the page cache missed the reads
-    /// tried inside `io_submit` lately (up one per miss, down one per
-    /// hit). A miss costs the submitter the readahead it starts, so a cold
-    /// device's reads go straight to the workers, but one in
-    /// `PROBE_COLD` still tries.
-    misses: [AtomicU8; 64],
-    reads: AtomicU32,
-    /// The eventfd of the last request that had one, with its number.
-    last_eventfd: Mutex<Option<(i32, Arc<EngineEventFd>)>>,
+    /// Per device (hashed): what its recent reads found in the page
+    /// cache ([`CacheGuess`], packed), which decides whether a read is
+    /// tried inside `io_submit`.
+    guesses: [AtomicU32; 64],
+    /// The eventfd of the last request that had one, with its number,
+    /// and whether a trusted call named it (see [`eventfd_lookup`]).
+    last_eventfd: Mutex<Option<(i32, Arc<EngineEventFd>, bool)>>,
 }
 
-/// `misses` from which a device counts as cold.
-const COLD: u8 = 8;
-/// While cold, one read in this many is still tried inside `io_submit`
-/// (rarely: a miss starts readahead, which on a virtual disk costs the
-/// submitter an exit to the hypervisor).
-const PROBE_COLD: u32 = 64;
-
 impl Shared {
-    fn misses(&self, dev: u64) -> &AtomicU8 {
-        &self.misses[(dev ^ dev >> 17) as usize % self.misses.len()]
+    fn guess(&self, dev: u64) -> &AtomicU32 {
+        &self.guesses[(dev ^ dev >> 17) as usize % self.guesses.len()]
     }
 
     /// Whether to try a buffered read of `len` bytes at `pos` of `fd` (on
-    /// `dev`) inside `io_submit`. While the device is cold, one read in
-    /// `PROBE_COLD` asks `cachestat` (where the kernel has it) whether it
-    /// would hit: a blind try that misses starts readahead, which the
-    /// submitter pays for (from Linux 6.12 a `RWF_NOWAIT` miss does).
+    /// `dev`) inside `io_submit`, asking `cachestat` first where the
+    /// device's guess says so (see [`CacheGuess`]).
     fn try_inline(&self, dev: u64, fd: i32, pos: i64, len: u64) -> bool {
-        if self.misses(dev).load(Ordering::Relaxed) < COLD {
-            return true;
-        }
-        if self.reads.fetch_add(1, Ordering::Relaxed) % PROBE_COLD != 0 {
-            return false;
-        }
-        page_cache_holds(fd, pos, len).unwrap_or(true)
+        let mut g = CacheGuess::from_bits(self.guess(dev).load(Ordering::Relaxed));
+        let try_it = g.should_try(|| page_cache_holds(fd, pos, len));
+        self.store_guess(dev, g);
+        try_it
     }
 
     fn inline_outcome(&self, dev: u64, hit: bool) {
-        let m = self.misses(dev);
-        // Racy read-modify-write: a lost update only shifts a heuristic.
-        let now = m.load(Ordering::Relaxed);
-        let next = if hit {
-            now.saturating_sub(1)
-        } else {
-            (now + 1).min(2 * COLD)
-        };
-        // Stored only when it changes: on a warm device every read hits,
-        // and a store per read from every submitting thread kept the
-        // cache line bouncing between CPUs (perf: two thirds of the
-        // engine's own time, in the load of this counter).
-        if next != now {
-            m.store(next, Ordering::Relaxed);
+        let mut g = CacheGuess::from_bits(self.guess(dev).load(Ordering::Relaxed));
+        g.outcome(hit);
+        self.store_guess(dev, g);
+    }
+
+    /// Racy read-modify-write: a lost update only shifts a heuristic.
+    /// Stored only when it changes: on a warm device every read hits,
+    /// and a store per read from every submitting thread kept the cache
+    /// line bouncing between CPUs (perf: two thirds of the engine's own
+    /// time, in the load of this counter).
+    fn store_guess(&self, dev: u64, g: CacheGuess) {
+        let slot = self.guess(dev);
+        let bits = g.to_bits();
+        if slot.load(Ordering::Relaxed) != bits {
+            slot.store(bits, Ordering::Relaxed);
         }
     }
 
@@ -114,8 +102,7 @@ impl Shared {
             pool,
             poller,
             probes: Mutex::new(HashMap::new()),
-            misses: [const { AtomicU8::new(0) }; 64],
-            reads: AtomicU32::new(0),
+            guesses: [const { AtomicU32::new(0) }; 64],
             last_eventfd: Mutex::new(None),
         }
     }
@@ -638,8 +625,7 @@ impl EventFd for EngineEventFd {
 /// name the same open file (`None` where kcmp is missing or forbidden).
 fn same_file(a: i32, b: i32) -> Option<bool> {
     const KCMP_FILE: libc::c_long = 0;
-    // SAFETY: plain query.
-    let pid = unsafe { libc::getpid() };
+    let pid = super::process_id();
     // SAFETY: kcmp reads no memory of ours.
     let r = unsafe { libc::syscall(libc::SYS_kcmp, pid, pid, KCMP_FILE, a, b) };
     (r >= 0).then_some(r == 0)
@@ -667,8 +653,12 @@ fn eventfd_lookup(shared: &Shared, fd: i32) -> Result<Arc<EngineEventFd>, Errno>
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .clone();
-    if let Some((raw, efd)) = last {
-        if raw == fd && same_file(fd, efd.fd.as_raw_fd()) == Some(true) {
+    let trusted = super::trusted_call();
+    if let Some((raw, efd, by_trusted)) = last {
+        // A trusted caller vouches that its eventfd numbers keep naming
+        // the same eventfds (`Engine::io_submit_trusted`).
+        if raw == fd && ((trusted && by_trusted) || same_file(fd, efd.fd.as_raw_fd()) == Some(true))
+        {
             return Ok(efd);
         }
     }
@@ -676,8 +666,20 @@ fn eventfd_lookup(shared: &Shared, fd: i32) -> Result<Arc<EngineEventFd>, Errno>
     *shared
         .last_eventfd
         .lock()
-        .unwrap_or_else(|e| e.into_inner()) = Some((fd, efd.clone()));
+        .unwrap_or_else(|e| e.into_inner()) = Some((fd, efd.clone(), trusted));
     Ok(efd)
+}
+
+/// Makes the next lookup of the remembered eventfd ask the kernel again.
+pub(crate) fn distrust_eventfd(shared: &Shared) {
+    if let Some(last) = shared
+        .last_eventfd
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .as_mut()
+    {
+        last.2 = false;
+    }
 }
 
 fn eventfd_open(shared: &Shared, fd: i32) -> Result<Arc<EngineEventFd>, Errno> {

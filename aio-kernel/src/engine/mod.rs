@@ -73,6 +73,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod cache_guess;
 mod file;
 mod memory;
 mod plug;
@@ -81,11 +82,12 @@ mod workers;
 
 use std::cell::Cell;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicPtr, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicPtr, AtomicU8, AtomicU32, Ordering};
 use std::time::Instant;
 
 use aio_abi::{AioContext, Errno, IoEvent, Iocb, RwFlags};
 
+pub use cache_guess::CacheGuess;
 pub use memory::EngineRing;
 
 use crate::Kernel;
@@ -166,6 +168,48 @@ pub struct EngineHost {
     pid: libc::pid_t,
 }
 
+/// This process's id, without a `getpid` per engine call (glibc no
+/// longer caches it, and every call checks it to refuse fork children).
+/// A `pthread_atfork` child handler forgets the cached id, so a child
+/// made by `fork` (libc's, `nix`'s) reads its own; a child made by a raw
+/// `clone` system call skips the handler, as it skips glibc's own fork
+/// bookkeeping, and must not call into its parent's engine.
+pub(crate) fn process_id() -> u32 {
+    // 0: no handler yet; 1: one thread registering it; 2: registered.
+    static HOOKED: AtomicU8 = AtomicU8::new(0);
+    static PID: AtomicU32 = AtomicU32::new(0);
+    extern "C" fn forget_pid() {
+        PID.store(0, Ordering::Relaxed);
+    }
+    match HOOKED.load(Ordering::Acquire) {
+        2 => {}
+        0 if HOOKED
+            .compare_exchange(0, 1, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok() =>
+        {
+            // SAFETY: registers a handler that only stores to an atomic
+            // (async-signal-safe, as a fork child requires). Nothing waits
+            // on `HOOKED`: a child forked while it is 1 reads the id
+            // itself on every call.
+            let registered = unsafe { libc::pthread_atfork(None, None, Some(forget_pid)) } == 0;
+            if !registered {
+                // Never cache: every call asks the kernel.
+                return std::process::id();
+            }
+            HOOKED.store(2, Ordering::Release);
+        }
+        _ => return std::process::id(),
+    }
+    match PID.load(Ordering::Relaxed) {
+        0 => {
+            let pid = std::process::id();
+            PID.store(pid, Ordering::Relaxed);
+            pid
+        }
+        pid => pid,
+    }
+}
+
 fn possible_cpus() -> u32 {
     let parse = |s: &str| -> Option<u32> {
         let mut n = 0;
@@ -199,6 +243,11 @@ fn capable_sys_nice() -> bool {
         .find_map(|l| l.strip_prefix("CapEff:"))
         .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
         .is_some_and(|caps| caps & (1 << 23 | 1 << 21) != 0)
+}
+
+/// Whether this thread is inside [`Engine::io_submit_trusted`].
+pub(crate) fn trusted_call() -> bool {
+    TRUSTED.with(Cell::get)
 }
 
 std::thread_local! {
@@ -273,9 +322,9 @@ impl EngineHost {
 
     /// Sends off what a plug held back: the jobs (one lock, one wake-up),
     /// each eventfd's signals in one write, one wake-up of waiters.
-    fn unplug(&self, held: plug::Unplugged) {
+    fn unplug(&self, mut held: plug::Unplugged) {
         if !held.jobs.is_empty() {
-            self.shared.pool.dispatch(held.jobs);
+            self.shared.pool.dispatch(held.jobs.drain(..));
         }
         for (fd, n) in &held.signals {
             file::eventfd_add(fd, *n);
@@ -283,6 +332,7 @@ impl EngineHost {
         if held.wake {
             self.wake_now();
         }
+        plug::recycle(held);
     }
 }
 
@@ -290,7 +340,7 @@ impl Host for EngineHost {
     type Ring = EngineRing;
 
     fn copy_from_user(&self, addr: u64, dst: &mut [u8]) -> Result<(), Errno> {
-        if TRUSTED.with(Cell::get) {
+        if trusted_call() {
             // SAFETY: inside `io_submit_trusted`, whose caller guarantees
             // that the pointer array, the iocbs and their iovec arrays
             // (all the core reads) are live, readable and not written
@@ -304,7 +354,7 @@ impl Host for EngineHost {
     }
 
     fn copy_to_user(&self, addr: u64, src: &[u8]) -> Result<(), Errno> {
-        if TRUSTED.with(Cell::get) {
+        if trusted_call() {
             // SAFETY: inside `io_submit_trusted` the core writes only the
             // iocbs' keys, which its caller guarantees writable and not
             // otherwise accessed during the call.
@@ -494,11 +544,11 @@ impl Engine {
             cpus: possible_cpus(),
             page: if page > 0 { page as u64 } else { 4096 },
             nice: capable_sys_nice(),
-            pid: std::process::id() as libc::pid_t,
+            pid: process_id() as libc::pid_t,
         };
         Engine {
             kernel: Kernel::new(Arc::new(host)),
-            pid: std::process::id(),
+            pid: process_id(),
         }
     }
 
@@ -508,7 +558,7 @@ impl Engine {
     /// in the child.
     pub fn global() -> &'static Engine {
         static GLOBAL: AtomicPtr<Engine> = AtomicPtr::new(core::ptr::null_mut());
-        let pid = std::process::id();
+        let pid = process_id();
         let current = |p: *mut Engine| {
             // SAFETY: a non-null pointer here was installed below from
             // `Box::into_raw` and is never freed.
@@ -545,7 +595,7 @@ impl Engine {
     /// a child that wants AIO creates an `Engine` of its own). Checked
     /// before anything else, so it is safe to call right after `fork`.
     fn k(&self) -> Result<&Kernel<EngineHost>, Errno> {
-        if std::process::id() == self.pid {
+        if process_id() == self.pid {
             // A new call: no signal has interrupted it yet.
             INTERRUPTED.with(|i| i.set(false));
             Ok(&self.kernel)
@@ -554,12 +604,22 @@ impl Engine {
         }
     }
 
+    /// [`Engine::k`] for `io_setup` and `io_destroy`: the eventfd numbers
+    /// trusted calls named may name other eventfds from now on (a
+    /// destroyed context's eventfd is closed, a new context's may reuse
+    /// its number), so the next lookup asks the kernel again.
+    fn k_contexts_change(&self) -> Result<&Kernel<EngineHost>, Errno> {
+        let k = self.k()?;
+        file::distrust_eventfd(&k.host().shared);
+        Ok(k)
+    }
+
     /// `io_setup(nr_events, &ctx)`: a context whose ring holds at least
     /// `nr_events` events; the result is the ring's address.
     pub fn io_setup(&self, nr_events: u32) -> Result<AioContext, Errno> {
         let mut ctx: AioContext = 0;
         let at = &mut ctx as *mut AioContext as u64;
-        self.k()?.io_setup(nr_events, at)?;
+        self.k_contexts_change()?.io_setup(nr_events, at)?;
         Ok(ctx)
     }
 
@@ -569,7 +629,8 @@ impl Engine {
     pub fn io_setup_at(&self, nr_events: u32, ring_addr: u64) -> Result<AioContext, Errno> {
         let mut ctx: AioContext = 0;
         let at = &mut ctx as *mut AioContext as u64;
-        self.k()?.io_setup_at(nr_events, at, ring_addr)?;
+        self.k_contexts_change()?
+            .io_setup_at(nr_events, at, ring_addr)?;
         Ok(ctx)
     }
 
@@ -603,6 +664,15 @@ impl Engine {
     /// names a live iocb that the caller does not access during the call,
     /// and every vectored iocb's `aio_buf` names `aio_nbytes` live iovecs.
     /// A bad one is undefined behaviour here, not `EFAULT`.
+    ///
+    /// Eventfds: one named by `aio_resfd` is looked up once; later trusted
+    /// calls naming the same number signal it without asking the kernel
+    /// (`kcmp`, the dearest system call of a submission) whether the
+    /// number still names it, until a context of this engine is set up or
+    /// destroyed. So an eventfd named here must stay open until then (aio
+    /// makes a context's eventfd before setting up its engine context and
+    /// closes it after destroying that); otherwise completions could signal
+    /// the closed one instead of a new eventfd with its number.
     pub unsafe fn io_submit_trusted(
         &self,
         ctx: AioContext,
@@ -670,7 +740,7 @@ impl Engine {
     /// `io_destroy(ctx)`: cancels what can be cancelled, waits for every
     /// request in flight, then releases the context and its ring.
     pub fn io_destroy(&self, ctx: AioContext) -> Result<(), Errno> {
-        self.k()?.io_destroy(ctx)
+        self.k_contexts_change()?.io_destroy(ctx)
     }
 
     /// `io_setup` with a raw `ctxp`, for syscall-level shims and tests.
@@ -679,7 +749,7 @@ impl Engine {
     ///
     /// `ctxp` must be writable memory of the caller's, or unmapped.
     pub unsafe fn sys_io_setup(&self, nr_events: u32, ctxp: u64) -> Result<(), Errno> {
-        self.k()?.io_setup(nr_events, ctxp)
+        self.k_contexts_change()?.io_setup(nr_events, ctxp)
     }
 
     /// `io_submit` with raw arguments (`nr` may be negative, `iocbpp` bad).
@@ -729,7 +799,7 @@ impl Engine {
 
 impl Drop for Engine {
     fn drop(&mut self) {
-        if std::process::id() != self.pid {
+        if process_id() != self.pid {
             return;
         }
         // Like process exit: every context is destroyed, which waits for

@@ -10,7 +10,8 @@
 //!
 //! The plug lives in a thread-local and belongs to one engine: a call into
 //! another engine on the same thread (none happens inside `io_submit`)
-//! would simply not be plugged.
+//! would simply not be plugged. Its lists keep their memory between
+//! calls: a submission allocates nothing for them once warm.
 
 use std::cell::RefCell;
 use std::os::fd::OwnedFd;
@@ -22,8 +23,9 @@ use super::workers::Deferred;
 use crate::host::File;
 
 struct Plug {
-    /// The engine that started the plug (`Shared::id`).
-    owner: usize,
+    /// The engine that started the plug (`Shared::id`); `None` between
+    /// calls.
+    owner: Option<usize>,
     files: Vec<(i32, Arc<dyn File>)>,
     eventfds: Vec<(i32, Arc<EngineEventFd>)>,
     jobs: Vec<Deferred>,
@@ -34,10 +36,20 @@ struct Plug {
 }
 
 std::thread_local! {
-    static PLUG: RefCell<Option<Plug>> = const { RefCell::new(None) };
+    static PLUG: RefCell<Plug> = const {
+        RefCell::new(Plug {
+            owner: None,
+            files: Vec::new(),
+            eventfds: Vec::new(),
+            jobs: Vec::new(),
+            signals: Vec::new(),
+            wake: false,
+        })
+    };
 }
 
-/// What a finished plug hands back to its engine.
+/// What a finished plug hands back to its engine (and the engine to
+/// [`recycle`]).
 pub(crate) struct Unplugged {
     pub(crate) jobs: Vec<Deferred>,
     pub(crate) signals: Vec<(Arc<OwnedFd>, u64)>,
@@ -50,35 +62,43 @@ pub(crate) struct Unplugged {
 pub(crate) fn start(owner: usize) {
     PLUG.with(|p| {
         let mut p = p.borrow_mut();
-        if p.is_none() {
-            *p = Some(Plug {
-                owner,
-                files: Vec::new(),
-                eventfds: Vec::new(),
-                jobs: Vec::new(),
-                signals: Vec::new(),
-                wake: false,
-            });
+        if p.owner.is_none() {
+            p.owner = Some(owner);
         }
     })
-}
-
-fn unplugged(p: Plug) -> Unplugged {
-    Unplugged {
-        jobs: p.jobs,
-        signals: p.signals,
-        wake: p.wake,
-    }
 }
 
 /// Ends this thread's plug (if `owner`'s), handing back what it held.
 pub(crate) fn finish(owner: usize) -> Option<Unplugged> {
     PLUG.with(|p| {
         let mut p = p.borrow_mut();
-        if p.as_ref().is_some_and(|plug| plug.owner == owner) {
-            p.take().map(unplugged)
-        } else {
-            None
+        if p.owner != Some(owner) {
+            return None;
+        }
+        p.owner = None;
+        p.files.clear();
+        p.eventfds.clear();
+        Some(Unplugged {
+            jobs: std::mem::take(&mut p.jobs),
+            signals: std::mem::take(&mut p.signals),
+            wake: std::mem::take(&mut p.wake),
+        })
+    })
+}
+
+/// Gives the emptied lists of an [`Unplugged`] back to this thread's
+/// plug, for the next call.
+pub(crate) fn recycle(mut held: Unplugged) {
+    held.jobs.clear();
+    held.signals.clear();
+    PLUG.with(|p| {
+        if let Ok(mut p) = p.try_borrow_mut() {
+            if p.jobs.capacity() == 0 {
+                p.jobs = held.jobs;
+            }
+            if p.signals.capacity() == 0 {
+                p.signals = held.signals;
+            }
         }
     })
 }
@@ -90,8 +110,7 @@ fn with<R>(owner: usize, f: impl FnOnce(&mut Plug) -> R) -> Option<R> {
         // dropped file closing its descriptor) never re-enters, but if it
         // did it would just go unplugged.
         let mut p = p.try_borrow_mut().ok()?;
-        let plug = p.as_mut()?;
-        (plug.owner == owner).then(|| f(plug))
+        (p.owner == Some(owner)).then(|| f(&mut p))
     })
 }
 
