@@ -57,10 +57,16 @@ pub struct BenchArgs {
     pub iodepth: u32,
     /// Completions to wait for before refilling the queue (as fio's
     /// iodepth_batch_complete_min); a refill goes to the kernel in one
-    /// io_submit, or in one per --batch requests when the loop had to sleep
-    /// for the completions (a device: see run_sync).
+    /// io_submit (but see --submit-batch).
     #[arg(long, default_value_t = 1)]
     pub batch: u32,
+    /// With N > 0, a refill after a wait that slept (a device, where
+    /// requests do not complete inside io_submit) goes in io_submit calls
+    /// of N requests or more, as fio's iodepth_batch_submit=N: a device
+    /// given a whole depth in one call may finish it in one burst and idle
+    /// while the loop refills. 0: one call per refill.
+    #[arg(long, default_value_t = 0)]
+    pub submit_batch: u32,
     /// Use O_DIRECT (always on for block devices).
     #[arg(long)]
     pub direct: bool,
@@ -484,7 +490,8 @@ fn measure_jobs(args: &BenchArgs, t: &Target) -> Result<Measured, String> {
 }
 
 /// The sync API: tickets in a fixed array, refilled after `--batch`
-/// completions, in one `io_submit` (or, on a device, one per `--batch`).
+/// completions, in one `io_submit` (or, on a device, in calls of at least
+/// `--submit-batch`).
 fn run_sync(
     args: &BenchArgs,
     t: &Target,
@@ -501,14 +508,23 @@ fn run_sync(
     let mut done_since_refill = usize::MAX;
     // Whether the last wait slept (a device, not the page cache or zram,
     // where requests complete inside io_submit). Then a refill goes in
-    // --batch-sized io_submit calls: a device given a whole depth in one
-    // plugged call finished it in one burst and idled while the loop
-    // refilled (direct randread at depth 32: 60-71k IOPS in one call per
-    // refill, 73-82k in chunks, fio 77-80k).
+    // calls of --submit-batch or more: the virtual disk here, given a whole
+    // depth in one plugged call, finished it in one burst and idled while
+    // the loop refilled (direct randread at depth 32: 60-71k IOPS in one
+    // call per refill, 73-82k in calls of 8, fio io_uring 77-80k).
     let mut slept = false;
     loop {
         let now = Instant::now();
         if now < deadline && done_since_refill >= args.batch as usize {
+            let idle = pending
+                .iter()
+                .filter(|p| matches!(p, Pending::Idle(_)))
+                .count();
+            let calls = match args.submit_batch as usize {
+                n if slept && n > 0 => (idle / n).max(1),
+                _ => 1,
+            };
+            let per_call = idle.div_ceil(calls).max(1);
             let mut pushed = 0usize;
             for p in pending.iter_mut() {
                 if let Pending::Idle(_) = p {
@@ -524,7 +540,7 @@ fn run_sync(
                     };
                     in_flight += 1;
                     pushed += 1;
-                    if slept && pushed % args.batch as usize == 0 {
+                    if pushed % per_call == 0 && pushed < idle {
                         let t0 = Instant::now();
                         if ctx.submit() > 0 {
                             m.submits.record(t0.elapsed());
@@ -715,6 +731,7 @@ pub fn run(args: &BenchArgs, out: Output) -> Exit {
                 "segments": args.segments,
                 "iodepth": args.iodepth,
                 "batch": args.batch,
+                "submit_batch": args.submit_batch,
                 "direct": t.direct,
                 "size": t.size,
                 "api": args.api.name(),

@@ -334,8 +334,11 @@ fn ours(
     if w.depth >= 32 {
         // Refill after 8 completions (fio's iodepth_batch_complete_min=8):
         // where completions trickle in (large writes on a disk), a refill
-        // per completion would be an io_submit per request.
-        cmd.args(["--batch", "8"]);
+        // per completion would be an io_submit per request. On a device,
+        // refill in calls of 8 or more (fio's iodepth_batch_submit): the
+        // virtual disk finished a whole depth given in one call in one
+        // burst, and idled while the loop refilled.
+        cmd.args(["--batch", "8", "--submit-batch", "8"]);
     }
     if t.direct {
         cmd.arg("--direct");
