@@ -568,6 +568,46 @@ fn trusted_submission_signals_the_eventfd_its_context_was_set_up_with() {
     engine.io_destroy(ctx).unwrap();
 }
 
+/// Contexts with an eventfd each, used in turn: each completion signals
+/// its own context's eventfd (the engine remembers several).
+#[test]
+fn trusted_submissions_of_contexts_in_turn_signal_their_own_eventfds() {
+    let engine = Engine::new();
+    let fx = Fixture::new();
+    let contexts: Vec<(u64, OwnedFd)> = (0..10)
+        .map(|_| {
+            // SAFETY: creates a descriptor we own from here on.
+            let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+            assert!(fd >= 0);
+            // SAFETY: fresh, owned by nobody else.
+            (engine.io_setup(4).unwrap(), unsafe {
+                OwnedFd::from_raw_fd(fd)
+            })
+        })
+        .collect();
+    let mut buf = vec![0u8; 512];
+    let mut iov = iovecs(std::slice::from_mut(&mut buf));
+    for round in 0..3u64 {
+        for (i, (ctx, efd)) in contexts.iter().enumerate() {
+            for _ in 0..=i {
+                let read = Iocb::preadv(fx.data.as_raw_fd(), iov.as_mut_ptr() as u64, 1, 0)
+                    .with_eventfd(efd.as_raw_fd());
+                // SAFETY: the iocb, iovec and buffer outlive the request.
+                assert_eq!(unsafe { engine.io_submit_trusted(*ctx, &[&read]) }, Ok(1));
+                let mut ev = [IoEvent::default(); 1];
+                assert_eq!(engine.io_getevents(*ctx, 1, &mut ev, None), Ok(1));
+            }
+            let mut n = 0u64;
+            // SAFETY: reads 8 bytes into a local.
+            let r = unsafe { libc::read(efd.as_raw_fd(), (&mut n as *mut u64).cast(), 8) };
+            assert_eq!((r, n), (8, i as u64 + 1), "context {i}, round {round}");
+        }
+    }
+    for (ctx, _) in contexts {
+        engine.io_destroy(ctx).unwrap();
+    }
+}
+
 fn iovecs(bufs: &mut [Vec<u8>]) -> Vec<aio_abi::IoVec> {
     bufs.iter_mut()
         .map(|b| aio_abi::IoVec {

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
+use std::vec::Vec;
 
 use aio_abi::{Errno, PollEvents, RwFlags};
 
@@ -45,9 +46,10 @@ pub(crate) struct Shared {
     /// cache ([`CacheGuess`], packed), which decides whether a read is
     /// tried inside `io_submit`.
     guesses: [AtomicU32; 64],
-    /// The eventfd of the last request that had one, with its number,
-    /// and whether a trusted call named it (see [`eventfd_lookup`]).
-    last_eventfd: Mutex<Option<(i32, Arc<EngineEventFd>, bool)>>,
+    /// The eventfds of the last requests that had one (a few: one per
+    /// context that uses the engine), newest last, with their numbers and
+    /// whether a trusted call named them (see [`eventfd_lookup`]).
+    eventfds: Mutex<Vec<KnownEventFd>>,
 }
 
 impl Shared {
@@ -103,7 +105,7 @@ impl Shared {
             poller,
             probes: Mutex::new(HashMap::new()),
             guesses: [const { AtomicU32::new(0) }; 64],
-            last_eventfd: Mutex::new(None),
+            eventfds: Mutex::new(Vec::new()),
         }
     }
 }
@@ -632,9 +634,10 @@ fn same_file(a: i32, b: i32) -> Option<bool> {
 }
 
 /// `eventfd_ctx_fdget`: `EBADF` if closed, `EINVAL` if not an eventfd.
-/// The last eventfd taken is kept: a request naming the same open file
+/// The last few eventfds taken are kept: a request naming one of them
 /// again (every request of a context usually does) costs one `kcmp`
-/// instead of a `readlink` of /proc and a `dup`.
+/// (nothing in a trusted call) instead of a `readlink` of /proc and a
+/// `dup`.
 pub(crate) fn eventfd_get(shared: &Shared, fd: i32) -> Result<Arc<dyn EventFd>, Errno> {
     if fd < 0 {
         return Err(Errno::EBADF);
@@ -647,38 +650,48 @@ pub(crate) fn eventfd_get(shared: &Shared, fd: i32) -> Result<Arc<dyn EventFd>, 
     Ok(efd)
 }
 
+/// An eventfd the engine looked up: its number, the engine's reference,
+/// and whether a trusted call named it.
+type KnownEventFd = (i32, Arc<EngineEventFd>, bool);
+
+/// How many eventfds [`Shared::eventfds`] remembers.
+const KNOWN_EVENTFDS: usize = 8;
+
 fn eventfd_lookup(shared: &Shared, fd: i32) -> Result<Arc<EngineEventFd>, Errno> {
-    let last = shared
-        .last_eventfd
+    let known = shared
+        .eventfds
         .lock()
         .unwrap_or_else(|e| e.into_inner())
-        .clone();
+        .iter()
+        .find(|(raw, _, _)| *raw == fd)
+        .cloned();
     let trusted = super::trusted_call();
-    if let Some((raw, efd, by_trusted)) = last {
+    if let Some((_, efd, by_trusted)) = known {
         // A trusted caller vouches that its eventfd numbers keep naming
         // the same eventfds (`Engine::io_submit_trusted`).
-        if raw == fd && ((trusted && by_trusted) || same_file(fd, efd.fd.as_raw_fd()) == Some(true))
-        {
+        if (trusted && by_trusted) || same_file(fd, efd.fd.as_raw_fd()) == Some(true) {
             return Ok(efd);
         }
     }
     let efd = eventfd_open(shared, fd)?;
-    *shared
-        .last_eventfd
-        .lock()
-        .unwrap_or_else(|e| e.into_inner()) = Some((fd, efd.clone(), trusted));
+    let mut list = shared.eventfds.lock().unwrap_or_else(|e| e.into_inner());
+    list.retain(|(raw, _, _)| *raw != fd);
+    if list.len() == KNOWN_EVENTFDS {
+        list.remove(0);
+    }
+    list.push((fd, efd.clone(), trusted));
     Ok(efd)
 }
 
-/// Makes the next lookup of the remembered eventfd ask the kernel again.
-pub(crate) fn distrust_eventfd(shared: &Shared) {
-    if let Some(last) = shared
-        .last_eventfd
+/// Makes the next lookup of each remembered eventfd ask the kernel again.
+pub(crate) fn distrust_eventfds(shared: &Shared) {
+    for known in shared
+        .eventfds
         .lock()
         .unwrap_or_else(|e| e.into_inner())
-        .as_mut()
+        .iter_mut()
     {
-        last.2 = false;
+        known.2 = false;
     }
 }
 

@@ -610,7 +610,7 @@ impl Engine {
     /// its number), so the next lookup asks the kernel again.
     fn k_contexts_change(&self) -> Result<&Kernel<EngineHost>, Errno> {
         let k = self.k()?;
-        file::distrust_eventfd(&k.host().shared);
+        file::distrust_eventfds(&k.host().shared);
         Ok(k)
     }
 
