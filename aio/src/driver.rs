@@ -321,25 +321,18 @@ enum Device {
     /// Reads go to the kernel with `RWF_NOWAIT` first where `reads` says
     /// the page cache holds them (asking `cachestat` where it is unsure).
     /// Writes (not appends) too, unless `writes_refused` (ext4 takes the
-    /// flag for reads only) or `write_misses` (up by one per miss, down
-    /// by one per hit) says they mostly would wait (xfs answers EAGAIN to
-    /// every buffered AIO write with the flag); `tick` counts writes, to
-    /// try the kernel again every so often.
+    /// flag for reads only) or `writes` says they mostly would wait (xfs
+    /// answers EAGAIN to every buffered AIO write with the flag); there is
+    /// no `cachestat` for that, so an unsure guess tries.
     Nowait {
         reads: CacheGuess,
-        tick: u8,
+        writes: CacheGuess,
         writes_refused: bool,
-        write_misses: u8,
     },
     /// The filesystem refused `RWF_NOWAIT` for reads: everything to the
     /// engine.
     Blocking,
 }
-
-/// `write_misses` of a device from which its writes skip the kernel.
-const COLD: u8 = 8;
-/// While cold, one write in this many still tries the kernel.
-const PROBE_COLD: u8 = 8;
 
 /// What `Auto` needs to know about a descriptor, learnt once per batch.
 #[derive(Clone, Copy, Default)]
@@ -524,15 +517,13 @@ impl Drivers {
             Device::Memory => Route::Kernel,
             Device::Nowait {
                 writes_refused: false,
-                write_misses,
-                tick,
+                writes,
                 ..
             } if op.is_write() && !class.append => {
-                *tick = tick.wrapping_add(1);
                 if iocb
                     .aio_rw_flags
                     .intersects(RwFlags::NOWAIT | RwFlags::APPEND)
-                    || (*write_misses >= COLD && *tick % PROBE_COLD != 0)
+                    || !writes.should_try(|| None)
                 {
                     // The caller's NOWAIT is theirs to see; an append's
                     // rest could not go on where the first part ended; and
@@ -566,22 +557,10 @@ impl Drivers {
     /// How a [`Route::KernelNowait`] read (or `write`) on `dev` went: done
     /// in the kernel (`hit`), or not.
     pub(crate) fn nowait_outcome(&mut self, dev: u64, write: bool, hit: bool) {
-        if let Some((
-            _,
-            Device::Nowait {
-                reads,
-                write_misses,
-                ..
-            },
-        )) = self.devices.iter_mut().find(|(d, _)| *d == dev)
+        if let Some((_, Device::Nowait { reads, writes, .. })) =
+            self.devices.iter_mut().find(|(d, _)| *d == dev)
         {
-            if !write {
-                reads.outcome(hit);
-            } else if hit {
-                *write_misses = write_misses.saturating_sub(1);
-            } else {
-                *write_misses = (*write_misses + 1).min(2 * COLD);
-            }
+            if write { writes } else { reads }.outcome(hit);
         }
     }
 
@@ -602,9 +581,8 @@ impl Drivers {
         } else {
             Device::Nowait {
                 reads: CacheGuess::default(),
-                tick: 0,
+                writes: CacheGuess::default(),
                 writes_refused: false,
-                write_misses: 0,
             }
         };
         self.devices.push((dev, d));

@@ -9,7 +9,9 @@
 //! and misses asks `cachestat` before every read, and a cold one sends its
 //! reads to the workers, asking only now and then whether it warmed up.
 //! Used by the engine (reads tried inline) and by aio's `Auto` driver
-//! (reads tried in the kernel first).
+//! (reads tried in the kernel first; and writes, which have no `cachestat`
+//! to ask: there an unsure guess tries, and the outcome is whether the
+//! kernel took the write without `EAGAIN`).
 
 /// Misses (up one per miss, down one per hit) from which a device is cold.
 const COLD: u8 = 8;
