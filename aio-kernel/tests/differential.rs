@@ -89,6 +89,7 @@ fn run(side: &dyn Side, build: &Build, wait: Duration, expect: Option<usize>) ->
     let fx = Fixture::new();
     let mut arena = Arena::new();
     let iocbs = build(&fx, &mut arena);
+    let _watchdog = Watchdog::arm(format!("{iocbs:#?}"));
     let ctx = Ctx::new(side, 64);
     let submit = ctx.submit(&iocbs);
     let n = *submit.as_ref().unwrap_or(&0);
@@ -138,6 +139,32 @@ fn run(side: &dyn Side, build: &Build, wait: Duration, expect: Option<usize>) ->
         efd: fx.take_efd(),
         buffers_digest: arena.buffers().to_vec(),
         keys,
+    }
+}
+
+/// Aborts the test binary, naming the batch, if a run takes minutes: a
+/// request that blocks inside Linux's io_submit (or an engine context that
+/// never drains) would otherwise hang the whole suite without a word.
+struct Watchdog {
+    /// Dropped with the watchdog, which ends its wait at once.
+    _done: std::sync::mpsc::Sender<()>,
+}
+
+impl Watchdog {
+    const LIMIT: Duration = Duration::from_secs(120);
+
+    fn arm(batch: String) -> Watchdog {
+        let (done, wait) = std::sync::mpsc::channel::<()>();
+        std::thread::spawn(move || {
+            if wait.recv_timeout(Self::LIMIT) == Err(std::sync::mpsc::RecvTimeoutError::Timeout) {
+                // Not eprintln!: the test harness would capture it, and
+                // abort would lose it.
+                let msg = format!("a batch ran for {:?} and is stuck:\n{batch}\n", Self::LIMIT);
+                let _ = std::io::Write::write_all(&mut std::io::stderr(), msg.as_bytes());
+                std::process::abort();
+            }
+        });
+        Watchdog { _done: done }
     }
 }
 
@@ -833,6 +860,21 @@ fn vectored_edge_segments() {
                     ],
                 );
                 vec![Iocb::preadv(fd(&fx.data), iov, 2, 0)]
+            }),
+        ),
+        (
+            // Without RWF_NOWAIT Linux would block in io_submit once the
+            // pipe is full; with it, both sides stop at the pipe's size.
+            "huge segment into a pipe, RWF_NOWAIT",
+            Box::new(|fx, a| {
+                let iov = a.iovecs(
+                    0,
+                    &[IoVec {
+                        iov_base: a.buf(0),
+                        iov_len: 1 << 62,
+                    }],
+                );
+                vec![Iocb::pwritev(fd(&fx.pipe_w), iov, 1, 0).with_rw_flags(RwFlags::NOWAIT)]
             }),
         ),
         (
@@ -1627,6 +1669,9 @@ enum FdChoice {
     Minus1,
     Path,
     DevNull,
+    /// Writes are forced to RWF_NOWAIT: a segment of 2^62 bytes (clamped to
+    /// MAX_RW_COUNT, not refused) fills the pipe and blocks inside Linux's
+    /// io_submit forever.
     PipeW,
     /// Reads are forced to RWF_NOWAIT: a blocking read of an empty pipe
     /// would block inside Linux's io_submit.
@@ -1841,7 +1886,9 @@ fn build_batch(specs: &[Spec], fx: &Fixture, a: &mut Arena) -> Vec<Iocb> {
                 }
             };
             iocb.aio_rw_flags = RwFlags(s.rwf);
-            if matches!(s.fd, FdChoice::PipeR) && (s.op == 0 || s.op == 7) {
+            let pipe_read = matches!(s.fd, FdChoice::PipeR) && (s.op == 0 || s.op == 7);
+            let pipe_write = matches!(s.fd, FdChoice::PipeW) && write;
+            if pipe_read || pipe_write {
                 iocb.aio_rw_flags |= RwFlags::NOWAIT;
             }
             iocb.aio_reserved2 = s.reserved as u64;

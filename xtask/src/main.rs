@@ -156,20 +156,30 @@ impl Step {
 }
 
 fn cargo(args: &[&str]) -> Outcome {
-    cargo_with_env(args, &[])
+    cargo_with_env(args, &[], Some(CARGO_STEP_LIMIT))
 }
 
-fn cargo_with_env(args: &[&str], env: &[(&str, &str)]) -> Outcome {
+/// How long one cargo step of `cargo xtask test` may run (a fresh build and
+/// the whole test suite take about 3 minutes): a hung test fails the step
+/// with a message instead of eating CI's 90 minutes.
+const CARGO_STEP_LIMIT: Duration = Duration::from_secs(20 * 60);
+
+fn cargo_with_env(args: &[&str], env: &[(&str, &str)], limit: Option<Duration>) -> Outcome {
     let mut cmd = Command::new(proc::cargo());
     cmd.current_dir(proc::workspace_root()).args(args);
     cmd.envs(env.iter().copied());
     let shown = format!("cargo {}", args.join(" "));
-    match proc::run(&mut cmd, None) {
+    match proc::run(&mut cmd, limit) {
         Ok(Wait::Exited(s)) if s.success() => Outcome::Passed(String::new()),
         Ok(Wait::Exited(s)) => {
             Outcome::Failed(format!("`{shown}` failed ({})", proc::describe(&s)))
         }
-        Ok(_) => Outcome::Failed("interrupted".into()),
+        Ok(Wait::TimedOut) => Outcome::Failed(format!(
+            "`{shown}` ran for {} minutes and was killed: a test hangs \
+             (the one reported \"running for over 60 seconds\" above)",
+            limit.unwrap_or_default().as_secs() / 60
+        )),
+        Ok(Wait::Interrupted) => Outcome::Failed("interrupted".into()),
         Err(e) => Outcome::Failed(format!("cannot run `{shown}`: {e}")),
     }
 }
@@ -267,7 +277,7 @@ fn valgrind_step() -> Step {
                 "--test",
                 "tokio_cancel",
             ];
-            cargo_with_env(&args, &env)
+            cargo_with_env(&args, &env, Some(CARGO_STEP_LIMIT))
         },
     )
 }
@@ -426,6 +436,8 @@ fn main() -> ExitCode {
                                 "property_batches_agree",
                             ],
                             &[("AIO_DIFF_CASES", cases.as_str())],
+                            // Long runs are what this command is for.
+                            None,
                         )
                     },
                 )],
