@@ -86,11 +86,7 @@ fn cold_file(len: usize, seed: u64) -> Option<(common::Scratch, Vec<u8>, bool)> 
     let data = pattern(len, seed);
     s.file.write_all(&data).unwrap();
     s.file.sync_all().unwrap();
-    // SAFETY: fstatfs writes into a local.
-    let mut sfs: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: valid out-pointer.
-    assert_eq!(unsafe { libc::fstatfs(s.file.as_raw_fd(), &mut sfs) }, 0);
-    if sfs.f_type == libc::TMPFS_MAGIC as _ {
+    if common::on_tmpfs(&s.file) {
         eprintln!("SKIPPED: tmpfs has no page cache to miss");
         return None;
     }

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use aio::tokio::{File, Handle};
 use aio::{AlignedBuf, IoBuf, IoBufMut, PollEvents, Reap};
-use common::{direct_scratch_in, pattern, scratch_dir, scratch_in, shm_dir};
+use common::{direct_scratch_in, on_tmpfs, pattern, scratch_dir, scratch_in, shm_dir};
 
 const BLOCK: usize = 4096;
 /// Blocks read by the read requests (written before the test).
@@ -311,8 +311,14 @@ async fn futures_dropped_at_random_points() {
             );
         }
     }
+    // On tmpfs every request completes inside io_submit, so each one,
+    // queued alone, goes at once and the next finds nothing to join (the
+    // one-at-a-time path of the module docs): batching depends on timing
+    // there (9183 requests in 9183 calls once in CI, under load).
     let stats = handle.stats();
-    assert!(stats.submit_calls < stats.submitted, "{stats:?}");
+    if !on_tmpfs(&scratch.file) {
+        assert!(stats.submit_calls < stats.submitted, "{stats:?}");
+    }
 }
 
 fn pipe() -> (std::fs::File, std::fs::File) {

@@ -92,6 +92,17 @@ fn try_scratch_in(dir: &Path, direct: bool) -> std::io::Result<Scratch> {
     Ok(Scratch { file, path })
 }
 
+/// Whether `file` is on tmpfs, where reads and writes (`O_DIRECT` too,
+/// since Linux 6.6) complete inside `io_submit`.
+pub fn on_tmpfs(file: &File) -> bool {
+    use std::os::fd::AsRawFd;
+    // SAFETY: fstatfs writes into a local.
+    let mut sfs: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: valid out-pointer.
+    assert_eq!(unsafe { libc::fstatfs(file.as_raw_fd(), &mut sfs) }, 0);
+    sfs.f_type == libc::TMPFS_MAGIC as _
+}
+
 /// Deterministic test bytes: position `i` of stream `seed`.
 pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
     (0..len)
