@@ -770,6 +770,8 @@ pub fn run(args: &BenchArgs, out: Output) -> Exit {
                     "engine_submitted": s.engine_submitted,
                     "nowait_retries": s.nowait_retries,
                     "eventfd_waits": s.eventfd_waits,
+                    "quiet_submitted": s.quiet_submitted,
+                    "quiet_polls": s.quiet_polls,
                 })),
             });
             println!(
@@ -819,6 +821,12 @@ pub fn run(args: &BenchArgs, out: Output) -> Exit {
                     stats.engine_submitted,
                     stats.nowait_retries
                 );
+                if stats.quiet_submitted > 0 {
+                    println!(
+                        "  {} requests without an eventfd signal (expected to complete inside io_submit), {} driver polls for those that did not",
+                        stats.quiet_submitted, stats.quiet_polls
+                    );
+                }
             }
             if let Some((p50, p99, max)) = submits {
                 println!("  time in submit: p50 {p50:.1} us, p99 {p99:.1} us, max {max:.1} us");

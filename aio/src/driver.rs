@@ -146,6 +146,11 @@ impl Reaper {
     fn reaps_ring(&self) -> bool {
         self.ring.is_mapped() && !self.destroyed
     }
+
+    /// Events waiting in the ring, if it is read.
+    fn ready(&self) -> Option<usize> {
+        self.reaps_ring().then(|| self.ring.ready())
+    }
 }
 
 /// The running kernel.
@@ -637,6 +642,12 @@ impl Drivers {
             n += b.try_reap(&mut out[n..]);
         }
         n
+    }
+
+    /// Events waiting in the kernel's ring; `None` without a kernel
+    /// context or where its ring is not read.
+    pub(crate) fn kernel_ready(&self) -> Option<usize> {
+        self.kernel.as_ref().and_then(|k| k.reaper.ready())
     }
 
     /// Whether some driver reaps its ring.

@@ -34,6 +34,17 @@
 //! (one per runtime, created on first use); [`Builder`] creates others.
 //! Both runtime flavours are supported, and every future is `Send`.
 //!
+//! Requests that complete inside `io_submit` (page-cached reads, `Auto`'s
+//! `RWF_NOWAIT` tries, a RAM disk such as zram) are reaped right after it,
+//! by the task that submitted them, so the kernel's eventfd signal for each
+//! of them would only wake the reactor and the driver for nothing. After
+//! 1024 kernel requests in a row that completed that way (at once for
+//! `RWF_NOWAIT` tries), reads and writes go without the signal; if one of
+//! them then completes later after all, the driver polls the ring for it,
+//! instead of sleeping, until it is done, and the next requests signal
+//! again. [`Stats::quiet_submitted`] and
+//! [`Stats::quiet_polls`] count both.
+//!
 //! # Batching
 //!
 //! A request is queued when its future is first polled. The future that
@@ -185,6 +196,9 @@ impl Builder {
     fn build_on(&self, rt: &runtime::Handle) -> io::Result<Handle> {
         let (mut core, eventfd) = self.inner.build_core(true)?;
         core.defer_drops();
+        // Every submission is followed by a reap of the ring (`flush`), and
+        // the driver polls while a quiet request is pending.
+        core.quiet_completions();
         let eventfd = eventfd.expect("asked for an eventfd");
         let afd = {
             let _entered = rt.enter();
@@ -426,6 +440,13 @@ impl State {
             self.core.reap_ring();
             if !self.core.take_requeued() || self.backlog {
                 break;
+            }
+        }
+        if self.core.quiet_pending() {
+            // A request expected to complete inside io_submit did not, and
+            // will not signal the eventfd: the driver task polls for it.
+            if let Some(w) = &self.driver {
+                w.wake_by_ref();
             }
         }
     }
@@ -722,6 +743,12 @@ impl Future for DriverTask {
                 st.flush();
             }
             let done = st.orphaned && st.core.in_flight() == 0 && st.core.queued() == 0;
+            // Nothing will signal the completion of a quiet request that
+            // missed: come back at once rather than sleep on the eventfd.
+            let poll_again = st.core.quiet_pending();
+            if poll_again {
+                st.core.count_quiet_poll();
+            }
             st.core.take_deferred(&mut this.wakers, &mut this.graveyard);
             drop(st);
             for w in this.wakers.drain(..) {
@@ -732,6 +759,9 @@ impl Future for DriverTask {
                 return TaskPoll::Ready(());
             }
             if !signalled {
+                if poll_again {
+                    cx.waker().wake_by_ref();
+                }
                 return TaskPoll::Pending;
             }
         }

@@ -178,6 +178,13 @@ impl BlockDevice {
                 image: None,
             });
         }
+        Self::new_loop(size)
+    }
+
+    /// A new loop device of `size` bytes, whatever `$AIO_TEST_DEVICE` says:
+    /// its requests complete on the loop driver's worker, never inside
+    /// `io_submit`. `None` (after `skip`) without root.
+    pub fn new_loop(size: u64) -> Option<BlockDevice> {
         if !is_root() {
             skip("raw block device tests need root (to attach a loop device) or AIO_TEST_DEVICE");
             return None;
