@@ -60,11 +60,12 @@ pub struct BenchArgs {
     /// io_submit (but see --submit-batch).
     #[arg(long, default_value_t = 1)]
     pub batch: u32,
-    /// With N > 0, a refill after a wait that slept (a device, where
-    /// requests do not complete inside io_submit) goes in io_submit calls
-    /// of N requests or more, as fio's iodepth_batch_submit=N: a device
-    /// given a whole depth in one call may finish it in one burst and idle
-    /// while the loop refills. 0: one call per refill.
+    /// With N > 0, on a device (where requests complete after io_submit
+    /// returns) a refill goes in io_submit calls of N requests or more, as
+    /// fio's iodepth_batch_submit=N: a device given a whole depth in one
+    /// call may finish it in one burst and idle while the loop refills
+    /// (aio's ContextBuilder::submit_batch, for both APIs). 0: one call
+    /// per refill.
     #[arg(long, default_value_t = 0)]
     pub submit_batch: u32,
     /// Use O_DIRECT (always on for block devices).
@@ -146,9 +147,14 @@ enum Runner {
 }
 
 impl Runner {
-    fn new(api: BenchApi, depth: u32, driver: aio::Driver) -> io::Result<Runner> {
+    fn new(
+        api: BenchApi,
+        depth: u32,
+        driver: aio::Driver,
+        submit_batch: usize,
+    ) -> io::Result<Runner> {
         match api.aio() {
-            Some(api) => Ok(Runner::Aio(Issuer::new(api, depth, driver)?)),
+            Some(api) => Ok(Runner::Aio(Issuer::new(api, depth, driver, submit_batch)?)),
             None => Ok(Runner::TokioFs(
                 tokio::runtime::Builder::new_current_thread()
                     .enable_all()
@@ -464,8 +470,13 @@ fn measure_jobs(args: &BenchArgs, t: &Target) -> Result<Measured, String> {
                     } else {
                         Some(t.reopen(args)?)
                     };
-                    let runner = Runner::new(args.api, args.iodepth, args.driver.into())
-                        .map_err(|e| format!("cannot create an AIO context: {e}"))?;
+                    let runner = Runner::new(
+                        args.api,
+                        args.iodepth,
+                        args.driver.into(),
+                        args.submit_batch as usize,
+                    )
+                    .map_err(|e| format!("cannot create an AIO context: {e}"))?;
                     Ok(measure(args, own.as_ref().unwrap_or(t), &runner, job))
                 })
             })
@@ -506,26 +517,11 @@ fn run_sync(
         .collect();
     let mut in_flight = 0usize;
     let mut done_since_refill = usize::MAX;
-    // Whether the last wait slept (a device, not the page cache or zram,
-    // where requests complete inside io_submit). Then a refill goes in
-    // calls of --submit-batch or more: the virtual disk here, given a whole
-    // depth in one plugged call, finished it in one burst and idled while
-    // the loop refilled (direct randread at depth 32: 60-71k IOPS in one
-    // call per refill, 73-82k in calls of 8, fio io_uring 77-80k).
-    let mut slept = false;
     loop {
         let now = Instant::now();
         if now < deadline && done_since_refill >= args.batch as usize {
-            let idle = pending
-                .iter()
-                .filter(|p| matches!(p, Pending::Idle(_)))
-                .count();
-            let calls = match args.submit_batch as usize {
-                n if slept && n > 0 => (idle / n).max(1),
-                _ => 1,
-            };
-            let per_call = idle.div_ceil(calls).max(1);
-            let mut pushed = 0usize;
+            // One submit per refill; on a device the context splits it in
+            // calls of --submit-batch (ContextBuilder::submit_batch).
             for p in pending.iter_mut() {
                 if let Pending::Idle(_) = p {
                     let Pending::Idle(bufs) = std::mem::replace(p, Pending::Idle(Vec::new()))
@@ -539,13 +535,6 @@ fn run_sync(
                         Pending::Read(ctx.push(ReadV::new(&t.file, bufs, off)), now)
                     };
                     in_flight += 1;
-                    pushed += 1;
-                    if pushed % per_call == 0 && pushed < idle {
-                        let t0 = Instant::now();
-                        if ctx.submit() > 0 {
-                            m.submits.record(t0.elapsed());
-                        }
-                    }
                 }
             }
             done_since_refill = 0;
@@ -557,9 +546,7 @@ fn run_sync(
         if in_flight == 0 {
             return;
         }
-        let sleeps = ctx.stats().getevents_calls + ctx.stats().eventfd_waits;
         ctx.wait();
-        slept = ctx.stats().getevents_calls + ctx.stats().eventfd_waits > sleeps;
         let now = Instant::now();
         for p in pending.iter_mut() {
             let done = match p {

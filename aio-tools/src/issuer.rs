@@ -33,13 +33,16 @@ pub enum Issuer {
 }
 
 impl Issuer {
-    /// An issuer for `api` with `depth` requests in flight on `driver`.
-    pub fn new(api: Api, depth: u32, driver: Driver) -> io::Result<Issuer> {
+    /// An issuer for `api` with `depth` requests in flight on `driver`,
+    /// submitting in calls of `submit_batch` or more on a device (see
+    /// `aio::ContextBuilder::submit_batch`; 0: one call).
+    pub fn new(api: Api, depth: u32, driver: Driver, submit_batch: usize) -> io::Result<Issuer> {
         match api {
             Api::Sync => Ok(Issuer::Sync(Box::new(
                 Context::builder()
                     .queue_depth(depth)
                     .driver(driver)
+                    .submit_batch(submit_batch)
                     .build()?,
             ))),
             Api::Tokio => {
@@ -50,6 +53,7 @@ impl Issuer {
                     aio::tokio::Handle::builder()
                         .queue_depth(depth)
                         .driver(driver)
+                        .submit_batch(submit_batch)
                         .build()
                 })?;
                 Ok(Issuer::Tokio(rt, handle))

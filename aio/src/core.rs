@@ -244,13 +244,12 @@ impl std::ops::Add for Stats {
 /// complete inside `io_submit` (page-cached and `RWF_NOWAIT` reads, zram),
 /// the kernel's signal per completion costs an eventfd write, a wake-up of
 /// the reactor and a trip of the driver task, for nothing: 10-15% of the
-/// IOPS of 4 KiB reads from zram at depth 32. A request expected to
-/// complete inside `io_submit` goes quiet; one that did not (the guess was
-/// wrong) is found by [`Core::quiet_pending`], and the front-end polls the
-/// ring until it is done instead of sleeping.
+/// IOPS of 4 KiB reads from zram at depth 32.
+/// A request expected to complete inside `io_submit` (see [`Inline`])
+/// goes quiet; one that did not (the guess was wrong) is found by
+/// [`Core::quiet_pending`], and the front-end polls the ring until it is
+/// done instead of sleeping.
 struct Quiet {
-    /// Kernel requests in a row seen to complete inside their `io_submit`.
-    inline_streak: u32,
     /// Quiet requests not yet reaped.
     in_flight: usize,
 }
@@ -263,10 +262,21 @@ impl Quiet {
     /// Whether a kernel read or write on `route` may go without a signal.
     /// Buffered reads and writes with `RWF_NOWAIT` never wait: they are done
     /// (or refused) inside `io_submit`.
-    fn trusts(&self, route: Route) -> bool {
-        route == Route::KernelNowait || self.inline_streak >= Self::TRUST_AFTER
+    fn trusts(route: Route, inline: Inline) -> bool {
+        route == Route::KernelNowait || inline.streak >= Self::TRUST_AFTER
     }
+}
 
+/// Whether the kernel completes this context's requests inside
+/// `io_submit` (page cache, zram) or later (a disk), learnt from the ring's
+/// tail before and after each call, where the ring is read.
+#[derive(Clone, Copy, Default)]
+struct Inline {
+    /// Kernel requests in a row seen to complete inside their `io_submit`.
+    streak: u32,
+}
+
+impl Inline {
     /// Learns from one `io_submit` that the kernel accepted `accepted`
     /// requests of, during which `landed` events reached the ring, with
     /// or without (`busy`) older requests in flight that may have
@@ -274,9 +284,9 @@ impl Quiet {
     fn learn(&mut self, accepted: usize, landed: usize, busy: bool) {
         if landed < accepted {
             // Some request of this call completes later.
-            self.inline_streak = 0;
+            self.streak = 0;
         } else if !busy {
-            self.inline_streak = self.inline_streak.saturating_add(accepted as u32);
+            self.streak = self.streak.saturating_add(accepted as u32);
         }
     }
 }
@@ -341,6 +351,9 @@ pub(crate) struct Core {
     wakers: Vec<Waker>,
     /// Set by [`Core::quiet_completions`].
     quiet: Option<Quiet>,
+    inline: Inline,
+    /// See [`ContextBuilder::submit_batch`](crate::ContextBuilder::submit_batch); 0: off.
+    submit_batch: usize,
 }
 
 // SAFETY: `ptrs` only holds addresses during a submission; the slab (and
@@ -352,7 +365,12 @@ pub(crate) struct Core {
 unsafe impl Send for Core {}
 
 impl Core {
-    pub(crate) fn new(drivers: Drivers, depth: usize, check_direct: bool) -> Core {
+    pub(crate) fn new(
+        drivers: Drivers,
+        depth: usize,
+        check_direct: bool,
+        submit_batch: usize,
+    ) -> Core {
         // Preallocate the slots one queue depth needs.
         let mut slab = Slab::new();
         while slab.len() < depth {
@@ -378,6 +396,8 @@ impl Core {
             graveyard: Vec::new(),
             wakers: Vec::new(),
             quiet: None,
+            inline: Inline::default(),
+            submit_batch,
         }
     }
 
@@ -391,10 +411,7 @@ impl Core {
         // Without the kernel's ring, what completed inside io_submit is
         // seen only by a system call: signals are cheaper than polling.
         if self.resfd.is_some() && self.drivers.kernel_ready().is_some() {
-            self.quiet = Some(Quiet {
-                inline_streak: 0,
-                in_flight: 0,
-            });
+            self.quiet = Some(Quiet { in_flight: 0 });
         }
     }
 
@@ -565,7 +582,14 @@ impl Core {
                     return Submitted::All;
                 }
             }
-            let n = room.min(self.queue.len());
+            let mut n = room.min(self.queue.len());
+            if self.submit_batch > 0 && self.inline.streak == 0 {
+                // Requests complete after io_submit returns (a device):
+                // calls of `submit_batch` or a little more, so that the
+                // device starts on the first while the rest are prepared.
+                let calls = (n / self.submit_batch).max(1);
+                n = n.div_ceil(calls);
+            }
             let mut classes = ClassCache::default();
             for side in 0..2 {
                 self.ptrs[side].clear();
@@ -588,7 +612,8 @@ impl Core {
                     // Polls and syncs complete later by nature.
                     slot.quiet = side == 0
                         && (op.is_read() || op.is_write())
-                        && self.quiet.as_ref().is_some_and(|q| q.trusts(slot.route));
+                        && self.quiet.is_some()
+                        && Quiet::trusts(slot.route, self.inline);
                     let flags = slot.iocb.aio_flags;
                     slot.iocb.aio_flags = if slot.quiet {
                         flags.difference(IocbFlags::RESFD)
@@ -627,8 +652,7 @@ impl Core {
     fn submit_side(&mut self, side: usize) -> bool {
         // Events in the kernel's ring before the call, to tell afterwards
         // whether the requests completed inside it.
-        let learn = side == 0 && self.quiet.is_some();
-        let ready_before = if learn {
+        let ready_before = if side == 0 {
             self.drivers.kernel_ready()
         } else {
             None
@@ -663,11 +687,10 @@ impl Core {
                     slot.state = State::InFlight;
                     quiet += usize::from(slot.quiet);
                 }
-                if let Some(q) = self.quiet.as_mut().filter(|_| learn) {
-                    if let (Some(before), Some(after)) = (ready_before, self.drivers.kernel_ready())
-                    {
-                        q.learn(k, after.saturating_sub(before), busy);
-                    }
+                if let (Some(before), Some(after)) = (ready_before, self.drivers.kernel_ready()) {
+                    self.inline.learn(k, after.saturating_sub(before), busy);
+                }
+                if let Some(q) = self.quiet.as_mut() {
                     q.in_flight += quiet;
                     self.stats.quiet_submitted += quiet as u64;
                 }

@@ -6,8 +6,8 @@ use std::collections::HashSet;
 use std::io::Write as _;
 use std::os::unix::fs::FileExt;
 
-use aio::{Context, Read, Reap};
-use common::{scratch_in, shm_dir};
+use aio::{AlignedBuf, Context, Driver, Poll, PollEvents, Read, Reap};
+use common::{pattern, scratch_in, shm_dir};
 
 #[test]
 fn thirty_two_queued_requests_take_one_io_submit() {
@@ -159,4 +159,85 @@ fn a_context_with_requests_in_flight_moves_to_another_thread() {
     .join()
     .unwrap();
     assert_eq!(ctx.stats().completions, 16);
+}
+
+/// Pushes 32 reads of 4 KiB from `file` (holding `data`), submits them
+/// once, checks them; returns the `io_submit` calls that took.
+fn thirty_two_reads(ctx: &Context, file: &std::fs::File, data: &[u8]) -> u64 {
+    let before = ctx.stats().submit_calls;
+    let tickets: Vec<_> = (0..32u64)
+        .map(|i| {
+            let at = (i * 4096 * 5) % data.len() as u64;
+            (
+                at,
+                ctx.push(Read::new(file, AlignedBuf::new(4096, 4096), at)),
+            )
+        })
+        .collect();
+    assert_eq!(ctx.submit(), 32);
+    let calls = ctx.stats().submit_calls - before;
+    for (at, t) in tickets {
+        let (n, buf) = t.wait();
+        assert_eq!(n.unwrap(), 4096);
+        let at = at as usize;
+        assert!(buf[..] == data[at..at + 4096], "read at {at}");
+    }
+    calls
+}
+
+#[test]
+fn requests_done_after_io_submit_go_in_calls_of_submit_batch() {
+    // Polls of empty pipes complete only when written to: never inside
+    // io_submit, as reads of a slow device.
+    let pipes: Vec<_> = (0..32).map(|_| std::io::pipe().unwrap()).collect();
+    let ctx = Context::builder()
+        .driver(Driver::Kernel)
+        .queue_depth(64)
+        .submit_batch(8)
+        .build()
+        .unwrap();
+    let polls: Vec<_> = pipes
+        .iter()
+        .map(|(r, _)| ctx.push(Poll::new(r, PollEvents::IN)))
+        .collect();
+    assert_eq!(ctx.submit(), 32);
+    assert_eq!(ctx.stats().submit_calls, 4, "{:?}", ctx.stats());
+    for (_, w) in &pipes {
+        (&*w).write_all(b"x").unwrap();
+    }
+    for p in polls {
+        assert!(p.wait().unwrap().contains(PollEvents::IN));
+    }
+    // 17 go in two calls (9 and 8): never fewer than `submit_batch`.
+    let pipes: Vec<_> = (0..17).map(|_| std::io::pipe().unwrap()).collect();
+    let polls: Vec<_> = pipes
+        .iter()
+        .map(|(r, _)| ctx.push(Poll::new(r, PollEvents::IN)))
+        .collect();
+    assert_eq!(ctx.submit(), 17);
+    assert_eq!(ctx.stats().submit_calls, 4 + 2, "{:?}", ctx.stats());
+    for (_, w) in &pipes {
+        (&*w).write_all(b"x").unwrap();
+    }
+    for p in polls {
+        assert!(p.wait().unwrap().contains(PollEvents::IN));
+    }
+}
+
+#[test]
+fn requests_done_inside_io_submit_go_in_one_call_despite_submit_batch() {
+    let mut s = scratch_in(&shm_dir(), false);
+    let data = pattern(1 << 20, 12);
+    s.file.write_all(&data).unwrap();
+    let ctx = Context::builder()
+        .driver(Driver::Kernel)
+        .queue_depth(64)
+        .submit_batch(8)
+        .build()
+        .unwrap();
+    // The first submission learns that tmpfs completes them inline.
+    thirty_two_reads(&ctx, &s.file, &data);
+    for round in 0..3 {
+        assert_eq!(thirty_two_reads(&ctx, &s.file, &data), 1, "round {round}");
+    }
 }

@@ -469,7 +469,7 @@ pub fn run(args: &VectestArgs, out: Output) -> Exit {
             return Exit::Usage;
         }
     };
-    let issuer = match Issuer::new(args.api, args.iodepth, args.driver.into()) {
+    let issuer = match Issuer::new(args.api, args.iodepth, args.driver.into(), 0) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("aio-tools vectest: cannot create an AIO context: {e}");

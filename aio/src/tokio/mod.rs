@@ -172,6 +172,12 @@ impl Builder {
         self
     }
 
+    /// See [`ContextBuilder::submit_batch`].
+    pub fn submit_batch(mut self, n: usize) -> Self {
+        self.inner = self.inner.submit_batch(n);
+        self
+    }
+
     /// See [`ContextBuilder::check_direct_alignment`].
     pub fn check_direct_alignment(mut self, yes: bool) -> Self {
         self.inner = self.inner.check_direct_alignment(yes);
