@@ -178,12 +178,76 @@ pub enum IoStatus {
     Error(Errno),
 }
 
+/// The segments of a transfer. One buffer (`PREAD`, `PWRITE`, or a vector
+/// of one) is kept inline: most requests then allocate no segment list.
+#[derive(Clone, Debug)]
+pub enum Segments {
+    /// A single segment.
+    One(IoVec),
+    /// Any number of segments.
+    Many(Vec<IoVec>),
+}
+
+impl Segments {
+    /// `segs`, inline if there is exactly one.
+    pub fn from_slice(segs: &[IoVec]) -> Segments {
+        match segs {
+            [one] => Segments::One(*one),
+            many => Segments::Many(many.to_vec()),
+        }
+    }
+
+    /// `n` zeroed segments, to be filled.
+    pub fn zeroed(n: usize) -> Segments {
+        if n == 1 {
+            Segments::One(IoVec::default())
+        } else {
+            Segments::Many(alloc::vec![IoVec::default(); n])
+        }
+    }
+}
+
+impl core::ops::Deref for Segments {
+    type Target = [IoVec];
+    fn deref(&self) -> &[IoVec] {
+        match self {
+            Segments::One(seg) => core::slice::from_ref(seg),
+            Segments::Many(segs) => segs,
+        }
+    }
+}
+
+impl core::ops::DerefMut for Segments {
+    fn deref_mut(&mut self) -> &mut [IoVec] {
+        match self {
+            Segments::One(seg) => core::slice::from_mut(seg),
+            Segments::Many(segs) => segs,
+        }
+    }
+}
+
+impl PartialEq for Segments {
+    fn eq(&self, other: &Segments) -> bool {
+        **self == **other
+    }
+}
+
+impl Eq for Segments {}
+
+impl<'a> IntoIterator for &'a Segments {
+    type Item = &'a IoVec;
+    type IntoIter = core::slice::Iter<'a, IoVec>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.iter()
+    }
+}
+
 /// One read or write call on a file: the rest of a request's transfer.
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub struct RwOp {
     /// The segments still to transfer, the first one trimmed to where the
     /// request stopped last time.
-    pub segs: Vec<IoVec>,
+    pub segs: Segments,
     /// File position of the first byte (ignored by streams and with append).
     pub pos: i64,
     /// `RWF_*` flags after validation (`RWF_HIPRI` cleared).

@@ -133,6 +133,7 @@ mod tests;
 
 pub use context::Kernel;
 pub use host::{
-    Completion, EventFd, File, FileMode, Host, IoStatus, PollWaiter, RingMemory, RwOp, WaitOutcome,
+    Completion, EventFd, File, FileMode, Host, IoStatus, PollWaiter, RingMemory, RwOp, Segments,
+    WaitOutcome,
 };
 pub use poll::DEFAULT_POLLMASK;

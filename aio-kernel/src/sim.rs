@@ -13,7 +13,8 @@ use std::sync::Mutex;
 use aio_abi::{Errno, PollEvents, RwFlags};
 
 use crate::host::{
-    Completion, EventFd, File, FileMode, Host, IoStatus, PollWaiter, RingMemory, RwOp, WaitOutcome,
+    Completion, EventFd, File, FileMode, Host, IoStatus, PollWaiter, RingMemory, RwOp, Segments,
+    WaitOutcome,
 };
 
 /// The largest simulated file (writes beyond it fail with `EFBIG`).
@@ -532,7 +533,7 @@ impl File for MockFile {
             Some(IoStatus::Queued) => {
                 self.queued.lock().unwrap().push((
                     RwOp {
-                        segs: Vec::new(),
+                        segs: Segments::Many(Vec::new()),
                         pos: 0,
                         flags: RwFlags::EMPTY,
                     },

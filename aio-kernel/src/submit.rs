@@ -2,7 +2,6 @@
 //! state machines for reads/writes and fsync. `POLL` lives in `poll.rs`.
 
 use alloc::sync::Arc;
-use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, Ordering};
 
 use aio_abi::{
@@ -13,7 +12,7 @@ use zerocopy::{FromZeros, IntoBytes};
 
 use crate::context::{Cancel, Ctx, Kernel};
 use crate::host::{Completion, EventFd, File, FileMode, Host, IoStatus, PollWaiter, PollWake};
-use crate::host::{Resume, RwOp};
+use crate::host::{Resume, RwOp, Segments};
 use crate::poll;
 use crate::sync::SpinLock;
 
@@ -252,7 +251,7 @@ impl<H: Host> Kernel<H> {
 
     /// `import_ubuf` / `__import_iovec`: the segment list, copied, with
     /// `MAX_RW_COUNT` applied.
-    fn import(&self, iocb: &Iocb) -> Result<Vec<IoVec>, Errno> {
+    fn import(&self, iocb: &Iocb) -> Result<Segments, Errno> {
         let limit = self.host.user_addr_limit();
         let access_ok = |base: u64, len: u64| base.checked_add(len).is_some_and(|e| e <= limit);
         if !iocb.aio_lio_opcode.is_vectored() {
@@ -260,17 +259,17 @@ impl<H: Host> Kernel<H> {
             if !access_ok(iocb.aio_buf, len) {
                 return Err(Errno::EFAULT);
             }
-            return Ok(alloc::vec![IoVec {
+            return Ok(Segments::One(IoVec {
                 iov_base: iocb.aio_buf,
                 iov_len: len,
-            }]);
+            }));
         }
         let n = iocb.aio_nbytes;
         if n > UIO_MAXIOV {
             return Err(Errno::EINVAL);
         }
-        let mut segs = alloc::vec![IoVec::new_zeroed(); n as usize];
-        let raw = segs.as_mut_slice().as_mut_bytes();
+        let mut segs = Segments::zeroed(n as usize);
+        let raw = segs.as_mut_bytes();
         if !access_ok(iocb.aio_buf, raw.len() as u64) {
             return Err(Errno::EFAULT);
         }
@@ -283,7 +282,7 @@ impl<H: Host> Kernel<H> {
         // More are checked at full length, then capped (both found by
         // tests/differential.rs against the running kernel).
         let single = segs.len() == 1;
-        for seg in &mut segs {
+        for seg in segs.iter_mut() {
             if !single && !access_ok(seg.iov_base, seg.iov_len) {
                 return Err(Errno::EFAULT);
             }
@@ -346,7 +345,7 @@ impl<H: Host> Resume for FsyncReq<H> {
 /// segment position and the file position out of step, so both live here
 /// and only `advance` moves them, together.
 pub(crate) struct RwState {
-    segs: Vec<IoVec>,
+    segs: Segments,
     /// Index of the segment the next byte goes to.
     seg: usize,
     /// Bytes of `segs[seg]` already transferred.
@@ -390,7 +389,7 @@ impl RwState {
     }
 
     fn op(&self) -> RwOp {
-        let mut segs: Vec<IoVec> = self.segs[self.seg.min(self.segs.len())..].to_vec();
+        let mut segs = Segments::from_slice(&self.segs[self.seg.min(self.segs.len())..]);
         if let Some(first) = segs.first_mut() {
             first.iov_base += self.seg_off;
             first.iov_len -= self.seg_off;

@@ -15,7 +15,7 @@ use super::cache_guess::CacheGuess;
 use super::plug;
 use super::poller::Poller;
 use super::workers::{Deferred, Pool};
-use crate::host::{Completion, EventFd, File, FileMode, IoStatus, PollWaiter, RwOp};
+use crate::host::{Completion, EventFd, File, FileMode, IoStatus, PollWaiter, RwOp, Segments};
 
 fn last_errno() -> Errno {
     Errno(
@@ -388,10 +388,10 @@ impl EngineFile {
             // refused, or EFAULT with nothing written.
             if write && self.kind == Kind::Positioned && op.flags.contains(RwFlags::NOWAIT) {
                 let probe = RwOp {
-                    segs: std::vec![aio_abi::IoVec {
+                    segs: Segments::One(aio_abi::IoVec {
                         iov_base: guard_page(),
                         iov_len: 1,
-                    }],
+                    }),
                     ..op.clone()
                 };
                 // SAFETY: the only segment is a PROT_NONE page: nothing is
