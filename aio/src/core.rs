@@ -267,9 +267,10 @@ impl Quiet {
     }
 }
 
-/// Whether the kernel completes this context's requests inside
-/// `io_submit` (page cache, zram) or later (a disk), learnt from the ring's
-/// tail before and after each call, where the ring is read.
+/// Whether the drivers complete this context's requests inside
+/// `io_submit` (page cache, zram, the engine's inline reads) or later (a
+/// disk, the engine's workers), learnt from the rings' tails before and
+/// after each call, where the rings are read.
 #[derive(Clone, Copy, Default)]
 struct Inline {
     /// Kernel requests in a row seen to complete inside their `io_submit`.
@@ -410,7 +411,7 @@ impl Core {
     pub(crate) fn quiet_completions(&mut self) {
         // Without the kernel's ring, what completed inside io_submit is
         // seen only by a system call: signals are cheaper than polling.
-        if self.resfd.is_some() && self.drivers.kernel_ready().is_some() {
+        if self.resfd.is_some() && self.drivers.ready(0).is_some() {
             self.quiet = Some(Quiet { in_flight: 0 });
         }
     }
@@ -650,14 +651,10 @@ impl Core {
     /// One `io_submit` of the batch prepared for one driver; whether it
     /// made progress (accepted, refused or rerouted a request).
     fn submit_side(&mut self, side: usize) -> bool {
-        // Events in the kernel's ring before the call, to tell afterwards
-        // whether the requests completed inside it.
-        let ready_before = if side == 0 {
-            self.drivers.kernel_ready()
-        } else {
-            None
-        };
-        let busy = self.drivers.in_flight[0] > 0;
+        // Events in the ring before the call, to tell afterwards whether
+        // the requests completed inside it.
+        let ready_before = self.drivers.ready(side);
+        let busy = self.drivers.in_flight[side] > 0;
         let backend = match self.drivers.backend(side) {
             Ok(b) => b,
             Err(e) => {
@@ -687,7 +684,7 @@ impl Core {
                     slot.state = State::InFlight;
                     quiet += usize::from(slot.quiet);
                 }
-                if let (Some(before), Some(after)) = (ready_before, self.drivers.kernel_ready()) {
+                if let (Some(before), Some(after)) = (ready_before, self.drivers.ready(side)) {
                     self.inline.learn(k, after.saturating_sub(before), busy);
                 }
                 if let Some(q) = self.quiet.as_mut() {

@@ -644,10 +644,13 @@ impl Drivers {
         n
     }
 
-    /// Events waiting in the kernel's ring; `None` without a kernel
-    /// context or where its ring is not read.
-    pub(crate) fn kernel_ready(&self) -> Option<usize> {
-        self.kernel.as_ref().and_then(|k| k.reaper.ready())
+    /// Events waiting in the ring of one side (0 kernel, 1 engine);
+    /// `None` without that driver or where its ring is not read.
+    pub(crate) fn ready(&self, side: usize) -> Option<usize> {
+        match side {
+            0 => self.kernel.as_ref().and_then(|k| k.reaper.ready()),
+            _ => self.engine.as_ref().and_then(|e| e.reaper.ready()),
+        }
     }
 
     /// Whether some driver reaps its ring.
