@@ -185,43 +185,43 @@ fn thirty_two_reads(ctx: &Context, file: &std::fs::File, data: &[u8]) -> u64 {
     calls
 }
 
-#[test]
-fn requests_done_after_io_submit_go_in_calls_of_submit_batch() {
-    // Polls of empty pipes complete only when written to: never inside
-    // io_submit, as reads of a slow device.
-    let pipes: Vec<_> = (0..32).map(|_| std::io::pipe().unwrap()).collect();
-    let ctx = Context::builder()
+/// A kernel context that submits in calls of 8 or more on a device.
+fn split_by_eight() -> Context {
+    Context::builder()
         .driver(Driver::Kernel)
         .queue_depth(64)
         .submit_batch(8)
         .build()
-        .unwrap();
+        .unwrap()
+}
+
+/// Polls `n` empty pipes, which complete only when written to (never
+/// inside io_submit, as reads of a slow device); returns the `io_submit`
+/// calls their one submission took.
+fn polls_of_empty_pipes(ctx: &Context, n: usize) -> u64 {
+    let before = ctx.stats().submit_calls;
+    let pipes: Vec<_> = (0..n).map(|_| std::io::pipe().unwrap()).collect();
     let polls: Vec<_> = pipes
         .iter()
         .map(|(r, _)| ctx.push(Poll::new(r, PollEvents::IN)))
         .collect();
-    assert_eq!(ctx.submit(), 32);
-    assert_eq!(ctx.stats().submit_calls, 4, "{:?}", ctx.stats());
+    assert_eq!(ctx.submit(), n);
+    let calls = ctx.stats().submit_calls - before;
     for (_, w) in &pipes {
         (&*w).write_all(b"x").unwrap();
     }
     for p in polls {
         assert!(p.wait().unwrap().contains(PollEvents::IN));
     }
+    calls
+}
+
+#[test]
+fn requests_done_after_io_submit_go_in_calls_of_submit_batch() {
+    let ctx = split_by_eight();
+    assert_eq!(polls_of_empty_pipes(&ctx, 32), 4);
     // 17 go in two calls (9 and 8): never fewer than `submit_batch`.
-    let pipes: Vec<_> = (0..17).map(|_| std::io::pipe().unwrap()).collect();
-    let polls: Vec<_> = pipes
-        .iter()
-        .map(|(r, _)| ctx.push(Poll::new(r, PollEvents::IN)))
-        .collect();
-    assert_eq!(ctx.submit(), 17);
-    assert_eq!(ctx.stats().submit_calls, 4 + 2, "{:?}", ctx.stats());
-    for (_, w) in &pipes {
-        (&*w).write_all(b"x").unwrap();
-    }
-    for p in polls {
-        assert!(p.wait().unwrap().contains(PollEvents::IN));
-    }
+    assert_eq!(polls_of_empty_pipes(&ctx, 17), 2);
 }
 
 #[test]
@@ -229,12 +229,7 @@ fn requests_done_inside_io_submit_go_in_one_call_despite_submit_batch() {
     let mut s = scratch_in(&shm_dir(), false);
     let data = pattern(1 << 20, 12);
     s.file.write_all(&data).unwrap();
-    let ctx = Context::builder()
-        .driver(Driver::Kernel)
-        .queue_depth(64)
-        .submit_batch(8)
-        .build()
-        .unwrap();
+    let ctx = split_by_eight();
     // The first submission learns that tmpfs completes them inline.
     thirty_two_reads(&ctx, &s.file, &data);
     for round in 0..3 {
