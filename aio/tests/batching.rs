@@ -7,7 +7,7 @@ use std::io::Write as _;
 use std::os::unix::fs::FileExt;
 
 use aio::{AlignedBuf, Context, Driver, Poll, PollEvents, Read, Reap};
-use common::{pattern, scratch_in, shm_dir};
+use common::{pattern, pipe, scratch_in, shm_dir};
 
 #[test]
 fn thirty_two_queued_requests_take_one_io_submit() {
@@ -200,7 +200,7 @@ fn split_by_eight() -> Context {
 /// calls their one submission took.
 fn polls_of_empty_pipes(ctx: &Context, n: usize) -> u64 {
     let before = ctx.stats().submit_calls;
-    let pipes: Vec<_> = (0..n).map(|_| std::io::pipe().unwrap()).collect();
+    let pipes: Vec<_> = (0..n).map(|_| pipe()).collect();
     let polls: Vec<_> = pipes
         .iter()
         .map(|(r, _)| ctx.push(Poll::new(r, PollEvents::IN)))

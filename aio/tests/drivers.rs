@@ -7,27 +7,14 @@
 mod common;
 
 use std::io::Write as _;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use aio::{Driver, Read, ReadV, Write, WriteV};
-use common::{context_on, pattern, scratch_dir, scratch_in, shm_dir};
-
-fn pipe() -> (std::fs::File, std::fs::File) {
-    let mut fds = [0; 2];
-    // SAFETY: pipe2 writes two descriptors into the array.
-    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
-    // SAFETY: fresh descriptors owned by nobody else.
-    unsafe {
-        (
-            std::fs::File::from(OwnedFd::from_raw_fd(fds[0])),
-            std::fs::File::from(OwnedFd::from_raw_fd(fds[1])),
-        )
-    }
-}
+use common::{context_on, pattern, pipe, scratch_dir, scratch_in, shm_dir};
 
 #[test]
 fn an_empty_pipe_read_through_auto_returns_from_submission_at_once() {

@@ -2,23 +2,10 @@
 
 mod common;
 
+use common::pipe;
 use std::io::Write as _;
-use std::os::fd::{FromRawFd, OwnedFd};
 
 use aio::{Context, Poll, PollEvents, Read, Write};
-
-fn pipe() -> (std::fs::File, std::fs::File) {
-    let mut fds = [0; 2];
-    // SAFETY: `fds` has room for the two descriptors.
-    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
-    // SAFETY: both descriptors are new and owned by nobody else.
-    unsafe {
-        (
-            OwnedFd::from_raw_fd(fds[0]).into(),
-            OwnedFd::from_raw_fd(fds[1]).into(),
-        )
-    }
-}
 
 #[test]
 fn poll_waits_for_data_then_read_gets_it() {

@@ -6,12 +6,12 @@
 mod common;
 
 use std::io::Write as _;
-use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+use std::os::fd::AsFd;
 use std::time::Duration;
 
 use aio::PollEvents;
 use aio::tokio::{File, Handle};
-use common::{pattern, scratch_in, shm_dir};
+use common::{pattern, pipe, scratch_in, shm_dir};
 use futures::StreamExt;
 use futures::future::join_all;
 use futures::stream::FuturesUnordered;
@@ -97,19 +97,6 @@ async fn the_runtime_has_one_default_driver() {
     let (x, _y) = tokio::net::UnixStream::pair().unwrap();
     b.poll(x.as_fd(), PollEvents::OUT).await.unwrap();
     assert_eq!(a.stats().requests, before + 1);
-}
-
-fn pipe() -> (std::fs::File, std::fs::File) {
-    let mut fds = [0; 2];
-    // SAFETY: `fds` has room for the two descriptors.
-    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
-    // SAFETY: both descriptors are new and owned by nobody else.
-    unsafe {
-        (
-            OwnedFd::from_raw_fd(fds[0]).into(),
-            OwnedFd::from_raw_fd(fds[1]).into(),
-        )
-    }
 }
 
 async fn poll_readiness() {

@@ -12,7 +12,7 @@ mod common;
 
 use std::future::Future;
 use std::io;
-use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+use std::os::fd::AsFd;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use aio::tokio::{File, Handle};
 use aio::{AlignedBuf, IoBuf, IoBufMut, PollEvents, Reap};
-use common::{direct_scratch_in, on_tmpfs, pattern, scratch_dir, scratch_in, shm_dir};
+use common::{direct_scratch_in, on_tmpfs, pattern, pipe, scratch_dir, scratch_in, shm_dir};
 
 const BLOCK: usize = 4096;
 /// Blocks read by the read requests (written before the test).
@@ -318,19 +318,6 @@ async fn futures_dropped_at_random_points() {
     let stats = handle.stats();
     if !on_tmpfs(&scratch.file) {
         assert!(stats.submit_calls < stats.submitted, "{stats:?}");
-    }
-}
-
-fn pipe() -> (std::fs::File, std::fs::File) {
-    let mut fds = [0; 2];
-    // SAFETY: `fds` has room for the two descriptors.
-    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
-    // SAFETY: both descriptors are new and owned by nobody else.
-    unsafe {
-        (
-            OwnedFd::from_raw_fd(fds[0]).into(),
-            OwnedFd::from_raw_fd(fds[1]).into(),
-        )
     }
 }
 

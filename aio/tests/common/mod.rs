@@ -92,6 +92,22 @@ fn try_scratch_in(dir: &Path, direct: bool) -> std::io::Result<Scratch> {
     Ok(Scratch { file, path })
 }
 
+/// A pipe: (read end, write end), close-on-exec. (`std::io::pipe` needs
+/// Rust 1.87, above this workspace's MSRV.)
+pub fn pipe() -> (File, File) {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let mut fds = [0; 2];
+    // SAFETY: `fds` has room for the two descriptors.
+    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+    // SAFETY: both descriptors are new and owned by nobody else.
+    unsafe {
+        (
+            OwnedFd::from_raw_fd(fds[0]).into(),
+            OwnedFd::from_raw_fd(fds[1]).into(),
+        )
+    }
+}
+
 /// Whether `file` is on tmpfs, where reads and writes (`O_DIRECT` too,
 /// since Linux 6.6) complete inside `io_submit`.
 pub fn on_tmpfs(file: &File) -> bool {
