@@ -273,12 +273,13 @@ impl Quiet {
 /// after each call, where the rings are read.
 #[derive(Clone, Copy, Default)]
 struct Inline {
-    /// Kernel requests in a row seen to complete inside their `io_submit`.
+    /// Requests in a row (of either driver) seen to complete inside their
+    /// `io_submit`.
     streak: u32,
 }
 
 impl Inline {
-    /// Learns from one `io_submit` that the kernel accepted `accepted`
+    /// Learns from one `io_submit` that a driver accepted `accepted`
     /// requests of, during which `landed` events reached the ring, with
     /// or without (`busy`) older requests in flight that may have
     /// completed meanwhile.
