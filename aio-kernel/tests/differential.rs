@@ -1823,6 +1823,22 @@ fn build_batch(specs: &[Spec], fx: &Fixture, a: &mut Arena) -> Vec<Iocb> {
         .enumerate()
         .map(|(i, s)| {
             let write = s.op == 1 || s.op == 8;
+            // Writes to the pipe get good buffers: one that faults inside
+            // pipe_write still wakes the readers with POLLIN, and Linux
+            // completes a waiting poll from that wake-up alone, which the
+            // engine cannot see (a_faulting_pipe_write_wakes_a_poll_only_in_linux).
+            let sane;
+            let s = if matches!(s.fd, FdChoice::PipeW) && write {
+                let mut c = s.clone();
+                c.buf = BufChoice::Good;
+                for seg in &mut c.segs {
+                    seg.1 = BufChoice::Good;
+                }
+                sane = c;
+                &sane
+            } else {
+                s
+            };
             let f = match s.fd {
                 FdChoice::Data => fd(&fx.data),
                 FdChoice::Ro => fd(&fx.ro),
@@ -1954,4 +1970,34 @@ fn property_batches_agree() {
     if let Err(e) = result {
         panic!("{e}");
     }
+}
+
+/// A known divergence, pinned: a write to an empty pipe that faults inside
+/// pipe_write (a NULL buffer) moves no byte but still wakes the readers
+/// with POLLIN, and Linux completes a waiting IOCB_CMD_POLL from the
+/// wake-up's key without looking at the pipe again (res = POLLIN |
+/// POLLRDNORM). The engine waits in poll(2), which looks again, finds the
+/// pipe empty and keeps waiting (until the cancel). If either side
+/// changes, this test says so (docs/spec-errata.md).
+#[test]
+fn a_faulting_pipe_write_wakes_a_poll_only_in_linux() {
+    if !linux_aio_available() {
+        return;
+    }
+    let build = |fx: &Fixture, _a: &mut Arena| {
+        vec![
+            Iocb::poll(fd(&fx.pipe_r), PollEvents::IN).with_data(1),
+            Iocb::pwrite(fd(&fx.pipe_w), 0, 1, 0).with_data(2),
+        ]
+    };
+    let linux = run(&Linux, &build, Duration::from_millis(100), None);
+    let engine = run(&EngineSide::new(), &build, Duration::from_millis(300), None);
+    let efault = Errno::EFAULT.as_res();
+    let pollin = i64::from((PollEvents::IN | PollEvents::RDNORM).0);
+    assert_eq!(linux.events, vec![(0, 1, pollin, 0), (1, 2, efault, 0)]);
+    assert!(linux.pipe.is_empty());
+    // The engine's poll is still waiting when cancelled: its event says 0.
+    assert_eq!(engine.events, vec![(0, 1, 0, 0), (1, 2, efault, 0)]);
+    assert_eq!(engine.cancels, vec![(0, Err(Errno::EINPROGRESS))]);
+    assert!(engine.pipe.is_empty());
 }
