@@ -1823,12 +1823,13 @@ fn build_batch(specs: &[Spec], fx: &Fixture, a: &mut Arena) -> Vec<Iocb> {
         .enumerate()
         .map(|(i, s)| {
             let write = s.op == 1 || s.op == 8;
+            let pipe_write = matches!(s.fd, FdChoice::PipeW) && write;
             // Writes to the pipe get good buffers: one that faults inside
             // pipe_write still wakes the readers with POLLIN, and Linux
             // completes a waiting poll from that wake-up alone, which the
             // engine cannot see (a_faulting_pipe_write_wakes_a_poll_only_in_linux).
             let sane;
-            let s = if matches!(s.fd, FdChoice::PipeW) && write {
+            let s = if pipe_write {
                 let mut c = s.clone();
                 c.buf = BufChoice::Good;
                 for seg in &mut c.segs {
@@ -1924,7 +1925,6 @@ fn build_batch(specs: &[Spec], fx: &Fixture, a: &mut Arena) -> Vec<Iocb> {
             };
             iocb.aio_rw_flags = RwFlags(s.rwf);
             let pipe_read = matches!(s.fd, FdChoice::PipeR) && (s.op == 0 || s.op == 7);
-            let pipe_write = matches!(s.fd, FdChoice::PipeW) && write;
             if pipe_read || pipe_write {
                 iocb.aio_rw_flags |= RwFlags::NOWAIT;
             }

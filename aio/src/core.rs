@@ -609,12 +609,13 @@ impl Core {
                     (slot.route, slot.dev) = self.drivers.route(&mut slot.iocb, len, &mut classes);
                 }
                 let side = slot.route.side();
-                if self.resfd.is_some() {
+                // Only the tokio front-end ever leaves the signal off; other
+                // contexts keep the flag `push` set.
+                if self.quiet.is_some() {
                     let op = slot.iocb.aio_lio_opcode;
                     // Polls and syncs complete later by nature.
                     slot.quiet = side == 0
                         && (op.is_read() || op.is_write())
-                        && self.quiet.is_some()
                         && Quiet::trusts(slot.route, self.inline);
                     let flags = slot.iocb.aio_flags;
                     slot.iocb.aio_flags = if slot.quiet {

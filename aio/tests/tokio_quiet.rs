@@ -113,8 +113,7 @@ async fn late_quiet_reads_are_found_multi_thread() {
     late_quiet_reads_are_found(handle).await;
 }
 
-/// Under `Auto`, `O_DIRECT` goes to the kernel too, and the first quiet
-/// miss makes later requests signal again: nothing waits for a poll.
+/// The same under `Auto`, which sends `O_DIRECT` reads to the kernel too.
 #[tokio::test(flavor = "current_thread")]
 async fn late_quiet_reads_are_found_auto() {
     let handle = Builder::new().driver(Driver::Auto).build().unwrap();
