@@ -14,7 +14,7 @@ use aio_abi::{Errno, PollEvents, RwFlags};
 use super::cache_guess::CacheGuess;
 use super::plug;
 use super::poller::Poller;
-use super::workers::{Deferred, Pool};
+use super::workers::{Deferred, Pool, Read};
 use crate::host::{Completion, EventFd, File, FileMode, IoStatus, PollWaiter, RwOp, Segments};
 
 fn last_errno() -> Errno {
@@ -472,6 +472,11 @@ impl EngineFile {
         let fd = self.fd.clone();
         let op = op.clone();
         let done = done.clone();
+        if !write && !self.direct && self.mode.nowait && self.kind == Kind::Positioned {
+            self.shared
+                .run(Deferred::Read(Box::new(CachedRead { fd, op, pos, done })));
+            return IoStatus::Queued;
+        }
         let other = self.kind == Kind::Other;
         // Linux places appends at the end in submission order (each takes
         // the inode lock inside io_submit); workers must not reorder them.
@@ -502,6 +507,50 @@ impl EngineFile {
             Deferred::Run(Box::new(job))
         });
         IoStatus::Queued
+    }
+}
+
+/// A buffered read of a positioned file on a worker, which may start it
+/// with `RWF_NOWAIT` before it waits (see [`Deferred::Read`]).
+struct CachedRead {
+    fd: Arc<OwnedFd>,
+    op: RwOp,
+    pos: i64,
+    done: Completion,
+}
+
+impl Read for CachedRead {
+    fn try_finish(&mut self) -> bool {
+        let flags = self.op.flags | RwFlags::NOWAIT;
+        // SAFETY: the segments were lent by the caller of
+        // `Engine::io_submit` until the event is posted.
+        let n = unsafe { transfer(self.fd.as_raw_fd(), &self.op, self.pos, flags, false) };
+        // Only a whole answer is final (all of it, or the end of the
+        // file); a short read, `EAGAIN` or an error is left to the read
+        // that waits, whose result is the one Linux would give.
+        let whole = n == 0 || n > 0 && n as u64 == self.op.len();
+        if whole {
+            self.done.finish(IoStatus::Done(n as usize));
+        }
+        whole
+    }
+
+    fn finish(self: Box<Self>) {
+        // SAFETY: as above.
+        let n = unsafe {
+            transfer(
+                self.fd.as_raw_fd(),
+                &self.op,
+                self.pos,
+                self.op.flags,
+                false,
+            )
+        };
+        self.done.finish(if n >= 0 {
+            IoStatus::Done(n as usize)
+        } else {
+            IoStatus::Error(last_errno())
+        });
     }
 }
 

@@ -4,8 +4,20 @@ use std::boxed::Box;
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
+use std::vec::Vec;
 
 pub(crate) type Job = Box<dyn FnOnce() + Send>;
+
+/// A read that can start its device I/O without waiting for it (a buffered
+/// read with `RWF_NOWAIT` starts the page cache's read and answers
+/// `EAGAIN`) and be finished later.
+pub(crate) trait Read: Send {
+    /// Completes the read if it can without waiting (the first try starts
+    /// the device's I/O); true when it is finished.
+    fn try_finish(&mut self) -> bool;
+    /// Completes the read, waiting as long as it takes.
+    fn finish(self: Box<Self>);
+}
 
 /// A job for [`Pool::dispatch`].
 pub(crate) enum Deferred {
@@ -13,10 +25,25 @@ pub(crate) enum Deferred {
     /// Runs after every job given earlier with the same lane (an inode:
     /// appends land in submission order).
     Ordered((u64, u64), Job),
+    /// A worker takes up to [`READ_BATCH`] queued reads at once, starts
+    /// them all and then waits for one at a time: a handful of workers
+    /// sleep on the device instead of one per read. Each sleeper is a
+    /// wake-up in the disk's interrupt (softirq) and two context switches;
+    /// at depth 32 on a cold file those made the interrupts on the
+    /// submitting CPU long enough to double the p99 of `io_submit`.
+    Read(Box<dyn Read>),
+}
+
+/// The most reads one worker takes at once.
+const READ_BATCH: usize = 8;
+
+enum Queued {
+    Run(Job),
+    Read(Box<dyn Read>),
 }
 
 struct State {
-    jobs: VecDeque<Job>,
+    jobs: VecDeque<Queued>,
     idle: usize,
     threads: usize,
     /// Set when the engine goes away: workers leave once the queue is empty.
@@ -65,14 +92,16 @@ impl Pool {
         let before = s.jobs.len();
         for job in jobs {
             match job {
-                Deferred::Run(job) => s.jobs.push_back(job),
+                Deferred::Run(job) => s.jobs.push_back(Queued::Run(job)),
+                Deferred::Read(read) => s.jobs.push_back(Queued::Read(read)),
                 Deferred::Ordered(lane, job) => {
                     if let Some(waiting) = s.lanes.get_mut(&lane) {
                         // The lane's runner will get to it.
                         waiting.push_back(job);
                     } else {
                         s.lanes.insert(lane, VecDeque::new());
-                        s.jobs.push_back(lane_runner(self.0.clone(), lane, job));
+                        s.jobs
+                            .push_back(Queued::Run(lane_runner(self.0.clone(), lane, job)));
                     }
                 }
             }
@@ -176,11 +205,42 @@ fn yield_wakeup_preemption() {
     unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) };
 }
 
+/// Finishes `reads`, started or not: every one is tried without waiting
+/// (which starts the device I/O of those not in the page cache), then the
+/// oldest unfinished is waited for, and the rest tried again, until all
+/// are done. A read that completes while the worker waits for an older
+/// one is finished right after it.
+fn run_reads(reads: &mut Vec<Box<dyn Read>>) {
+    reads.retain_mut(|r| !r.try_finish());
+    while !reads.is_empty() {
+        reads.remove(0).finish();
+        reads.retain_mut(|r| !r.try_finish());
+    }
+}
+
 fn worker(inner: Arc<Inner>) {
     yield_wakeup_preemption();
+    let mut reads: Vec<Box<dyn Read>> = Vec::with_capacity(READ_BATCH);
     let mut s = inner.state.lock().unwrap_or_else(|e| e.into_inner());
     loop {
-        if let Some(job) = s.jobs.pop_front() {
+        if let Some(first) = s.jobs.pop_front() {
+            let job = match first {
+                Queued::Run(job) => Some(job),
+                Queued::Read(read) => {
+                    reads.push(read);
+                    while reads.len() < READ_BATCH {
+                        match s.jobs.pop_front() {
+                            Some(Queued::Read(read)) => reads.push(read),
+                            Some(other) => {
+                                s.jobs.push_front(other);
+                                break;
+                            }
+                            None => break,
+                        }
+                    }
+                    None
+                }
+            };
             let handoff = if s.jobs.is_empty() {
                 Handoff::Nothing
             } else {
@@ -188,7 +248,10 @@ fn worker(inner: Arc<Inner>) {
             };
             drop(s);
             hand_off(&inner, handoff);
-            job();
+            match job {
+                Some(job) => job(),
+                None => run_reads(&mut reads),
+            }
             s = inner.state.lock().unwrap_or_else(|e| e.into_inner());
             continue;
         }
@@ -207,5 +270,110 @@ fn worker(inner: Arc<Inner>) {
             s.threads -= 1;
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+    use std::vec;
+
+    /// What happened to which read: "try", "wait" or "done".
+    type Event = (&'static str, usize);
+
+    /// A read that is ready once its number is in `ready`, and reports
+    /// what happened to it.
+    struct FakeRead {
+        n: usize,
+        ready: Arc<Mutex<Vec<usize>>>,
+        log: mpsc::Sender<Event>,
+    }
+
+    impl Read for FakeRead {
+        fn try_finish(&mut self) -> bool {
+            let ready = self.ready.lock().unwrap().contains(&self.n);
+            self.log.send(("try", self.n)).unwrap();
+            if ready {
+                self.log.send(("done", self.n)).unwrap();
+            }
+            ready
+        }
+        fn finish(self: Box<Self>) {
+            self.log.send(("wait", self.n)).unwrap();
+            self.log.send(("done", self.n)).unwrap();
+        }
+    }
+
+    fn fake_reads(count: usize, ready: &[usize]) -> (Vec<Box<dyn Read>>, mpsc::Receiver<Event>) {
+        let (tx, rx) = mpsc::channel();
+        let ready = Arc::new(Mutex::new(ready.to_vec()));
+        let reads = (0..count)
+            .map(|n| {
+                Box::new(FakeRead {
+                    n,
+                    ready: ready.clone(),
+                    log: tx.clone(),
+                }) as Box<dyn Read>
+            })
+            .collect();
+        (reads, rx)
+    }
+
+    #[test]
+    fn reads_are_started_together_and_waited_for_oldest_first() {
+        // 1 and 3 are in the page cache; 0, 2 and 4 must be waited for.
+        let (mut reads, rx) = fake_reads(5, &[1, 3]);
+        run_reads(&mut reads);
+        assert!(reads.is_empty());
+        let log: Vec<_> = rx.try_iter().collect();
+        // Every read is tried before any is waited for.
+        let first_wait = log.iter().position(|e| e.0 == "wait").unwrap();
+        let tried: Vec<usize> = log[..first_wait]
+            .iter()
+            .filter(|e| e.0 == "try")
+            .map(|e| e.1)
+            .collect();
+        assert_eq!(tried, vec![0, 1, 2, 3, 4]);
+        let waited: Vec<usize> = log.iter().filter(|e| e.0 == "wait").map(|e| e.1).collect();
+        assert_eq!(
+            waited,
+            vec![0, 2, 4],
+            "the oldest unfinished first, hits never"
+        );
+        let mut done: Vec<usize> = log.iter().filter(|e| e.0 == "done").map(|e| e.1).collect();
+        done.sort();
+        assert_eq!(done, vec![0, 1, 2, 3, 4], "each finished exactly once");
+    }
+
+    #[test]
+    fn one_worker_takes_a_batch_of_queued_reads() {
+        let pool = Pool::new(1);
+        // Hold the only worker so that the reads queue up behind it.
+        let (release_tx, release_rx) = mpsc::channel::<()>();
+        let (started_tx, started_rx) = mpsc::channel::<()>();
+        pool.dispatch([Deferred::Run(Box::new(move || {
+            started_tx.send(()).unwrap();
+            release_rx.recv().unwrap();
+        }))]);
+        started_rx.recv().unwrap();
+        let (reads, rx) = fake_reads(READ_BATCH + 3, &[]);
+        pool.dispatch(reads.into_iter().map(Deferred::Read));
+        release_tx.send(()).unwrap();
+        let mut log = Vec::new();
+        while log.iter().filter(|e: &&Event| e.0 == "done").count() < READ_BATCH + 3 {
+            log.push(rx.recv_timeout(Duration::from_secs(10)).unwrap());
+        }
+        // The first READ_BATCH are all tried before the first wait; the
+        // rest form the next batch.
+        let first_wait = log.iter().position(|e| e.0 == "wait").unwrap();
+        assert_eq!(first_wait, READ_BATCH);
+        assert_eq!(log[first_wait], ("wait", 0));
+        let second_batch = log.iter().position(|e| *e == ("try", READ_BATCH)).unwrap();
+        assert!(
+            log[..second_batch].iter().filter(|e| e.0 == "done").count() == READ_BATCH,
+            "the second batch starts after the first is done: {log:?}"
+        );
+        pool.shutdown();
     }
 }
