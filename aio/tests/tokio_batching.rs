@@ -181,18 +181,29 @@ async fn depth_one_requests_are_submitted_on_their_first_poll() {
     use std::future::Future as _;
     use std::task::Poll;
     let (_s, data, handle, file) = kernel_driver_file();
-    // The first request batches as usual (nothing known yet).
-    let (n, _) = file.read_at(vec![0u8; 512], 0).await;
-    assert_eq!(n.unwrap(), 512);
-    for i in 1..N {
+    // The first two requests batch as usual: two batches of one in a row
+    // make the driver submit the next on its first poll.
+    for i in 0..2 {
+        let (n, _) = file.read_at(vec![0u8; 512], i * 512).await;
+        assert_eq!(n.unwrap(), 512);
+    }
+    let mut probes = Vec::new();
+    for i in 2..N {
         let mut read = std::pin::pin!(file.read_at(vec![0u8; 512], (i * 512) as u64));
         let first = std::future::poll_fn(|cx| Poll::Ready(read.as_mut().poll(cx))).await;
-        let Poll::Ready((n, buf)) = first else {
-            panic!("read {i} was not done on its first poll");
+        let (n, buf) = match first {
+            Poll::Ready(out) => out,
+            // After 16 lone requests, one waits for a batch to form (the
+            // driver's check for other requesters).
+            Poll::Pending => {
+                probes.push(i);
+                read.await
+            }
         };
         assert_eq!(n.unwrap(), 512);
         assert_eq!(&buf[..], &data[i * 512..(i + 1) * 512]);
     }
+    assert_eq!(probes, [18], "reads not done on their first poll");
     let stats = handle.stats();
     assert_eq!(stats.submit_calls, N as u64, "{stats:?}");
     // Requests polled together while one is in flight batch again: the
@@ -217,6 +228,42 @@ async fn depth_one_requests_are_submitted_on_their_first_poll() {
     assert_eq!(stats.submit_calls, N as u64 + 2, "{stats:?}");
 }
 
+/// Many loops that each issue one request at a time, where every request
+/// completes inside `io_submit`: each loop finds nothing in flight when it
+/// issues its next request, yet their requests still share `io_submit`
+/// calls (without the driver's probe for other requesters, every request
+/// went alone).
+#[tokio::test(flavor = "current_thread")]
+async fn loops_of_one_request_each_are_batched_together() {
+    let (_s, data, handle, file) = kernel_driver_file();
+    const ROUNDS: usize = 64;
+    // Two lone reads first: the driver then submits each request on its
+    // first poll, and must find out by itself that many are coming.
+    for _ in 0..2 {
+        let (n, _) = file.read_at(vec![0u8; 512], 0).await;
+        assert_eq!(n.unwrap(), 512);
+    }
+    let file = &file;
+    let data = &data;
+    let lane = |l: usize| async move {
+        for r in 0..ROUNDS {
+            let i = (l + r) % N;
+            let (n, buf) = file.read_at(vec![0u8; 512], (i * 512) as u64).await;
+            assert_eq!(n.unwrap(), 512);
+            assert_eq!(&buf[..], &data[i * 512..(i + 1) * 512]);
+        }
+    };
+    join_all((0..N).map(lane)).await;
+    let stats = handle.stats();
+    assert_eq!(stats.requests, (N * ROUNDS) as u64 + 2);
+    assert!(
+        stats.submit_calls * 4 <= stats.requests,
+        "{} io_submit calls for {} requests: {stats:?}",
+        stats.submit_calls,
+        stats.requests
+    );
+}
+
 fn kernel_driver_file() -> (common::Scratch, Vec<u8>, Handle, File) {
     let (s, data) = data_file();
     let handle = Handle::builder()
@@ -227,18 +274,21 @@ fn kernel_driver_file() -> (common::Scratch, Vec<u8>, Handle, File) {
     (s, data, handle, file)
 }
 
-/// Requests that complete inside `io_submit` spend tokio's cooperative
-/// budget: a task reading in a loop without other awaits still lets the
-/// runtime's other tasks run.
+/// A task reading in a loop without other awaits, its requests completing
+/// inside `io_submit`, still lets the runtime's other tasks run: each
+/// request spends tokio's cooperative budget, and every 17th of a lone
+/// requester waits for a batch (either alone would do).
 #[tokio::test(flavor = "current_thread")]
 async fn a_loop_of_immediately_ready_requests_yields_to_other_tasks() {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
     let (_s, _, _handle, file) = kernel_driver_file();
-    // A batch of one first: the loop's requests are then submitted (and
-    // done) on their first polls, and never return Pending by themselves.
-    let (n, _) = file.read_at(vec![0u8; 512], 0).await;
-    assert_eq!(n.unwrap(), 512);
+    // Two batches of one first: the loop's requests are then submitted
+    // (and done) on their first polls.
+    for _ in 0..2 {
+        let (n, _) = file.read_at(vec![0u8; 512], 0).await;
+        assert_eq!(n.unwrap(), 512);
+    }
     let ran = Arc::new(AtomicBool::new(false));
     let flag = ran.clone();
     tokio::spawn(async move { flag.store(true, Ordering::SeqCst) });
