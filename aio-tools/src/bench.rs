@@ -576,9 +576,11 @@ fn run_sync(
     }
 }
 
-/// The tokio API on a current-thread runtime: --iodepth request futures in
-/// flight in one task; each completion starts the next request with its
-/// buffers.
+/// The tokio API on a current-thread runtime: --iodepth loops in one task,
+/// each issuing one request at a time and reusing its buffers, as an
+/// application's readers would. (A fresh future per request in a
+/// `FuturesUnordered` costs an allocation and a move of the future per
+/// request: the harness's cost, not the API's.)
 async fn run_tokio(
     args: &BenchArgs,
     t: &Target,
@@ -588,37 +590,34 @@ async fn run_tokio(
     deadline: Instant,
     m: &mut Measured,
 ) {
-    use futures_util::StreamExt as _;
-    use futures_util::future::Either;
-    use futures_util::stream::FuturesUnordered;
-    // --iodepth requests in flight in this one task (no spawn per
-    // request); each completion starts the next with its buffers.
-    let mut in_flight = FuturesUnordered::new();
-    // One clock read per request, as the sync loop: the time a request
-    // starts is the time its predecessor's completion was taken.
-    let mut start = |bufs: Vec<AlignedBuf>, started: Instant| {
-        let (off, write) = offsets.next(args.rw);
-        let op = if write {
-            Either::Left(handle.run(WriteV::new(&t.file, bufs, off)))
-        } else {
-            Either::Right(handle.run(ReadV::new(&t.file, bufs, off)))
-        };
+    use std::cell::RefCell;
+    let offsets = RefCell::new(offsets);
+    let m = RefCell::new(m);
+    let t0 = Instant::now();
+    let slot = |mut bufs: Vec<AlignedBuf>| {
+        let (offsets, m) = (&offsets, &m);
         async move {
-            let (r, b) = op.await;
-            (r, b, started)
+            // One clock read per request, as the sync loop: a request
+            // starts when its predecessor's completion was taken.
+            let mut started = t0;
+            loop {
+                let (off, write) = offsets.borrow_mut().next(args.rw);
+                let (res, b) = if write {
+                    handle.run(WriteV::new(&t.file, bufs, off)).await
+                } else {
+                    handle.run(ReadV::new(&t.file, bufs, off)).await
+                };
+                bufs = b;
+                let now = Instant::now();
+                m.borrow_mut().record(res, now - started);
+                if now >= deadline {
+                    return;
+                }
+                started = now;
+            }
         }
     };
-    let t0 = Instant::now();
-    for _ in 0..args.iodepth {
-        in_flight.push(start(buffers(), t0));
-    }
-    while let Some((res, bufs, started)) = in_flight.next().await {
-        let now = Instant::now();
-        m.record(res, now - started);
-        if now < deadline {
-            in_flight.push(start(bufs, now));
-        }
-    }
+    futures_util::future::join_all((0..args.iodepth).map(|_| slot(buffers()))).await;
 }
 
 /// `--api tokio-fs`: see [`BenchApi::TokioFs`]. One task per request in
