@@ -250,27 +250,38 @@ pub(crate) fn trusted_call() -> bool {
     TRUSTED.with(Cell::get)
 }
 
+/// Whether the user memory of this thread's current call may be accessed
+/// directly instead of through `process_vm_readv`/`writev`.
+fn direct_memory() -> bool {
+    trusted_call() || BORROWED.with(Cell::get)
+}
+
 std::thread_local! {
     /// Set when a signal handler ended this thread's last wait.
     static INTERRUPTED: Cell<bool> = const { Cell::new(false) };
     /// Set during [`Engine::io_submit_trusted`]: the caller vouched for
     /// every address the call reads or writes.
     static TRUSTED: Cell<bool> = const { Cell::new(false) };
+    /// Set during a call whose every user address comes from a Rust
+    /// borrow (the events, timeout and signal mask of
+    /// [`Engine::io_getevents`] and [`Engine::io_pgetevents`]).
+    static BORROWED: Cell<bool> = const { Cell::new(false) };
 }
 
-/// Sets [`TRUSTED`] for one call; cleared on every way out.
-struct TrustedCall;
+/// Sets a flag ([`TRUSTED`] or [`BORROWED`]) for one call; cleared on
+/// every way out.
+struct CallFlag(&'static std::thread::LocalKey<Cell<bool>>);
 
-impl TrustedCall {
-    fn enter() -> TrustedCall {
-        TRUSTED.with(|t| t.set(true));
-        TrustedCall
+impl CallFlag {
+    fn enter(flag: &'static std::thread::LocalKey<Cell<bool>>) -> CallFlag {
+        flag.with(|t| t.set(true));
+        CallFlag(flag)
     }
 }
 
-impl Drop for TrustedCall {
+impl Drop for CallFlag {
     fn drop(&mut self) {
-        TRUSTED.with(|t| t.set(false));
+        self.0.with(|t| t.set(false));
     }
 }
 
@@ -340,11 +351,12 @@ impl Host for EngineHost {
     type Ring = EngineRing;
 
     fn copy_from_user(&self, addr: u64, dst: &mut [u8]) -> Result<(), Errno> {
-        if trusted_call() {
+        if direct_memory() {
             // SAFETY: inside `io_submit_trusted`, whose caller guarantees
             // that the pointer array, the iocbs and their iovec arrays
             // (all the core reads) are live, readable and not written
-            // during the call.
+            // during the call; or inside a getevents call, where the core
+            // reads only the timeout and the signal mask, both borrowed.
             unsafe {
                 core::ptr::copy_nonoverlapping(addr as *const u8, dst.as_mut_ptr(), dst.len())
             };
@@ -354,10 +366,11 @@ impl Host for EngineHost {
     }
 
     fn copy_to_user(&self, addr: u64, src: &[u8]) -> Result<(), Errno> {
-        if trusted_call() {
+        if direct_memory() {
             // SAFETY: inside `io_submit_trusted` the core writes only the
             // iocbs' keys, which its caller guarantees writable and not
-            // otherwise accessed during the call.
+            // otherwise accessed during the call; inside a getevents call
+            // it writes only into the exclusively borrowed events.
             unsafe { core::ptr::copy_nonoverlapping(src.as_ptr(), addr as *mut u8, src.len()) };
             return Ok(());
         }
@@ -680,7 +693,7 @@ impl Engine {
     ) -> Result<usize, Errno> {
         let nr = i64::try_from(iocbs.len()).map_err(|_| Errno::EINVAL)?;
         let k = self.k()?;
-        let _trusted = TrustedCall::enter();
+        let _trusted = CallFlag::enter(&TRUSTED);
         k.io_submit(ctx, nr, iocbs.as_ptr() as u64)
     }
 
@@ -696,9 +709,11 @@ impl Engine {
     ) -> Result<usize, Errno> {
         let nr = i64::try_from(events.len()).map_err(|_| Errno::EINVAL)?;
         let ts = timeout.map_or(0, |t| t as *const libc::timespec as u64);
-        // The core writes only into `events` (an exclusive borrow).
-        self.k()?
-            .io_getevents(ctx, min_nr, nr, events.as_mut_ptr() as u64, ts)
+        let k = self.k()?;
+        // The core writes only into `events` (an exclusive borrow) and
+        // reads only `timeout`.
+        let _borrowed = CallFlag::enter(&BORROWED);
+        k.io_getevents(ctx, min_nr, nr, events.as_mut_ptr() as u64, ts)
     }
 
     /// `io_pgetevents`: as [`Engine::io_getevents`], with a signal mask
@@ -718,7 +733,10 @@ impl Engine {
             sigmask: sigmask.map_or(0, |m| m as *const libc::sigset_t as u64),
             sigsetsize: 8,
         };
-        self.k()?.io_pgetevents(
+        let k = self.k()?;
+        // As io_getevents, and `sig` and the mask it points to are read.
+        let _borrowed = CallFlag::enter(&BORROWED);
+        k.io_pgetevents(
             ctx,
             min_nr,
             nr,
