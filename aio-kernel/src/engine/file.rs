@@ -473,8 +473,10 @@ impl EngineFile {
         let op = op.clone();
         let done = done.clone();
         if !write && !self.direct && self.mode.nowait && self.kind == Kind::Positioned {
-            self.shared
-                .run(Deferred::Read(Box::new(CachedRead { fd, op, pos, done })));
+            self.shared.run(Deferred::Read(
+                self.inode.0,
+                Box::new(CachedRead { fd, op, pos, done }),
+            ));
             return IoStatus::Queued;
         }
         let other = self.kind == Kind::Other;

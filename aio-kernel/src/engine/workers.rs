@@ -25,13 +25,16 @@ pub(crate) enum Deferred {
     /// Runs after every job given earlier with the same lane (an inode:
     /// appends land in submission order).
     Ordered((u64, u64), Job),
-    /// A worker takes up to [`READ_BATCH`] queued reads at once, starts
-    /// them all and then waits for one at a time: a handful of workers
-    /// sleep on the device instead of one per read. Each sleeper is a
-    /// wake-up in the disk's interrupt (softirq) and two context switches;
-    /// at depth 32 on a cold file those made the interrupts on the
-    /// submitting CPU long enough to double the p99 of `io_submit`.
-    Read(Box<dyn Read>),
+    /// A read of a device (`st_dev`). A worker takes up to [`READ_BATCH`]
+    /// queued reads of one device at once, starts them all and then waits
+    /// for one at a time: a handful of workers sleep on the device instead
+    /// of one per read. Each sleeper is a wake-up in the disk's interrupt
+    /// (softirq) and two context switches; at depth 32 on a cold file
+    /// those made the interrupts on the submitting CPU long enough to
+    /// double the p99 of `io_submit`. (One device per batch: a read that
+    /// completes behind an older one of its batch waits for it, which must
+    /// not make a fast device wait for a slow one.)
+    Read(u64, Box<dyn Read>),
 }
 
 /// The most reads one worker takes at once.
@@ -39,7 +42,7 @@ const READ_BATCH: usize = 8;
 
 enum Queued {
     Run(Job),
-    Read(Box<dyn Read>),
+    Read(u64, Box<dyn Read>),
 }
 
 struct State {
@@ -93,7 +96,7 @@ impl Pool {
         for job in jobs {
             match job {
                 Deferred::Run(job) => s.jobs.push_back(Queued::Run(job)),
-                Deferred::Read(read) => s.jobs.push_back(Queued::Read(read)),
+                Deferred::Read(dev, read) => s.jobs.push_back(Queued::Read(dev, read)),
                 Deferred::Ordered(lane, job) => {
                     if let Some(waiting) = s.lanes.get_mut(&lane) {
                         // The lane's runner will get to it.
@@ -226,11 +229,11 @@ fn worker(inner: Arc<Inner>) {
         if let Some(first) = s.jobs.pop_front() {
             let job = match first {
                 Queued::Run(job) => Some(job),
-                Queued::Read(read) => {
+                Queued::Read(dev, read) => {
                     reads.push(read);
                     while reads.len() < READ_BATCH {
                         match s.jobs.pop_front() {
-                            Some(Queued::Read(read)) => reads.push(read),
+                            Some(Queued::Read(d, read)) if d == dev => reads.push(read),
                             Some(other) => {
                                 s.jobs.push_front(other);
                                 break;
@@ -346,10 +349,14 @@ mod tests {
         assert_eq!(done, vec![0, 1, 2, 3, 4], "each finished exactly once");
     }
 
-    #[test]
-    fn one_worker_takes_a_batch_of_queued_reads() {
+    /// Queues `reads` (of the devices given) on a pool of one worker, held
+    /// busy until all are queued; returns the log once every read is done.
+    fn queued_on_one_worker(
+        reads: Vec<Box<dyn Read>>,
+        devs: &[u64],
+        rx: &mpsc::Receiver<Event>,
+    ) -> Vec<Event> {
         let pool = Pool::new(1);
-        // Hold the only worker so that the reads queue up behind it.
         let (release_tx, release_rx) = mpsc::channel::<()>();
         let (started_tx, started_rx) = mpsc::channel::<()>();
         pool.dispatch([Deferred::Run(Box::new(move || {
@@ -357,13 +364,26 @@ mod tests {
             release_rx.recv().unwrap();
         }))]);
         started_rx.recv().unwrap();
-        let (reads, rx) = fake_reads(READ_BATCH + 3, &[]);
-        pool.dispatch(reads.into_iter().map(Deferred::Read));
+        let count = reads.len();
+        pool.dispatch(
+            reads
+                .into_iter()
+                .zip(devs)
+                .map(|(r, &dev)| Deferred::Read(dev, r)),
+        );
         release_tx.send(()).unwrap();
         let mut log = Vec::new();
-        while log.iter().filter(|e: &&Event| e.0 == "done").count() < READ_BATCH + 3 {
+        while log.iter().filter(|e: &&Event| e.0 == "done").count() < count {
             log.push(rx.recv_timeout(Duration::from_secs(10)).unwrap());
         }
+        pool.shutdown();
+        log
+    }
+
+    #[test]
+    fn one_worker_takes_a_batch_of_queued_reads() {
+        let (reads, rx) = fake_reads(READ_BATCH + 3, &[]);
+        let log = queued_on_one_worker(reads, &[1; READ_BATCH + 3], &rx);
         // The first READ_BATCH are all tried before the first wait; the
         // rest form the next batch.
         let first_wait = log.iter().position(|e| e.0 == "wait").unwrap();
@@ -374,6 +394,18 @@ mod tests {
             log[..second_batch].iter().filter(|e| e.0 == "done").count() == READ_BATCH,
             "the second batch starts after the first is done: {log:?}"
         );
-        pool.shutdown();
+    }
+
+    #[test]
+    fn a_batch_holds_reads_of_one_device() {
+        let (reads, rx) = fake_reads(4, &[]);
+        let log = queued_on_one_worker(reads, &[7, 7, 8, 7], &rx);
+        let waits: Vec<usize> = log.iter().filter(|e| e.0 == "wait").map(|e| e.1).collect();
+        assert_eq!(waits, [0, 1, 2, 3]);
+        // 0 and 1 together; 2 (another device) alone; then 3.
+        let first_wait = log.iter().position(|e| e.0 == "wait").unwrap();
+        assert_eq!(&log[..first_wait], [("try", 0), ("try", 1)]);
+        let third = log.iter().position(|e| *e == ("try", 2)).unwrap();
+        assert_eq!(log[third + 1], ("wait", 2), "{log:?}");
     }
 }
