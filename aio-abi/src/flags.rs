@@ -59,6 +59,16 @@ impl Opcode {
     pub const fn is_vectored(self) -> bool {
         matches!(self.0, 7 | 8)
     }
+
+    /// The plain command of a vectored one (`PREADV` -> `PREAD`, `PWRITEV`
+    /// -> `PWRITE`); others unchanged.
+    pub const fn unvectored(self) -> Opcode {
+        match self.0 {
+            7 => Opcode::PREAD,
+            8 => Opcode::PWRITE,
+            _ => self,
+        }
+    }
 }
 
 impl fmt::Debug for Opcode {

@@ -485,8 +485,19 @@ impl Core {
             generation: slot.generation,
         };
         if iocb.aio_lio_opcode.is_vectored() {
-            iocb.aio_buf = slot.iovs.as_ptr() as u64;
-            iocb.aio_nbytes = slot.iovs.len() as u64;
+            if let [one] = slot.iovs[..] {
+                // One segment goes as the plain command (libaio's
+                // io_prep_pread): Linux then takes the buffer as it is
+                // (import_ubuf) instead of copying an iovec array from
+                // user memory first (copy_iovec_from_user, 1-2% of the
+                // CPU of a 4 KiB read on zram0). Same semantics.
+                iocb.aio_lio_opcode = iocb.aio_lio_opcode.unvectored();
+                iocb.aio_buf = one.iov_base;
+                iocb.aio_nbytes = one.iov_len;
+            } else {
+                iocb.aio_buf = slot.iovs.as_ptr() as u64;
+                iocb.aio_nbytes = slot.iovs.len() as u64;
+            }
         }
         iocb.aio_data = key.data();
         if let Some(fd) = self.resfd {
@@ -1142,4 +1153,56 @@ fn continue_on_engine(slot: &mut Slot, res: i64) -> bool {
     slot.route = Route::Engine;
     slot.state = State::Queued;
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::driver::Driver;
+    use crate::op::{ReadV, WriteV};
+
+    fn core() -> Core {
+        Core::new(
+            Drivers::new(Driver::Engine, 4, true, true, None).unwrap(),
+            4,
+            false,
+            0,
+        )
+    }
+
+    #[test]
+    fn one_segment_goes_as_the_plain_command() {
+        let mut core = core();
+        let file = tempfile::tempfile().unwrap();
+        let buf = vec![0u8; 4096];
+        let at = buf.as_ptr() as u64;
+        let key = core.push(|iovs| ReadV::new(&file, vec![buf], 512).prepare(iovs), 0);
+        let iocb = core.slab.slot(key.idx).iocb;
+        assert_eq!(iocb.aio_lio_opcode, Opcode::PREAD);
+        assert_eq!(
+            (iocb.aio_buf, iocb.aio_nbytes, iocb.aio_offset),
+            (at, 4096, 512)
+        );
+        let key = core.push(
+            |iovs| WriteV::new(&file, vec![vec![1u8; 8]], 0).prepare(iovs),
+            0,
+        );
+        assert_eq!(core.slab.slot(key.idx).iocb.aio_lio_opcode, Opcode::PWRITE);
+    }
+
+    #[test]
+    fn several_segments_stay_vectored() {
+        let mut core = core();
+        let file = tempfile::tempfile().unwrap();
+        let key = core.push(
+            |iovs| ReadV::new(&file, vec![vec![0u8; 8], vec![0u8; 8]], 0).prepare(iovs),
+            0,
+        );
+        let slot = core.slab.slot(key.idx);
+        assert_eq!(slot.iocb.aio_lio_opcode, Opcode::PREADV);
+        assert_eq!(
+            (slot.iocb.aio_buf, slot.iocb.aio_nbytes),
+            (slot.iovs.as_ptr() as u64, 2)
+        );
+    }
 }

@@ -78,8 +78,8 @@ macro_rules! rw_setters {
 }
 
 /// A scatter read: `preadv2(fd, bufs, offset, rw_flags)`, as
-/// `IOCB_CMD_PREADV`. Fills the buffers in order; returns the bytes read
-/// and the buffers.
+/// `IOCB_CMD_PREADV` (`IOCB_CMD_PREAD` for one buffer). Fills the buffers
+/// in order; returns the bytes read and the buffers.
 ///
 /// ```
 /// use aio::{Context, ReadV};
@@ -132,7 +132,8 @@ impl<B: IoBufsMut> Operation for ReadV<B> {
 }
 
 /// A gather write: `pwritev2(fd, bufs, offset, rw_flags)`, as
-/// `IOCB_CMD_PWRITEV`. Returns the bytes written and the buffers.
+/// `IOCB_CMD_PWRITEV` (`IOCB_CMD_PWRITE` for one buffer). Returns the bytes
+/// written and the buffers.
 ///
 /// ```
 /// use aio::{Context, WriteV};
@@ -186,9 +187,9 @@ impl<B: IoBufs> Operation for WriteV<B> {
 
 /// A read: `pread(fd, buf, len, offset)` (`preadv2` with `rw_flags`).
 ///
-/// The one-segment case of [`ReadV`]: it is submitted as an
-/// `IOCB_CMD_PREADV` with a single segment, as the kernel itself treats
-/// `IOCB_CMD_PREAD`.
+/// The one-segment case of [`ReadV`], submitted (like any one-segment
+/// `ReadV`) as `IOCB_CMD_PREAD`, which Linux handles as a one-segment
+/// `IOCB_CMD_PREADV` without copying an iovec array.
 ///
 /// ```
 /// use aio::{Context, Read};
@@ -246,8 +247,8 @@ impl<B: IoBufMut> Operation for Read<B> {
 
 /// A write: `pwrite(fd, buf, len, offset)` (`pwritev2` with `rw_flags`).
 ///
-/// The one-segment case of [`WriteV`], submitted as a one-segment
-/// `IOCB_CMD_PWRITEV`.
+/// The one-segment case of [`WriteV`], submitted (like any one-segment
+/// `WriteV`) as `IOCB_CMD_PWRITE`.
 ///
 /// ```
 /// use aio::{Context, Write};
