@@ -180,6 +180,13 @@ struct Target {
 }
 
 fn open(args: &BenchArgs) -> Result<Target, String> {
+    if args.batch > args.iodepth {
+        // The loop would wait for completions that can never all come.
+        return Err(format!(
+            "--batch {} waits for {} completions before refilling, but only --iodepth {} requests are in flight: use --batch {} or less",
+            args.batch, args.batch, args.iodepth, args.iodepth
+        ));
+    }
     let meta = std::fs::metadata(&args.target).ok();
     let device = meta
         .as_ref()

@@ -400,6 +400,28 @@ fn bench_reports_iops_latency_cpu_and_syscalls() {
 }
 
 #[test]
+fn bench_refuses_a_batch_larger_than_the_depth() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("b.dat").display().to_string();
+    let r = run(&[
+        "bench",
+        &f,
+        "--size",
+        "1M",
+        "--iodepth",
+        "1",
+        "--batch",
+        "8",
+    ]);
+    assert_eq!(r.code, 2, "{}{}", r.stdout, r.stderr);
+    assert!(
+        r.stderr.contains("--batch 8") && r.stderr.contains("--batch 1 or less"),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
 fn vectest_and_bench_run_on_the_tokio_api() {
     let (_d, f) = file_in(&scratch_dir());
     let r = run(&["vectest", &f, "--size", "8M", "--api", "tokio", "--json"]);
