@@ -25,6 +25,22 @@ fn last_errno() -> Errno {
     )
 }
 
+/// The status of a finished `preadv2`/`pwritev2` that returned `n`.
+fn status_of(n: isize) -> IoStatus {
+    if n >= 0 {
+        IoStatus::Done(n as usize)
+    } else {
+        IoStatus::Error(last_errno())
+    }
+}
+
+/// Whether a read that returned `n` of `len` bytes got all it asked for or
+/// reached the end of the file (any other short read may be the page
+/// cache ending, under `RWF_NOWAIT`).
+fn whole_read(n: isize, len: u64) -> bool {
+    n == 0 || n > 0 && n as u64 == len
+}
+
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Kind {
     /// Regular files and block devices: positioned I/O on workers.
@@ -432,12 +448,7 @@ impl EngineFile {
             Kind::Positioned if op.flags.contains(RwFlags::NOWAIT) => {
                 // Never blocks: complete it here, as Linux would.
                 // SAFETY: as above.
-                let n = unsafe { transfer(fd, op, op.pos, op.flags, write) };
-                if n >= 0 {
-                    IoStatus::Done(n as usize)
-                } else {
-                    IoStatus::Error(last_errno())
-                }
+                status_of(unsafe { transfer(fd, op, op.pos, op.flags, write) })
             }
             Kind::Positioned
                 if !write
@@ -451,11 +462,11 @@ impl EngineFile {
                 // waits for the device even with RWF_NOWAIT.)
                 // SAFETY: as above.
                 let n = unsafe { transfer(fd, op, op.pos, op.flags | RwFlags::NOWAIT, false) };
-                let hit = n == 0 || n > 0 && n as u64 == op.len();
+                let hit = whole_read(n, op.len());
                 self.shared.inline_outcome(self.inode.0, hit);
                 match n {
                     // All of it, or the end of the file.
-                    n if n == 0 || n as u64 == op.len() => IoStatus::Done(n as usize),
+                    _ if hit => IoStatus::Done(n as usize),
                     // The cache ends here (or the file does: the next call
                     // reads 0).
                     n if n > 0 => IoStatus::Partial(n as usize),
@@ -475,7 +486,7 @@ impl EngineFile {
         if !write && !self.direct && self.mode.nowait && self.kind == Kind::Positioned {
             self.shared.run(Deferred::Read(
                 self.inode.0,
-                Box::new(CachedRead { fd, op, pos, done }),
+                Box::new(BufferedRead { fd, op, pos, done }),
             ));
             return IoStatus::Queued;
         }
@@ -496,11 +507,7 @@ impl EngineFile {
                 // SAFETY: as above.
                 n = unsafe { transfer(raw, &op, -1, op.flags, write) };
             }
-            let status = if n >= 0 {
-                IoStatus::Done(n as usize)
-            } else {
-                IoStatus::Error(last_errno())
-            };
+            let status = status_of(n);
             done.finish(status);
         };
         self.shared.run(if appends {
@@ -514,14 +521,14 @@ impl EngineFile {
 
 /// A buffered read of a positioned file on a worker, which may start it
 /// with `RWF_NOWAIT` before it waits (see [`Deferred::Read`]).
-struct CachedRead {
+struct BufferedRead {
     fd: Arc<OwnedFd>,
     op: RwOp,
     pos: i64,
     done: Completion,
 }
 
-impl Read for CachedRead {
+impl Read for BufferedRead {
     fn try_finish(&mut self) -> bool {
         let flags = self.op.flags | RwFlags::NOWAIT;
         // SAFETY: the segments were lent by the caller of
@@ -530,7 +537,7 @@ impl Read for CachedRead {
         // Only a whole answer is final (all of it, or the end of the
         // file); a short read, `EAGAIN` or an error is left to the read
         // that waits, whose result is the one Linux would give.
-        let whole = n == 0 || n > 0 && n as u64 == self.op.len();
+        let whole = whole_read(n, self.op.len());
         if whole {
             self.done.finish(IoStatus::Done(n as usize));
         }
@@ -548,11 +555,7 @@ impl Read for CachedRead {
                 false,
             )
         };
-        self.done.finish(if n >= 0 {
-            IoStatus::Done(n as usize)
-        } else {
-            IoStatus::Error(last_errno())
-        });
+        self.done.finish(status_of(n));
     }
 }
 
