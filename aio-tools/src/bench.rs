@@ -172,7 +172,8 @@ impl Runner {
 }
 
 struct Target {
-    file: File,
+    /// Shared with the requests in flight, which hold it until they complete.
+    file: Arc<File>,
     size: u64,
     align: usize,
     /// O_DIRECT: asked for, or a block device.
@@ -236,7 +237,7 @@ fn open(args: &BenchArgs) -> Result<Target, String> {
             .map_err(|e| format!("cannot lay out {name}: {e}"))?;
     }
     Ok(Target {
-        file,
+        file: Arc::new(file),
         size: size / align as u64 * align as u64,
         align,
         direct,
@@ -270,7 +271,7 @@ impl Target {
             .open(&args.target)
             .map_err(|e| format!("cannot open {}: {e}", args.target.display()))?;
         Ok(Target {
-            file,
+            file: Arc::new(file),
             size: self.size,
             align: self.align,
             direct: self.direct,
@@ -298,8 +299,8 @@ fn lay_out(file: &File, from: u64, size: u64, direct: bool, align: usize) -> io:
 
 enum Pending<'a> {
     Idle(Vec<AlignedBuf>),
-    Read(Ticket<'a, ReadV<Vec<AlignedBuf>>>, Instant),
-    Write(Ticket<'a, WriteV<Vec<AlignedBuf>>>, Instant),
+    Read(Ticket<'a, ReadV<Arc<File>, Vec<AlignedBuf>>>, Instant),
+    Write(Ticket<'a, WriteV<Arc<File>, Vec<AlignedBuf>>>, Instant),
 }
 
 /// What a run measured.
@@ -537,9 +538,9 @@ fn run_sync(
                     };
                     let (off, write) = offsets.next(args.rw);
                     *p = if write {
-                        Pending::Write(ctx.push(WriteV::new(&t.file, bufs, off)), now)
+                        Pending::Write(ctx.push(WriteV::new(t.file.clone(), bufs, off)), now)
                     } else {
-                        Pending::Read(ctx.push(ReadV::new(&t.file, bufs, off)), now)
+                        Pending::Read(ctx.push(ReadV::new(t.file.clone(), bufs, off)), now)
                     };
                     in_flight += 1;
                 }
@@ -610,9 +611,9 @@ async fn run_tokio(
             loop {
                 let (off, write) = offsets.borrow_mut().next(args.rw);
                 let (res, b) = if write {
-                    handle.run(WriteV::new(&t.file, bufs, off)).await
+                    handle.run(WriteV::new(t.file.clone(), bufs, off)).await
                 } else {
-                    handle.run(ReadV::new(&t.file, bufs, off)).await
+                    handle.run(ReadV::new(t.file.clone(), bufs, off)).await
                 };
                 bufs = b;
                 let now = Instant::now();

@@ -15,8 +15,8 @@
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -138,7 +138,13 @@ fn segments(len: u64, align: usize, rng: &mut Rng) -> Vec<AlignedBuf> {
         .collect()
 }
 
-fn mixed_worker(sh: &Shared, args: &StressArgs, files: &[File], me: u64, patterns: &[Pattern]) {
+fn mixed_worker(
+    sh: &Shared,
+    args: &StressArgs,
+    files: &[Arc<File>],
+    me: u64,
+    patterns: &[Pattern],
+) {
     let c = &sh.mixed;
     let align = if args.direct { 4096 } else { 8 };
     let blocks = args.file_size / BLOCK;
@@ -175,7 +181,7 @@ fn mixed_worker(sh: &Shared, args: &StressArgs, files: &[File], me: u64, pattern
             for blk in start..start + len_blocks {
                 gens[f][(blk - lo) as usize] = generation;
             }
-            let t = ctx.push(WriteV::new(&files[f], bufs, start * BLOCK));
+            let t = ctx.push(WriteV::new(files[f].clone(), bufs, start * BLOCK));
             tickets.push((t, f, start, len_blocks));
         }
         for (t, f, start, len) in tickets {
@@ -196,7 +202,7 @@ fn mixed_worker(sh: &Shared, args: &StressArgs, files: &[File], me: u64, pattern
             let len = rng.range(1, 16).min(hi - start);
             let bufs = segments(len * BLOCK, align, &mut rng);
             tickets.push((
-                ctx.push(ReadV::new(&files[f], bufs, start * BLOCK)),
+                ctx.push(ReadV::new(files[f].clone(), bufs, start * BLOCK)),
                 f,
                 start,
                 len,
@@ -283,7 +289,10 @@ fn append_worker(sh: &Shared, args: &StressArgs, rounds: &AppendRounds, me: u16)
     let mut rng = Rng::new(args.seed ^ 0xa99 ^ me as u64);
     let share = APPEND_ROUND_BYTES / args.threads as u64;
     loop {
-        let file = OpenOptions::new().append(true).open(rounds.path());
+        let file = OpenOptions::new()
+            .append(true)
+            .open(rounds.path())
+            .map(Arc::new);
         match (&ctx, file) {
             (Ok(ctx), Ok(file)) => {
                 let (mut seq, mut bytes) = (0u64, 0u64);
@@ -298,7 +307,7 @@ fn append_worker(sh: &Shared, args: &StressArgs, rounds: &AppendRounds, me: u16)
                         header[8..16].copy_from_slice(&seq.to_le_bytes());
                         let bufs = vec![header, record_payload(me, seq, len)];
                         // With O_APPEND the offset is ignored: each record goes to the end.
-                        tickets.push((ctx.push(WriteV::new(&file, bufs, 0)), HEADER + len));
+                        tickets.push((ctx.push(WriteV::new(file.clone(), bufs, 0)), HEADER + len));
                         seq += 1;
                     }
                     for (t, len) in tickets {
@@ -390,7 +399,7 @@ fn check_appends(sh: &Shared, path: &Path, writers: u16, expected: u64) {
 
 /// Fills the sparse file block by block in random order, then punches it
 /// empty again and starts over (a new pass), for as long as the run lasts.
-fn sparse_writer(sh: &Shared, args: &StressArgs, file: &File, pattern: &Pattern) {
+fn sparse_writer(sh: &Shared, args: &StressArgs, file: &Arc<File>, pattern: &Pattern) {
     let c = &sh.sparse;
     let ctx = match args.context(args.depth) {
         Ok(ctx) => ctx,
@@ -411,7 +420,7 @@ fn sparse_writer(sh: &Shared, args: &StressArgs, file: &File, pattern: &Pattern)
                 .map(|&blk| {
                     let mut buf = AlignedBuf::new(BLOCK as usize, 8);
                     pattern.fill(&mut buf, blk * BLOCK, pass);
-                    ctx.push(WriteV::new(file, vec![buf], blk * BLOCK))
+                    ctx.push(WriteV::new(file.clone(), vec![buf], blk * BLOCK))
                 })
                 .collect();
             for t in tickets {
@@ -438,7 +447,7 @@ fn sparse_writer(sh: &Shared, args: &StressArgs, file: &File, pattern: &Pattern)
     }
 }
 
-fn sparse_reader(sh: &Shared, args: &StressArgs, file: &File, pattern: &Pattern, me: u64) {
+fn sparse_reader(sh: &Shared, args: &StressArgs, file: &Arc<File>, pattern: &Pattern, me: u64) {
     let c = &sh.sparse;
     let ctx = match args.context(args.depth) {
         Ok(ctx) => ctx,
@@ -451,7 +460,11 @@ fn sparse_reader(sh: &Shared, args: &StressArgs, file: &File, pattern: &Pattern,
             .map(|_| {
                 let blk = rng.range(0, blocks - 1);
                 (
-                    ctx.push(Read::new(file, vec![0u8; BLOCK as usize], blk * BLOCK)),
+                    ctx.push(Read::new(
+                        file.clone(),
+                        vec![0u8; BLOCK as usize],
+                        blk * BLOCK,
+                    )),
                     blk,
                 )
             })
@@ -481,7 +494,7 @@ fn sparse_reader(sh: &Shared, args: &StressArgs, file: &File, pattern: &Pattern,
     }
 }
 
-fn contexts_worker(sh: &Shared, args: &StressArgs, file: &File) {
+fn contexts_worker(sh: &Shared, args: &StressArgs, file: &Arc<File>) {
     let c = &sh.contexts;
     let mut rng = Rng::new(args.seed ^ 0xc7);
     while sh.running() {
@@ -500,7 +513,7 @@ fn contexts_worker(sh: &Shared, args: &StressArgs, file: &File) {
         let tickets: Vec<_> = (0..n)
             .map(|i| {
                 ctx.push(Read::new(
-                    file,
+                    file.clone(),
                     AlignedBuf::new(4096, 4096),
                     (i % 64) * 4096,
                 ))
@@ -557,7 +570,7 @@ pub fn run(args: &StressArgs, out: Output) -> Exit {
         .map(|i| open(&format!("mixed-{i}"), extra))
         .collect();
     let (files, sparse) = match (files, open("sparse", 0)) {
-        (Ok(f), Ok(s)) => (f, s),
+        (Ok(f), Ok(s)) => (f.into_iter().map(Arc::new).collect::<Vec<_>>(), Arc::new(s)),
         (Err(e), _) | (_, Err(e)) => {
             eprintln!(
                 "aio-tools stress: cannot create the stress files in {}: {e}",

@@ -44,6 +44,8 @@ fn main() {
         }
     };
     let blocks = file.metadata().unwrap().len() / 4096;
+    // Each request holds a share of the file until it completes.
+    let file = std::sync::Arc::new(file);
     let ctx = Context::builder()
         .queue_depth(depth as u32)
         .reap(reap)
@@ -63,7 +65,7 @@ fn main() {
             rng ^= rng >> 7;
             rng ^= rng << 17;
             let off = (rng % blocks) * 4096;
-            tickets.push(ctx.push(Read::new(&file, bufs.pop().unwrap(), off)));
+            tickets.push(ctx.push(Read::new(file.clone(), bufs.pop().unwrap(), off)));
         }
         ctx.submit();
         for t in tickets.drain(..) {

@@ -60,14 +60,24 @@ impl Offsets {
     }
 }
 
+/// A read that holds a share of the file.
+type SharedRead = Read<std::sync::Arc<std::fs::File>, AlignedBuf>;
+
 fn sync_api(file: &std::fs::File, n: usize, offs: &Offsets) -> f64 {
+    let file = std::sync::Arc::new(file.try_clone().unwrap());
     let ctx = Context::builder()
         .queue_depth(DEPTH as u32)
         .build()
         .unwrap();
     let start = Instant::now();
-    let mut tickets: Vec<Option<Ticket<'_, Read<AlignedBuf>>>> = (0..DEPTH)
-        .map(|_| Some(ctx.push(Read::new(file, AlignedBuf::new(BS, BS), offs.next()))))
+    let mut tickets: Vec<Option<Ticket<'_, SharedRead>>> = (0..DEPTH)
+        .map(|_| {
+            Some(ctx.push(Read::new(
+                file.clone(),
+                AlignedBuf::new(BS, BS),
+                offs.next(),
+            )))
+        })
         .collect();
     ctx.submit();
     let (mut issued, mut done) = (DEPTH, 0);
@@ -80,7 +90,7 @@ fn sync_api(file: &std::fs::File, n: usize, offs: &Offsets) -> f64 {
                 done += 1;
                 if issued < n {
                     issued += 1;
-                    *slot = Some(ctx.push(Read::new(file, buf, offs.next())));
+                    *slot = Some(ctx.push(Read::new(file.clone(), buf, offs.next())));
                 }
             }
         }

@@ -136,6 +136,33 @@ unsafe impl IoBufMut for &mut [u8] {
     }
 }
 
+// SAFETY: as for `&[u8]`: an array behind a shared borrow.
+unsafe impl<const N: usize> IoBuf for &[u8; N] {
+    fn stable_ptr(&self) -> *const u8 {
+        self.as_ptr()
+    }
+    fn bytes_len(&self) -> usize {
+        N
+    }
+}
+
+// SAFETY: as for `&mut [u8]`: an array behind an exclusive borrow.
+unsafe impl<const N: usize> IoBuf for &mut [u8; N] {
+    fn stable_ptr(&self) -> *const u8 {
+        self.as_ptr()
+    }
+    fn bytes_len(&self) -> usize {
+        N
+    }
+}
+
+// SAFETY: as above; the borrow is exclusive.
+unsafe impl<const N: usize> IoBufMut for &mut [u8; N] {
+    fn stable_mut_ptr(&mut self) -> *mut u8 {
+        self.as_mut_ptr()
+    }
+}
+
 /// The one-segment case of a vectored operation: [`Read`](crate::Read) is a
 /// [`ReadV`](crate::ReadV) of one `Single`.
 #[derive(Debug)]

@@ -9,11 +9,12 @@ use std::mem::ManuallyDrop;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::panic::{self, AssertUnwindSafe};
 
-use aio_abi::{Errno, IoVec, Iocb};
+use aio_abi::Errno;
 
+use crate::buf::{IoBuf, IoBufMut, IoBufs, IoBufsMut};
 use crate::core::{Core, Key, Stats};
 use crate::driver::{Driver, Drivers, new_eventfd};
-use crate::op::{Operation, ScopedIo};
+use crate::op::{Operation, Read, ReadV, Write, WriteV};
 
 /// How completions are collected.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -198,11 +199,12 @@ impl ContextBuilder {
 ///
 /// ```
 /// use aio::{Context, Read, Write};
+/// use std::sync::Arc;
 ///
-/// let file = tempfile::tempfile().unwrap();
+/// let file = Arc::new(tempfile::tempfile().unwrap());
 /// let ctx = Context::new(32).unwrap();
-/// let w = ctx.push(Write::new(&file, b"hello".to_vec(), 0));
-/// let x = ctx.push(Write::new(&file, b"world".to_vec(), 5));
+/// let w = ctx.push(Write::new(file.clone(), b"hello".to_vec(), 0));
+/// let x = ctx.push(Write::new(file.clone(), b"world".to_vec(), 5));
 /// // Both requests are submitted together; they may run in any order.
 /// ctx.submit();
 /// assert_eq!(w.wait().0.unwrap(), 5);
@@ -257,9 +259,12 @@ impl Context {
             .expect("aio::Context used re-entrantly (from a buffer's Drop?)")
     }
 
-    /// Queues a request whose buffers it owns until completion. Nothing
-    /// reaches the kernel before the next [`submit`](Context::submit),
-    /// [`wait`](Context::wait) or [`Ticket::wait`].
+    /// Queues a request whose file and buffers it owns until completion
+    /// (`'static`: a share of the file such as `Arc<File>`, and owned
+    /// buffers; borrowed ones go through [`scope`](Context::scope) or
+    /// [`run`](Context::run)). Nothing reaches the kernel before the next
+    /// [`submit`](Context::submit), [`wait`](Context::wait) or
+    /// [`Ticket::wait`].
     ///
     /// A read or write on an `O_DIRECT` descriptor that breaks the file's
     /// alignment is refused when it would be submitted: its ticket
@@ -274,12 +279,12 @@ impl Context {
         Ticket::new(self, key)
     }
 
-    /// Pushes `op` and waits for it.
-    pub fn run<O>(&self, op: O) -> O::Output
-    where
-        O: Operation + Send + 'static,
-    {
-        self.push(op).wait()
+    /// Pushes `op` and waits for it. Unlike [`push`](Context::push), the
+    /// operation may borrow its file and buffers: it runs in a
+    /// [`scope`](Context::scope) of its own, which returns only once the
+    /// request is done.
+    pub fn run<O: Operation>(&self, op: O) -> O::Output {
+        self.scope(|s| s.push(op).wait())
     }
 
     /// Hands every queued request to the kernel: one `io_submit` for all of
@@ -409,8 +414,8 @@ impl Context {
     /// let (mut a, mut b) = ([0u8; 3], [0u8; 3]);
     /// ctx.scope(|s| {
     ///     s.read_at(&file, &mut head, 0);
-    ///     let t = s.readv_at(&file, &mut [&mut a, &mut b], 4);
-    ///     assert_eq!(t.wait().unwrap(), 6);
+    ///     let t = s.readv_at(&file, [&mut a, &mut b], 4);
+    ///     assert_eq!(t.wait().0.unwrap(), 6);
     /// });
     /// assert_eq!((&head, &a, &b), (b"0123", b"456", b"789"));
     /// ```
@@ -564,80 +569,59 @@ impl fmt::Debug for Scope<'_, '_> {
 }
 
 impl<'scope, 'env> Scope<'scope, 'env> {
-    /// Queues any operation, whose buffers may borrow data that outlives
-    /// the scope (`&mut [u8]`, arrays or `Vec`s of slices, …).
+    /// Queues any operation whose file and buffers may be borrowed for the
+    /// scope (`&File`, `&mut [u8]`, arrays or `Vec`s of slices, …); queued
+    /// like [`Context::push`]. The operation, and with it every borrow,
+    /// is consumed: nothing the request uses can be touched until the
+    /// scope has waited for it.
     pub fn push<O: Operation + 'scope>(&'scope self, op: O) -> Ticket<'scope, O> {
         let key = self.ctx.core().push(|iovs| op.prepare(iovs), self.id);
         Ticket::new(self.ctx, key)
     }
 
-    fn push_segments(
+    /// `pread`: reads into `buf` (`&mut [u8]`, `&mut [u8; N]`, or any
+    /// [`IoBufMut`]) from `offset` of `fd`; the ticket gives back the
+    /// count and the buffer.
+    pub fn read_at<F: AsFd + 'scope, B: IoBufMut + 'scope>(
         &'scope self,
-        iocb: Iocb,
-        fill: impl FnOnce(&mut Vec<IoVec>),
-    ) -> Ticket<'scope, ScopedIo> {
-        let key = self.ctx.core().push(
-            |iovs| {
-                fill(iovs);
-                (iocb, ())
-            },
-            self.id,
-        );
-        Ticket::new(self.ctx, key)
+        fd: F,
+        buf: B,
+        offset: u64,
+    ) -> Ticket<'scope, Read<F, B>> {
+        self.push(Read::new(fd, buf, offset))
     }
 
-    /// `pread`: reads into `buf` from `offset`; queued like
-    /// [`Context::push`].
-    pub fn read_at(
+    /// `pwrite`: writes `buf` (`&[u8]`, `&[u8; N]`, or any [`IoBuf`]) at
+    /// `offset` of `fd`.
+    pub fn write_at<F: AsFd + 'scope, B: IoBuf + 'scope>(
         &'scope self,
-        fd: impl AsFd,
-        buf: &'scope mut [u8],
+        fd: F,
+        buf: B,
         offset: u64,
-    ) -> Ticket<'scope, ScopedIo> {
-        self.readv_at(fd, &mut [buf], offset)
+    ) -> Ticket<'scope, Write<F, B>> {
+        self.push(Write::new(fd, buf, offset))
     }
 
-    /// `pwrite`: writes `buf` at `offset`.
-    pub fn write_at(
+    /// `preadv`: fills `bufs` in order from `offset`. The segments are
+    /// taken by value (an array or a `Vec` of `&mut [u8]`), so the caller
+    /// keeps no access to them while the request runs.
+    pub fn readv_at<F: AsFd + 'scope, B: IoBufsMut + 'scope>(
         &'scope self,
-        fd: impl AsFd,
-        buf: &'scope [u8],
+        fd: F,
+        bufs: B,
         offset: u64,
-    ) -> Ticket<'scope, ScopedIo> {
-        self.writev_at(fd, &[buf], offset)
-    }
-
-    /// `preadv`: fills `bufs` in order from `offset`. Only the segments
-    /// are borrowed for the scope; the list itself may be a temporary.
-    pub fn readv_at(
-        &'scope self,
-        fd: impl AsFd,
-        bufs: &mut [&'scope mut [u8]],
-        offset: u64,
-    ) -> Ticket<'scope, ScopedIo> {
-        let iocb = Iocb::preadv(fd.as_fd().as_raw_fd(), 0, 0, offset as i64);
-        self.push_segments(iocb, |iovs| {
-            iovs.extend(bufs.iter_mut().map(|b| IoVec {
-                iov_base: b.as_mut_ptr() as u64,
-                iov_len: b.len() as u64,
-            }))
-        })
+    ) -> Ticket<'scope, ReadV<F, B>> {
+        self.push(ReadV::new(fd, bufs, offset))
     }
 
     /// `pwritev`: writes `bufs` in order at `offset`.
-    pub fn writev_at(
+    pub fn writev_at<F: AsFd + 'scope, B: IoBufs + 'scope>(
         &'scope self,
-        fd: impl AsFd,
-        bufs: &[&'scope [u8]],
+        fd: F,
+        bufs: B,
         offset: u64,
-    ) -> Ticket<'scope, ScopedIo> {
-        let iocb = Iocb::pwritev(fd.as_fd().as_raw_fd(), 0, 0, offset as i64);
-        self.push_segments(iocb, |iovs| {
-            iovs.extend(bufs.iter().map(|b| IoVec {
-                iov_base: b.as_ptr() as u64,
-                iov_len: b.len() as u64,
-            }))
-        })
+    ) -> Ticket<'scope, WriteV<F, B>> {
+        self.push(WriteV::new(fd, bufs, offset))
     }
 
     /// Submits everything queued on the context; see [`Context::submit`].

@@ -13,11 +13,12 @@ use std::panic::{self, AssertUnwindSafe};
 use std::task::Waker;
 
 use aio_abi::{Errno, IoEvent, IoVec, Iocb, IocbFlags, Opcode, RwFlags};
+use aio_kernel::engine::process_id;
 
 use crate::align;
 use crate::driver::{ClassCache, Drivers, Route};
 use crate::erased::Erased;
-use crate::error::{request_error, setup_error};
+use crate::error::{explained, request_error, setup_error};
 use crate::op::Operation;
 
 /// Slots are allocated in boxed chunks so that a slot (and the iocb inside
@@ -54,7 +55,14 @@ struct Slot {
     early: Option<io::Error>,
     /// The O_DIRECT alignment check has run.
     checked: bool,
+    /// Names the request to its ticket ([`Key`]); changes when the slot
+    /// is released.
     generation: u32,
+    /// Names one submission of the request to a driver (`aio_data` holds
+    /// it with the slot index): changes at every push and every re-route,
+    /// so that only the event of the submission in flight completes the
+    /// slot, never a stale or duplicated one of an earlier submission.
+    epoch: u32,
     /// The ticket was dropped: release the slot when it is done.
     detached: bool,
     /// The scope the request belongs to (0: none).
@@ -84,6 +92,7 @@ impl Slot {
             early: None,
             checked: false,
             generation: 0,
+            epoch: 0,
             detached: false,
             scope: 0,
             route: Route::Unrouted,
@@ -194,6 +203,9 @@ pub struct Stats {
     /// flight (it did not complete inside `io_submit` after all), and so
     /// came back to poll the ring instead of sleeping on the eventfd.
     pub quiet_polls: u64,
+    /// Events that named no request in flight (a stale or duplicated
+    /// event, or one the context did not submit), ignored.
+    pub foreign_events: u64,
 }
 
 impl std::ops::Sub for Stats {
@@ -213,6 +225,7 @@ impl std::ops::Sub for Stats {
             eventfd_waits: self.eventfd_waits - earlier.eventfd_waits,
             quiet_submitted: self.quiet_submitted - earlier.quiet_submitted,
             quiet_polls: self.quiet_polls - earlier.quiet_polls,
+            foreign_events: self.foreign_events - earlier.foreign_events,
         }
     }
 }
@@ -234,6 +247,7 @@ impl std::ops::Add for Stats {
             eventfd_waits: self.eventfd_waits + other.eventfd_waits,
             quiet_submitted: self.quiet_submitted + other.quiet_submitted,
             quiet_polls: self.quiet_polls + other.quiet_polls,
+            foreign_events: self.foreign_events + other.foreign_events,
         }
     }
 }
@@ -293,6 +307,15 @@ impl Inline {
     }
 }
 
+/// What an open scope has in the slab.
+struct ScopeCount {
+    id: u64,
+    /// Requests queued or in flight.
+    pending: usize,
+    /// Slots not yet released (pending, or done with the ticket unused).
+    held: usize,
+}
+
 /// What [`Core::submit_some`] left behind.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(crate) enum Submitted {
@@ -309,17 +332,14 @@ pub(crate) struct Key {
     generation: u32,
 }
 
-impl Key {
-    fn data(self) -> u64 {
-        (u64::from(self.generation) << 32) | u64::from(self.idx)
-    }
+/// The `aio_data` of one submission of a slot: its index and epoch.
+fn event_data(idx: u32, epoch: u32) -> u64 {
+    (u64::from(epoch) << 32) | u64::from(idx)
+}
 
-    fn from_data(data: u64) -> Key {
-        Key {
-            idx: data as u32,
-            generation: (data >> 32) as u32,
-        }
-    }
+/// The slot index and epoch an event's `aio_data` names.
+fn event_slot(data: u64) -> (u32, u32) {
+    (data as u32, (data >> 32) as u32)
 }
 
 pub(crate) struct Core {
@@ -342,8 +362,8 @@ pub(crate) struct Core {
     resfd: Option<RawFd>,
     check_direct: bool,
     stats: Stats,
-    /// Open scopes and their requests not yet done.
-    scopes: Vec<(u64, usize)>,
+    /// Open scopes.
+    scopes: Vec<ScopeCount>,
     next_scope: u64,
     /// Async front-end: buffers of detached requests are moved to
     /// `graveyard` instead of being dropped under its lock.
@@ -356,6 +376,11 @@ pub(crate) struct Core {
     inline: Inline,
     /// See [`ContextBuilder::submit_batch`](crate::ContextBuilder::submit_batch); 0: off.
     submit_batch: usize,
+    /// The process that created the context (see [`Core::forked`]).
+    pid: u32,
+    /// This is a fork child of `pid`: the drivers' contexts are the
+    /// parent's, and nothing of them is touched any more.
+    forked: bool,
 }
 
 // SAFETY: `ptrs` only holds addresses during a submission; the slab (and
@@ -400,7 +425,52 @@ impl Core {
             quiet: None,
             inline: Inline::default(),
             submit_batch,
+            pid: process_id(),
+            forked: false,
         }
+    }
+
+    /// Whether this process is a fork child of the one that created the
+    /// context. The first time it finds so, it lets go of the drivers'
+    /// contexts without touching them (Linux gives a child none of its
+    /// parent's AIO contexts, and the kernel ring is shared with the
+    /// parent, whose completions a child's reap would steal) and finishes
+    /// every queued and in-flight request with an error; requests pushed
+    /// later fail the same way when submitted. The buffers the child gets
+    /// back are its own copies, which no driver writes.
+    fn forked(&mut self) -> bool {
+        if self.forked {
+            return true;
+        }
+        if process_id() == self.pid {
+            return false;
+        }
+        self.forked = true;
+        self.drivers.disown();
+        self.in_flight = 0;
+        if let Some(q) = self.quiet.as_mut() {
+            q.in_flight = 0;
+        }
+        for idx in 0..self.slab.len() as u32 {
+            if self.slab.slot(idx).state == State::InFlight {
+                self.refuse(idx, fork_error(self.pid));
+            }
+        }
+        self.queue.clear();
+        for idx in 0..self.slab.len() as u32 {
+            if self.slab.slot(idx).state == State::Queued {
+                self.refuse(idx, fork_error(self.pid));
+            }
+        }
+        true
+    }
+
+    /// Finishes a request that never ran (or whose run this process can
+    /// no longer see) with `error`.
+    fn refuse(&mut self, idx: u32, error: io::Error) {
+        let errno = error.raw_os_error().unwrap_or(libc::EINVAL);
+        self.slab.slot(idx).early = Some(error);
+        self.finish(idx, -i64::from(errno), true);
     }
 
     /// Lets kernel requests that are expected to complete inside
@@ -439,7 +509,7 @@ impl Core {
 
     /// Frees a finished slot, dropping its buffers now or deferring them.
     fn release(&mut self, idx: u32) {
-        let keep = self.slab.release(idx);
+        let keep = self.free(idx);
         if self.defer_drops && !keep.is_empty() {
             self.graveyard.push(keep);
         }
@@ -499,7 +569,8 @@ impl Core {
                 iocb.aio_nbytes = slot.iovs.len() as u64;
             }
         }
-        iocb.aio_data = key.data();
+        slot.epoch = slot.epoch.wrapping_add(1);
+        iocb.aio_data = event_data(idx, slot.epoch);
         if let Some(fd) = self.resfd {
             iocb = iocb.with_eventfd(fd);
         }
@@ -517,7 +588,10 @@ impl Core {
         self.stats.requests += 1;
         self.queue.push_back(idx);
         if scope != 0 {
-            self.scope_count(scope, 1);
+            if let Some(entry) = self.scope_entry(scope) {
+                entry.pending += 1;
+                entry.held += 1;
+            }
         }
         key
     }
@@ -552,10 +626,28 @@ impl Core {
         }
     }
 
-    fn scope_count(&mut self, scope: u64, delta: isize) {
-        if let Some(entry) = self.scopes.iter_mut().find(|(id, _)| *id == scope) {
-            entry.1 = entry.1.wrapping_add_signed(delta);
+    fn scope_entry(&mut self, scope: u64) -> Option<&mut ScopeCount> {
+        self.scopes.iter_mut().find(|s| s.id == scope)
+    }
+
+    /// A request of `scope` is done.
+    fn scope_done(&mut self, scope: u64) {
+        if let Some(entry) = self.scope_entry(scope) {
+            entry.pending -= 1;
         }
+    }
+
+    /// Returns a finished slot to the free list (see [`Slab::release`]),
+    /// counting it off its scope.
+    #[must_use]
+    fn free(&mut self, idx: u32) -> Erased {
+        let scope = self.slab.slot(idx).scope;
+        if scope != 0 {
+            if let Some(entry) = self.scope_entry(scope) {
+                entry.held -= 1;
+            }
+        }
+        self.slab.release(idx)
     }
 
     /// Marks a slot done; releases it if its ticket was dropped.
@@ -569,7 +661,7 @@ impl Core {
             self.wakers.push(w);
         }
         if scope != 0 {
-            self.scope_count(scope, -1);
+            self.scope_done(scope);
         }
         if detached {
             self.release(idx);
@@ -581,6 +673,12 @@ impl Core {
     /// is finished with that error; `EAGAIN` or a short count with
     /// requests in flight is back-pressure.
     pub(crate) fn submit_some(&mut self) -> Submitted {
+        if self.forked() {
+            while let Some(idx) = self.queue.pop_front() {
+                self.refuse(idx, fork_error(self.pid));
+            }
+            return Submitted::All;
+        }
         loop {
             if self.queue.is_empty() {
                 return Submitted::All;
@@ -747,13 +845,15 @@ impl Core {
         // First record every result (no foreign code runs) ...
         for i in 0..n {
             let ev = self.events[i];
-            let key = Key::from_data(ev.data);
-            let Some(slot) = self.slab.get(key.idx) else {
-                debug_assert!(false, "event for an unknown slot: {ev:?}");
+            let (idx, epoch) = event_slot(ev.data);
+            let Some(slot) = self.slab.get(idx) else {
+                self.stats.foreign_events += 1;
                 continue;
             };
-            if slot.state != State::InFlight || slot.generation != key.generation {
-                debug_assert!(false, "event for a slot not in flight: {ev:?}");
+            if slot.state != State::InFlight || slot.epoch != epoch {
+                // Not the submission in flight: never let it complete the
+                // slot, whose memory a driver may still be using.
+                self.stats.foreign_events += 1;
                 continue;
             }
             self.in_flight -= 1;
@@ -775,7 +875,7 @@ impl Core {
                 self.drivers.nowait_outcome(dev, write, !miss);
                 if miss {
                     self.stats.nowait_retries += 1;
-                    self.queue.push_front(key.idx);
+                    self.queue.push_front(idx);
                     self.requeued = true;
                     continue;
                 }
@@ -792,16 +892,16 @@ impl Core {
                 self.wakers.push(w);
             }
             if scope != 0 {
-                self.scope_count(scope, -1);
+                self.scope_done(scope);
             }
         }
         // ... then drop the buffers of detached requests, whose Drop may
         // run arbitrary code.
         for i in 0..n {
-            let key = Key::from_data(self.events[i].data);
-            if let Some(slot) = self.slab.get(key.idx) {
-                if slot.detached && slot.state == State::Done && slot.generation == key.generation {
-                    self.release(key.idx);
+            let (idx, epoch) = event_slot(self.events[i].data);
+            if let Some(slot) = self.slab.get(idx) {
+                if slot.detached && slot.state == State::Done && slot.epoch == epoch {
+                    self.release(idx);
                 }
             }
         }
@@ -809,6 +909,9 @@ impl Core {
 
     /// Processes the events waiting in the ring, without a system call.
     pub(crate) fn reap_ring(&mut self) -> usize {
+        if self.forked() {
+            return 0;
+        }
         let mut total = 0;
         loop {
             let n = self.drivers.try_reap(&mut self.events);
@@ -824,6 +927,9 @@ impl Core {
     /// Sleeps in the drivers until some event may be ready, and
     /// processes what that returned.
     fn reap_sleep(&mut self) -> Result<usize, Errno> {
+        if self.forked() {
+            return Ok(0);
+        }
         let n = self.drivers.wait(&mut self.events, &mut self.stats)?;
         self.process(n);
         Ok(n)
@@ -834,7 +940,7 @@ impl Core {
     /// reap its ring).
     pub(crate) fn reap_nonblocking(&mut self) -> usize {
         let mut total = self.reap_ring();
-        if self.in_flight > 0 {
+        if self.in_flight > 0 && !self.forked {
             let n = self
                 .drivers
                 .poll_syscall(&mut self.events, &mut self.stats.getevents_calls);
@@ -907,7 +1013,7 @@ impl Core {
         // SAFETY: per the contract, this slot holds the `O::Keep` stored by
         // `push` for this key, not yet taken.
         let keep = unsafe { slot.keep.take::<O::Keep>() };
-        drop(self.slab.release(key.idx));
+        drop(self.free(key.idx));
         O::complete(result, keep)
     }
 
@@ -928,7 +1034,11 @@ impl Core {
     pub(crate) fn open_scope(&mut self) -> u64 {
         let id = self.next_scope;
         self.next_scope += 1;
-        self.scopes.push((id, 0));
+        self.scopes.push(ScopeCount {
+            id,
+            pending: 0,
+            held: 0,
+        });
         id
     }
 
@@ -936,12 +1046,34 @@ impl Core {
     pub(crate) fn scope_pending(&self, scope: u64) -> usize {
         self.scopes
             .iter()
-            .find(|(id, _)| *id == scope)
-            .map_or(0, |(_, n)| *n)
+            .find(|s| s.id == scope)
+            .map_or(0, |s| s.pending)
+    }
+
+    /// Asks the driver of an in-flight request to cancel it, if it may
+    /// wait indefinitely: a poll (Linux cancels those), or any request of
+    /// the engine (which cancels a pipe or socket transfer that has not
+    /// started; others it refuses, and they complete as usual). The event
+    /// still arrives and completes the slot.
+    fn cancel(&mut self, idx: u32) {
+        if self.forked {
+            return;
+        }
+        let slot = self.slab.slot(idx);
+        if slot.state != State::InFlight {
+            return;
+        }
+        if slot.iocb.aio_lio_opcode == Opcode::POLL || slot.route == Route::Engine {
+            let route = slot.route;
+            let iocb: *mut Iocb = &mut slot.iocb;
+            // SAFETY: the iocb the request was submitted from, in a slot
+            // that does not move while the request is in flight.
+            let _ = unsafe { self.drivers.cancel(route, iocb) };
+        }
     }
 
     /// After a panic in a scope: drops its requests that never reached the
-    /// kernel and asks the kernel to cancel its waiting polls.
+    /// kernel and cancels those that may wait indefinitely.
     pub(crate) fn abandon_scope(&mut self, scope: u64) {
         let mut i = 0;
         while i < self.queue.len() {
@@ -954,15 +1086,8 @@ impl Core {
             }
         }
         for idx in 0..self.slab.len() as u32 {
-            let slot = self.slab.slot(idx);
-            if slot.scope == scope
-                && slot.state == State::InFlight
-                && slot.iocb.aio_lio_opcode == Opcode::POLL
-            {
-                let iocb: *mut Iocb = &mut slot.iocb;
-                // SAFETY: the iocb is the one this poll was submitted from;
-                // its slot does not move. Its event still arrives.
-                let _ = unsafe { self.drivers.cancel(slot.route, iocb) };
+            if self.slab.slot(idx).scope == scope {
+                self.cancel(idx);
             }
         }
     }
@@ -972,9 +1097,11 @@ impl Core {
     /// before the scope's borrows end.
     pub(crate) fn close_scope(&mut self, scope: u64) {
         debug_assert_eq!(self.scope_pending(scope), 0);
-        self.scopes.retain(|(id, _)| *id != scope);
         let mut first_panic = None;
         for idx in 0..self.slab.len() as u32 {
+            if self.scope_entry(scope).is_none_or(|s| s.held == 0) {
+                break;
+            }
             let slot = self.slab.slot(idx);
             if slot.scope == scope && slot.state == State::Done {
                 // Every slot must be cleared, even if one Drop panics.
@@ -983,6 +1110,7 @@ impl Core {
                 }
             }
         }
+        self.scopes.retain(|s| s.id != scope);
         if let Some(p) = first_panic {
             panic::resume_unwind(p);
         }
@@ -1039,18 +1167,12 @@ impl Core {
                 if let Some(pos) = self.queue.iter().rposition(|&i| i == key.idx) {
                     self.queue.remove(pos);
                 }
-                (self.slab.release(key.idx), waker)
+                (self.free(key.idx), waker)
             }
-            State::Done => (self.slab.release(key.idx), waker),
+            State::Done => (self.free(key.idx), waker),
             State::InFlight => {
                 slot.detached = true;
-                if slot.iocb.aio_lio_opcode == Opcode::POLL {
-                    let iocb: *mut Iocb = &mut slot.iocb;
-                    // SAFETY: the iocb this poll was submitted from, in a
-                    // slot that does not move; its event still arrives and
-                    // releases the slot.
-                    let _ = unsafe { self.drivers.cancel(slot.route, iocb) };
-                }
+                self.cancel(key.idx);
                 (Erased::empty(), waker)
             }
             State::Free => unreachable!("a live key names a free slot"),
@@ -1079,12 +1201,7 @@ impl Core {
             self.finish(idx, Errno::ECANCELED.as_res(), true);
         }
         for idx in 0..self.slab.len() as u32 {
-            let slot = self.slab.slot(idx);
-            if slot.state == State::InFlight && slot.iocb.aio_lio_opcode == Opcode::POLL {
-                let iocb: *mut Iocb = &mut slot.iocb;
-                // SAFETY: as in `withdraw`.
-                let _ = unsafe { self.drivers.cancel(slot.route, iocb) };
-            }
+            self.cancel(idx);
         }
         self.drive(|c| c.in_flight == 0)
     }
@@ -1097,11 +1214,28 @@ impl Drop for Core {
         // inside io_submit). io_destroy returns only when every submitted
         // request is done; only then may the slab drop the buffers.
         self.queue.clear();
+        if self.forked() {
+            // The contexts are the parent's; the buffers are this child's
+            // own copies, which no driver writes.
+            return;
+        }
         if self.drivers.destroy().is_err() {
             // The kernel may still write the buffers: leak them.
             mem::forget(mem::replace(&mut self.slab, Slab::new()));
         }
     }
+}
+
+/// The error of a request in a fork child of the context's process.
+fn fork_error(parent: u32) -> io::Error {
+    explained(
+        Errno::EINVAL,
+        format!(
+            "this aio context belongs to process {parent}, and this is a fork child of it: \
+             Linux gives a child none of its parent's AIO contexts (and their completion \
+             ring is shared with the parent); create a new Context in the child"
+        ),
+    )
 }
 
 /// After a [`Route::KernelNowait`] event: whether the engine must run the
@@ -1150,6 +1284,11 @@ fn continue_on_engine(slot: &mut Slot, res: i64) -> bool {
         slot.carried += rest as i64;
     }
     iocb.aio_rw_flags = iocb.aio_rw_flags.difference(RwFlags::NOWAIT);
+    // A new submission: an event of the kernel's, stale or duplicated,
+    // can no longer complete the slot while the engine runs the rest.
+    let idx = event_slot(iocb.aio_data).0;
+    slot.epoch = slot.epoch.wrapping_add(1);
+    iocb.aio_data = event_data(idx, slot.epoch);
     slot.route = Route::Engine;
     slot.state = State::Queued;
     true

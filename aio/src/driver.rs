@@ -707,6 +707,14 @@ impl Drivers {
         }
     }
 
+    /// Lets go of the contexts without destroying or reaping them: in a
+    /// fork child, where they are the parent's.
+    pub(crate) fn disown(&mut self) {
+        std::mem::forget(self.kernel.take());
+        std::mem::forget(self.engine.take());
+        self.in_flight = [0, 0];
+    }
+
     /// Destroys every context, each waiting for its requests.
     pub(crate) fn destroy(&mut self) -> Result<(), Errno> {
         let mut result = Ok(());

@@ -3,6 +3,7 @@
 //!
 //! ```
 //! use aio::{Context, Read, ReadV, Write};
+//! use std::sync::Arc;
 //!
 //! let file = tempfile::tempfile().unwrap();
 //! let ctx = Context::new(64).unwrap();
@@ -10,9 +11,11 @@
 //! let (n, _) = ctx.run(Write::new(&file, b"hello world".to_vec(), 0));
 //! assert_eq!(n.unwrap(), 11);
 //! // Requests queued together are submitted together (one io_submit per
-//! // driver) and, as always with AIO, complete in any order.
-//! let both = ctx.push(ReadV::new(&file, vec![vec![0u8; 6], vec![0u8; 5]], 0));
-//! let tail = ctx.push(Read::new(&file, vec![0u8; 5], 6));
+//! // driver) and, as always with AIO, complete in any order. A pushed
+//! // request holds its file until it completes: here a share of it.
+//! let file = Arc::new(file);
+//! let both = ctx.push(ReadV::new(file.clone(), vec![vec![0u8; 6], vec![0u8; 5]], 0));
+//! let tail = ctx.push(Read::new(file, vec![0u8; 5], 6));
 //! let (n, bufs) = both.wait();
 //! assert_eq!(n.unwrap(), 11);
 //! assert_eq!((&bufs[0][..], &bufs[1][..]), (&b"hello "[..], &b"world"[..]));
@@ -51,6 +54,20 @@
 //! - The iovec array of a vectored request lives in its slot until the
 //!   event arrives, though the kernel copies it during `io_submit`.
 //!
+//! # Files: why a request never reaches another file
+//!
+//! A request holds the file it names, not only its descriptor number,
+//! until its event has been processed: operations take any `F: AsFd` and
+//! the slot keeps `F` with the buffers. [`Context::push`] and the tokio
+//! front-end need `F: 'static` — a share of the file such as `Arc<File>`,
+//! or an owned `File`/`OwnedFd` — so dropping every other handle, closing,
+//! and opening another file that gets the same number cannot redirect a
+//! queued request, nor the rest of a read that [`Driver::Auto`] continues
+//! on the engine (which uses the same, still open, descriptor). Borrowed
+//! files (`&File`) go through [`Context::scope`] and [`Context::run`],
+//! whose borrow lasts until the request is done. `docs/soundness.md` in
+//! the repository lists each misuse and the test that shows it harmless.
+//!
 //! # Threading
 //!
 //! A [`Context`] is `Send` and not `Sync`: one thread at a time submits and
@@ -59,8 +76,10 @@
 //! one context per thread for parallel submission (contexts are cheap, but
 //! each counts against `fs.aio-max-nr`).
 //!
-//! A context belongs to the process that created it: do not use it in a
-//! `fork` child (the kernel refuses the child's calls; the ring is shared).
+//! A context belongs to the process that created it. In a `fork` child
+//! every request of it fails with an error that says so, and the child
+//! never touches the parent's contexts or ring (which Linux shares with
+//! the parent): create a new context in the child.
 //!
 //! # Async: the `tokio` feature
 //!
@@ -78,15 +97,26 @@
 //! An owned request cannot borrow its buffer:
 //!
 //! ```compile_fail
-//! let file = tempfile::tempfile().unwrap();
+//! let file = std::sync::Arc::new(tempfile::tempfile().unwrap());
 //! let ctx = aio::Context::new(8).unwrap();
 //! let mut buf = vec![0u8; 8];
-//! let t = ctx.push(aio::Read::new(&file, &mut buf[..], 0));
+//! let t = ctx.push(aio::Read::new(file, &mut buf[..], 0));
 //! drop(buf);
 //! t.wait();
 //! ```
 //!
-//! A buffer lent to a scope cannot be touched until the scope has waited:
+//! Nor its file: a pushed request outlives the caller's borrow, so the
+//! file could be closed and its number reused while the request waits:
+//!
+//! ```compile_fail
+//! let file = tempfile::tempfile().unwrap();
+//! let ctx = aio::Context::new(8).unwrap();
+//! let t = ctx.push(aio::Write::new(&file, b"data".to_vec(), 0));
+//! drop(file);
+//! t.wait();
+//! ```
+//!
+//! A scope lends its file for the whole scope:
 //!
 //! ```compile_fail
 //! let file = tempfile::tempfile().unwrap();
@@ -94,6 +124,93 @@
 //! let mut buf = [0u8; 8];
 //! ctx.scope(|s| {
 //!     s.read_at(&file, &mut buf, 0);
+//!     drop(file);
+//! });
+//! ```
+//!
+//! The tokio front-end needs owned files too (an `Op` may be forgotten
+//! after its first poll, with its request still queued):
+//!
+//! ```compile_fail
+//! # #[cfg(feature = "tokio")]
+//! async fn f(handle: aio::tokio::Handle, file: std::fs::File) {
+//!     let op = handle.run(aio::Read::new(&file, vec![0u8; 8], 0));
+//!     drop(file);
+//!     op.await;
+//! }
+//! # #[cfg(not(feature = "tokio"))]
+//! # compile_error!("needs the tokio feature");
+//! ```
+//!
+//! A buffer lent to a scope cannot be touched until the scope has waited,
+//! through any of its entry points:
+//!
+//! ```compile_fail
+//! let file = tempfile::tempfile().unwrap();
+//! let ctx = aio::Context::new(8).unwrap();
+//! let mut buf = [0u8; 8];
+//! ctx.scope(|s| {
+//!     s.read_at(&file, &mut buf, 0);
+//!     buf[0] = 1;
+//! });
+//! ```
+//!
+//! ```compile_fail
+//! let file = tempfile::tempfile().unwrap();
+//! let ctx = aio::Context::new(8).unwrap();
+//! let buf = [0u8; 8];
+//! let mut other = buf;
+//! ctx.scope(|s| {
+//!     s.write_at(&file, &other, 0);
+//!     other[0] = 1;
+//! });
+//! ```
+//!
+//! The segments of a scoped vectored request are consumed: a caller cannot
+//! keep a `&mut` to one of them (or reborrow it) while the request writes
+//! into it:
+//!
+//! ```compile_fail
+//! let file = tempfile::tempfile().unwrap();
+//! let ctx = aio::Context::new(8).unwrap();
+//! let (mut a, mut b) = ([0u8; 4], [0u8; 4]);
+//! ctx.scope(|s| {
+//!     let mut list = [&mut a[..], &mut b[..]];
+//!     s.readv_at(&file, list, 0);
+//!     list[0][0] = 1;
+//! });
+//! ```
+//!
+//! ```compile_fail
+//! let file = tempfile::tempfile().unwrap();
+//! let ctx = aio::Context::new(8).unwrap();
+//! let (mut a, mut b) = ([0u8; 4], [0u8; 4]);
+//! ctx.scope(|s| {
+//!     let first: &mut [u8] = &mut a;
+//!     s.readv_at(&file, [&mut *first, &mut b[..]], 0);
+//!     first[0] = 1;
+//! });
+//! ```
+//!
+//! ```compile_fail
+//! let file = tempfile::tempfile().unwrap();
+//! let ctx = aio::Context::new(8).unwrap();
+//! let (mut a, b) = ([0u8; 4], [0u8; 4]);
+//! ctx.scope(|s| {
+//!     let list = vec![&a[..], &b[..]];
+//!     s.writev_at(&file, list, 0);
+//!     a[0] = list[0][0];
+//! });
+//! ```
+//!
+//! The same holds for any operation pushed through a scope:
+//!
+//! ```compile_fail
+//! let file = tempfile::tempfile().unwrap();
+//! let ctx = aio::Context::new(8).unwrap();
+//! let mut buf = vec![0u8; 8];
+//! ctx.scope(|s| {
+//!     s.push(aio::ReadV::new(&file, vec![&mut buf[..4]], 0));
 //!     buf[0] = 1;
 //! });
 //! ```
@@ -180,4 +297,4 @@ pub use context::{Context, ContextBuilder, Reap, Scope, Ticket};
 pub use core::Stats;
 pub use driver::Driver;
 pub use error::{Error, errno};
-pub use op::{Fdatasync, Fsync, Operation, Poll, Read, ReadV, ScopedIo, Write, WriteV};
+pub use op::{Fdatasync, Fsync, Operation, Poll, Read, ReadV, Write, WriteV};

@@ -1,6 +1,23 @@
 //! Operations as builders: required arguments in `new`, optional ones as
 //! chained setters. Push one with [`Context::push`](crate::Context::push)
-//! (owned buffers) or [`Scope::push`](crate::Scope::push) (borrowed ones).
+//! (an owned file handle and owned buffers) or
+//! [`Scope::push`](crate::Scope::push) (borrowed ones).
+//!
+//! # Files
+//!
+//! Every operation holds the file it names, as any `F: AsFd`, from `new`
+//! until its event has been processed: the request's slot keeps `F`, not
+//! only its descriptor number. So no close and reopen, by anyone, can make
+//! a queued or running request read or write another file. Which `F`
+//! fits where is decided by the borrow checker:
+//!
+//! - [`Context::push`](crate::Context::push) and the tokio front-end take
+//!   requests that may outlive the caller's frame (`'static`): `F` owns
+//!   the file or a share of it, such as `Arc<File>`, `File`, `OwnedFd`
+//!   (or `BorrowedFd<'static>`, stdin's for example);
+//! - [`Scope::push`](crate::Scope::push), [`Context::run`](crate::Context::run)
+//!   and the scoped `*_at` methods wait before the borrow ends, so `F` may
+//!   be `&File`.
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, RawFd};
@@ -19,9 +36,9 @@ pub trait Operation: sealed::Sealed + Sized {
     /// What waiting for the request returns.
     type Output;
 
-    /// What the request's slot owns until the event arrives (the buffers).
-    /// It consists only of values moved out of `Self`, so it is `Send` and
-    /// `'static` whenever `Self` is.
+    /// What the request's slot owns until the event arrives: the file and
+    /// the buffers. It consists only of values moved out of `Self`, so it
+    /// is `Send` and `'static` whenever `Self` is.
     #[doc(hidden)]
     type Keep;
 
@@ -36,7 +53,11 @@ pub trait Operation: sealed::Sealed + Sized {
     fn complete(result: io::Result<usize>, keep: Self::Keep) -> Self::Output;
 }
 
-fn raw(fd: impl AsFd) -> RawFd {
+/// The descriptor number of `fd`, read once when the request is prepared.
+/// The request keeps `fd` itself (not the number) in its slot until its
+/// event has been processed, so the number names the same open file for
+/// as long as the kernel or the engine may use it.
+fn raw<F: AsFd>(fd: &F) -> RawFd {
     fd.as_fd().as_raw_fd()
 }
 
@@ -93,18 +114,19 @@ macro_rules! rw_setters {
 /// assert_eq!((&bufs[0][..], &bufs[1][..]), (&b"hello"[..], &b", world"[..]));
 /// ```
 #[derive(Debug)]
-pub struct ReadV<B> {
-    fd: RawFd,
+pub struct ReadV<F, B> {
+    fd: F,
     bufs: B,
     offset: u64,
     opts: RwOptions,
 }
 
-impl<B: IoBufsMut> ReadV<B> {
-    /// Reads into `bufs` from `offset` of `fd`.
-    pub fn new(fd: impl AsFd, bufs: B, offset: u64) -> Self {
+impl<F: AsFd, B: IoBufsMut> ReadV<F, B> {
+    /// Reads into `bufs` from `offset` of `fd`, which the request holds
+    /// until it completes.
+    pub fn new(fd: F, bufs: B, offset: u64) -> Self {
         ReadV {
-            fd: raw(fd),
+            fd,
             bufs,
             offset,
             opts: RwOptions::default(),
@@ -114,20 +136,20 @@ impl<B: IoBufsMut> ReadV<B> {
     rw_setters!();
 }
 
-impl<B> sealed::Sealed for ReadV<B> {}
+impl<F, B> sealed::Sealed for ReadV<F, B> {}
 
-impl<B: IoBufsMut> Operation for ReadV<B> {
+impl<F: AsFd, B: IoBufsMut> Operation for ReadV<F, B> {
     type Output = (io::Result<usize>, B);
-    type Keep = B;
+    type Keep = (F, B);
 
-    fn prepare(mut self, iovs: &mut Vec<IoVec>) -> (Iocb, B) {
+    fn prepare(mut self, iovs: &mut Vec<IoVec>) -> (Iocb, (F, B)) {
         self.bufs.iovecs_mut(iovs);
-        let iocb = Iocb::preadv(self.fd, 0, iovs.len() as u64, self.offset as i64);
-        (self.opts.apply(iocb), self.bufs)
+        let iocb = Iocb::preadv(raw(&self.fd), 0, iovs.len() as u64, self.offset as i64);
+        (self.opts.apply(iocb), (self.fd, self.bufs))
     }
 
-    fn complete(result: io::Result<usize>, keep: B) -> Self::Output {
-        (result, keep)
+    fn complete(result: io::Result<usize>, (_, bufs): (F, B)) -> Self::Output {
+        (result, bufs)
     }
 }
 
@@ -137,28 +159,30 @@ impl<B: IoBufsMut> Operation for ReadV<B> {
 ///
 /// ```
 /// use aio::{Context, WriteV};
+/// use std::io::Read;
 ///
-/// let file = tempfile::tempfile().unwrap();
+/// let mut file = tempfile::tempfile().unwrap();
 /// let ctx = Context::new(8).unwrap();
 /// let (n, _bufs) = ctx.run(WriteV::new(&file, vec![b"abc".to_vec(), b"de".to_vec()], 0));
 /// assert_eq!(n.unwrap(), 5);
-/// assert_eq!(std::fs::read(format!("/proc/self/fd/{}", {
-///     use std::os::fd::AsRawFd; file.as_raw_fd()
-/// })).unwrap(), b"abcde");
+/// let mut back = String::new();
+/// file.read_to_string(&mut back).unwrap();
+/// assert_eq!(back, "abcde");
 /// ```
 #[derive(Debug)]
-pub struct WriteV<B> {
-    fd: RawFd,
+pub struct WriteV<F, B> {
+    fd: F,
     bufs: B,
     offset: u64,
     opts: RwOptions,
 }
 
-impl<B: IoBufs> WriteV<B> {
-    /// Writes `bufs` at `offset` of `fd`.
-    pub fn new(fd: impl AsFd, bufs: B, offset: u64) -> Self {
+impl<F: AsFd, B: IoBufs> WriteV<F, B> {
+    /// Writes `bufs` at `offset` of `fd`, which the request holds until it
+    /// completes.
+    pub fn new(fd: F, bufs: B, offset: u64) -> Self {
         WriteV {
-            fd: raw(fd),
+            fd,
             bufs,
             offset,
             opts: RwOptions::default(),
@@ -168,20 +192,20 @@ impl<B: IoBufs> WriteV<B> {
     rw_setters!();
 }
 
-impl<B> sealed::Sealed for WriteV<B> {}
+impl<F, B> sealed::Sealed for WriteV<F, B> {}
 
-impl<B: IoBufs> Operation for WriteV<B> {
+impl<F: AsFd, B: IoBufs> Operation for WriteV<F, B> {
     type Output = (io::Result<usize>, B);
-    type Keep = B;
+    type Keep = (F, B);
 
-    fn prepare(self, iovs: &mut Vec<IoVec>) -> (Iocb, B) {
+    fn prepare(self, iovs: &mut Vec<IoVec>) -> (Iocb, (F, B)) {
         self.bufs.iovecs(iovs);
-        let iocb = Iocb::pwritev(self.fd, 0, iovs.len() as u64, self.offset as i64);
-        (self.opts.apply(iocb), self.bufs)
+        let iocb = Iocb::pwritev(raw(&self.fd), 0, iovs.len() as u64, self.offset as i64);
+        (self.opts.apply(iocb), (self.fd, self.bufs))
     }
 
-    fn complete(result: io::Result<usize>, keep: B) -> Self::Output {
-        (result, keep)
+    fn complete(result: io::Result<usize>, (_, bufs): (F, B)) -> Self::Output {
+        (result, bufs)
     }
 }
 
@@ -194,21 +218,28 @@ impl<B: IoBufs> Operation for WriteV<B> {
 /// ```
 /// use aio::{Context, Read};
 /// use std::io::Write;
+/// use std::sync::Arc;
 ///
 /// let mut file = tempfile::tempfile().unwrap();
 /// file.write_all(b"data").unwrap();
 /// let ctx = Context::new(8).unwrap();
+/// // A borrowed file: `run` waits before the borrow ends.
 /// let (n, buf) = ctx.run(Read::new(&file, vec![0u8; 16], 0));
 /// assert_eq!(&buf[..n.unwrap()], b"data");
+/// // A pushed request outlives the call: it holds a share of the file.
+/// let file = Arc::new(file);
+/// let ticket = ctx.push(Read::new(file.clone(), vec![0u8; 2], 2));
+/// assert_eq!(ticket.wait().1, b"ta");
 /// ```
 #[derive(Debug)]
-pub struct Read<B> {
-    inner: ReadV<Single<B>>,
+pub struct Read<F, B> {
+    inner: ReadV<F, Single<B>>,
 }
 
-impl<B: IoBufMut> Read<B> {
-    /// Reads up to `buf.bytes_len()` bytes from `offset` of `fd`.
-    pub fn new(fd: impl AsFd, buf: B, offset: u64) -> Self {
+impl<F: AsFd, B: IoBufMut> Read<F, B> {
+    /// Reads up to `buf.bytes_len()` bytes from `offset` of `fd`, which the
+    /// request holds until it completes.
+    pub fn new(fd: F, buf: B, offset: u64) -> Self {
         Read {
             inner: ReadV::new(fd, Single(buf), offset),
         }
@@ -229,17 +260,17 @@ impl<B: IoBufMut> Read<B> {
     }
 }
 
-impl<B> sealed::Sealed for Read<B> {}
+impl<F, B> sealed::Sealed for Read<F, B> {}
 
-impl<B: IoBufMut> Operation for Read<B> {
+impl<F: AsFd, B: IoBufMut> Operation for Read<F, B> {
     type Output = (io::Result<usize>, B);
-    type Keep = Single<B>;
+    type Keep = (F, Single<B>);
 
-    fn prepare(self, iovs: &mut Vec<IoVec>) -> (Iocb, Single<B>) {
+    fn prepare(self, iovs: &mut Vec<IoVec>) -> (Iocb, Self::Keep) {
         self.inner.prepare(iovs)
     }
 
-    fn complete(result: io::Result<usize>, keep: Single<B>) -> Self::Output {
+    fn complete(result: io::Result<usize>, keep: Self::Keep) -> Self::Output {
         let (result, Single(buf)) = ReadV::complete(result, keep);
         (result, buf)
     }
@@ -259,13 +290,14 @@ impl<B: IoBufMut> Operation for Read<B> {
 /// assert_eq!((n.unwrap(), buf), (3, b"abc".to_vec()));
 /// ```
 #[derive(Debug)]
-pub struct Write<B> {
-    inner: WriteV<Single<B>>,
+pub struct Write<F, B> {
+    inner: WriteV<F, Single<B>>,
 }
 
-impl<B: IoBuf> Write<B> {
-    /// Writes `buf` at `offset` of `fd`.
-    pub fn new(fd: impl AsFd, buf: B, offset: u64) -> Self {
+impl<F: AsFd, B: IoBuf> Write<F, B> {
+    /// Writes `buf` at `offset` of `fd`, which the request holds until it
+    /// completes.
+    pub fn new(fd: F, buf: B, offset: u64) -> Self {
         Write {
             inner: WriteV::new(fd, Single(buf), offset),
         }
@@ -286,17 +318,17 @@ impl<B: IoBuf> Write<B> {
     }
 }
 
-impl<B> sealed::Sealed for Write<B> {}
+impl<F, B> sealed::Sealed for Write<F, B> {}
 
-impl<B: IoBuf> Operation for Write<B> {
+impl<F: AsFd, B: IoBuf> Operation for Write<F, B> {
     type Output = (io::Result<usize>, B);
-    type Keep = Single<B>;
+    type Keep = (F, Single<B>);
 
-    fn prepare(self, iovs: &mut Vec<IoVec>) -> (Iocb, Single<B>) {
+    fn prepare(self, iovs: &mut Vec<IoVec>) -> (Iocb, Self::Keep) {
         self.inner.prepare(iovs)
     }
 
-    fn complete(result: io::Result<usize>, keep: Single<B>) -> Self::Output {
+    fn complete(result: io::Result<usize>, keep: Self::Keep) -> Self::Output {
         let (result, Single(buf)) = WriteV::complete(result, keep);
         (result, buf)
     }
@@ -313,28 +345,29 @@ impl<B: IoBuf> Operation for Write<B> {
 /// ctx.run(Fsync::new(&file)).unwrap();
 /// ```
 #[derive(Debug)]
-pub struct Fsync {
-    fd: RawFd,
+pub struct Fsync<F> {
+    fd: F,
 }
 
-impl Fsync {
-    /// Flushes data and metadata of `fd`.
-    pub fn new(fd: impl AsFd) -> Self {
-        Fsync { fd: raw(fd) }
+impl<F: AsFd> Fsync<F> {
+    /// Flushes data and metadata of `fd`, which the request holds until it
+    /// completes.
+    pub fn new(fd: F) -> Self {
+        Fsync { fd }
     }
 }
 
-impl sealed::Sealed for Fsync {}
+impl<F> sealed::Sealed for Fsync<F> {}
 
-impl Operation for Fsync {
+impl<F: AsFd> Operation for Fsync<F> {
     type Output = io::Result<()>;
-    type Keep = ();
+    type Keep = F;
 
-    fn prepare(self, _iovs: &mut Vec<IoVec>) -> (Iocb, ()) {
-        (Iocb::fsync(self.fd), ())
+    fn prepare(self, _iovs: &mut Vec<IoVec>) -> (Iocb, F) {
+        (Iocb::fsync(raw(&self.fd)), self.fd)
     }
 
-    fn complete(result: io::Result<usize>, _keep: ()) -> io::Result<()> {
+    fn complete(result: io::Result<usize>, _keep: F) -> io::Result<()> {
         result.map(drop)
     }
 }
@@ -349,28 +382,29 @@ impl Operation for Fsync {
 /// ctx.run(Fdatasync::new(&file)).unwrap();
 /// ```
 #[derive(Debug)]
-pub struct Fdatasync {
-    fd: RawFd,
+pub struct Fdatasync<F> {
+    fd: F,
 }
 
-impl Fdatasync {
-    /// Flushes the data (and the metadata needed to read it) of `fd`.
-    pub fn new(fd: impl AsFd) -> Self {
-        Fdatasync { fd: raw(fd) }
+impl<F: AsFd> Fdatasync<F> {
+    /// Flushes the data (and the metadata needed to read it) of `fd`,
+    /// which the request holds until it completes.
+    pub fn new(fd: F) -> Self {
+        Fdatasync { fd }
     }
 }
 
-impl sealed::Sealed for Fdatasync {}
+impl<F> sealed::Sealed for Fdatasync<F> {}
 
-impl Operation for Fdatasync {
+impl<F: AsFd> Operation for Fdatasync<F> {
     type Output = io::Result<()>;
-    type Keep = ();
+    type Keep = F;
 
-    fn prepare(self, _iovs: &mut Vec<IoVec>) -> (Iocb, ()) {
-        (Iocb::fdsync(self.fd), ())
+    fn prepare(self, _iovs: &mut Vec<IoVec>) -> (Iocb, F) {
+        (Iocb::fdsync(raw(&self.fd)), self.fd)
     }
 
-    fn complete(result: io::Result<usize>, _keep: ()) -> io::Result<()> {
+    fn complete(result: io::Result<usize>, _keep: F) -> io::Result<()> {
         result.map(drop)
     }
 }
@@ -389,60 +423,30 @@ impl Operation for Fdatasync {
 /// assert!(ready.contains(PollEvents::OUT));
 /// ```
 #[derive(Debug)]
-pub struct Poll {
-    fd: RawFd,
+pub struct Poll<F> {
+    fd: F,
     events: PollEvents,
 }
 
-impl Poll {
-    /// Waits until `fd` is ready for one of `events`.
-    pub fn new(fd: impl AsFd, events: PollEvents) -> Self {
-        Poll {
-            fd: raw(fd),
-            events,
-        }
+impl<F: AsFd> Poll<F> {
+    /// Waits until `fd` is ready for one of `events`; the request holds
+    /// `fd` until it completes.
+    pub fn new(fd: F, events: PollEvents) -> Self {
+        Poll { fd, events }
     }
 }
 
-impl sealed::Sealed for Poll {}
+impl<F> sealed::Sealed for Poll<F> {}
 
-impl Operation for Poll {
+impl<F: AsFd> Operation for Poll<F> {
     type Output = io::Result<PollEvents>;
-    type Keep = ();
+    type Keep = F;
 
-    fn prepare(self, _iovs: &mut Vec<IoVec>) -> (Iocb, ()) {
-        (Iocb::poll(self.fd, self.events), ())
+    fn prepare(self, _iovs: &mut Vec<IoVec>) -> (Iocb, F) {
+        (Iocb::poll(raw(&self.fd), self.events), self.fd)
     }
 
-    fn complete(result: io::Result<usize>, _keep: ()) -> io::Result<PollEvents> {
+    fn complete(result: io::Result<usize>, _keep: F) -> io::Result<PollEvents> {
         result.map(|mask| PollEvents(mask as u32))
-    }
-}
-
-/// The operation behind [`Scope::read_at`](crate::Scope::read_at),
-/// [`Scope::readv_at`](crate::Scope::readv_at) and their write
-/// counterparts, whose segments are borrowed for the scope. Not
-/// constructible: it only names the type of their tickets.
-#[derive(Debug)]
-pub struct ScopedIo {
-    never: Never,
-}
-
-#[derive(Debug)]
-enum Never {}
-
-impl sealed::Sealed for ScopedIo {}
-
-impl Operation for ScopedIo {
-    type Output = io::Result<usize>;
-    type Keep = ();
-
-    fn prepare(self, _iovs: &mut Vec<IoVec>) -> (Iocb, ()) {
-        // A value of this type cannot exist: `Never` has no values.
-        match self.never {}
-    }
-
-    fn complete(result: io::Result<usize>, _keep: ()) -> io::Result<usize> {
-        result
     }
 }

@@ -15,7 +15,7 @@ fn thirty_two_queued_requests_take_one_io_submit() {
     s.file.write_all(&[7u8; 32 * 512]).unwrap();
     let ctx = Context::new(64).unwrap();
     let tickets: Vec<_> = (0..32u64)
-        .map(|i| ctx.push(Read::new(&s.file, vec![0u8; 512], i * 512)))
+        .map(|i| ctx.push(Read::new(s.shared(), vec![0u8; 512], i * 512)))
         .collect();
     assert_eq!(ctx.stats().submit_calls, 0, "push must not submit");
     assert_eq!(ctx.submit(), 32);
@@ -67,7 +67,7 @@ fn ten_thousand_through_depth_64(reap: Reap) {
         .build()
         .unwrap();
     let tickets: Vec<_> = (0..N)
-        .map(|i| ctx.push(Read::new(&s.file, vec![0u8; 8], i * 8)))
+        .map(|i| ctx.push(Read::new(s.shared(), vec![0u8; 8], i * 8)))
         .collect();
     assert_eq!(ctx.queued(), N as usize);
     let mut seen = HashSet::new();
@@ -106,7 +106,7 @@ fn dropped_tickets_still_run_and_release_their_slots() {
     let s = scratch_in(&shm_dir(), false);
     let ctx = Context::new(8).unwrap();
     for i in 0..100u64 {
-        drop(ctx.push(aio::Write::new(&s.file, vec![i as u8; 10], i * 10)));
+        drop(ctx.push(aio::Write::new(s.shared(), vec![i as u8; 10], i * 10)));
     }
     ctx.drain();
     let mut back = vec![0u8; 1000];
@@ -149,7 +149,7 @@ fn a_context_with_requests_in_flight_moves_to_another_thread() {
     s.file.write_all(&[4u8; 64 * 1024]).unwrap();
     let ctx = Context::new(16).unwrap();
     for i in 0..16u64 {
-        drop(ctx.push(Read::new(&s.file, vec![0u8; 4096], i * 4096)));
+        drop(ctx.push(Read::new(s.shared(), vec![0u8; 4096], i * 4096)));
     }
     ctx.submit();
     let ctx = std::thread::spawn(move || {
@@ -165,24 +165,23 @@ fn a_context_with_requests_in_flight_moves_to_another_thread() {
 /// once, checks them; returns the `io_submit` calls that took.
 fn thirty_two_reads(ctx: &Context, file: &std::fs::File, data: &[u8]) -> u64 {
     let before = ctx.stats().submit_calls;
-    let tickets: Vec<_> = (0..32u64)
-        .map(|i| {
-            let at = (i * 4096 * 5) % data.len() as u64;
-            (
-                at,
-                ctx.push(Read::new(file, AlignedBuf::new(4096, 4096), at)),
-            )
-        })
-        .collect();
-    assert_eq!(ctx.submit(), 32);
-    let calls = ctx.stats().submit_calls - before;
-    for (at, t) in tickets {
-        let (n, buf) = t.wait();
-        assert_eq!(n.unwrap(), 4096);
-        let at = at as usize;
-        assert!(buf[..] == data[at..at + 4096], "read at {at}");
-    }
-    calls
+    ctx.scope(|s| {
+        let tickets: Vec<_> = (0..32u64)
+            .map(|i| {
+                let at = (i * 4096 * 5) % data.len() as u64;
+                (at, s.push(Read::new(file, AlignedBuf::new(4096, 4096), at)))
+            })
+            .collect();
+        assert_eq!(s.submit(), 32);
+        let calls = ctx.stats().submit_calls - before;
+        for (at, t) in tickets {
+            let (n, buf) = t.wait();
+            assert_eq!(n.unwrap(), 4096);
+            let at = at as usize;
+            assert!(buf[..] == data[at..at + 4096], "read at {at}");
+        }
+        calls
+    })
 }
 
 /// A kernel context that submits in calls of 8 or more on a device.
@@ -200,14 +199,15 @@ fn split_by_eight() -> Context {
 /// calls their one submission took.
 fn polls_of_empty_pipes(ctx: &Context, n: usize) -> u64 {
     let before = ctx.stats().submit_calls;
-    let pipes: Vec<_> = (0..n).map(|_| pipe()).collect();
-    let polls: Vec<_> = pipes
-        .iter()
-        .map(|(r, _)| ctx.push(Poll::new(r, PollEvents::IN)))
-        .collect();
+    let (polls, writers): (Vec<_>, Vec<_>) = (0..n)
+        .map(|_| {
+            let (r, w) = pipe();
+            (ctx.push(Poll::new(r, PollEvents::IN)), w)
+        })
+        .unzip();
     assert_eq!(ctx.submit(), n);
     let calls = ctx.stats().submit_calls - before;
-    for (_, w) in &pipes {
+    for w in &writers {
         (&*w).write_all(b"x").unwrap();
     }
     for p in polls {

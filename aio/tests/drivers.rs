@@ -20,7 +20,7 @@ use common::{context_on, pattern, pipe, scratch_dir, scratch_in, shm_dir};
 fn an_empty_pipe_read_through_auto_returns_from_submission_at_once() {
     let (r, mut w) = pipe();
     let ctx = context_on(Driver::Auto, 8);
-    let ticket = ctx.push(Read::new(&r, vec![0u8; 5], 0));
+    let ticket = ctx.push(Read::new(r, vec![0u8; 5], 0));
     let t0 = Instant::now();
     assert_eq!(ctx.submit(), 1);
     let took = t0.elapsed();
@@ -47,7 +47,7 @@ fn an_empty_pipe_read_through_the_kernel_blocks_in_submission() {
         let returned = returned.clone();
         std::thread::spawn(move || {
             let ctx = context_on(Driver::Kernel, 8);
-            let ticket = ctx.push(Read::new(&r, vec![0u8; 5], 0));
+            let ticket = ctx.push(Read::new(r, vec![0u8; 5], 0));
             ctx.submit();
             returned.store(true, Ordering::SeqCst);
             ticket.wait()
@@ -287,7 +287,7 @@ fn seccomp_child() {
         assert!(back.concat() == data);
     }
     let (r, w) = pipe();
-    let write = ctx.push(Write::new(&w, b"through the engine".to_vec(), 0));
+    let write = ctx.push(Write::new(w, b"through the engine".to_vec(), 0));
     let (n, buf) = ctx.run(Read::new(&r, vec![0u8; 18], 0));
     assert_eq!((n.unwrap(), &buf[..]), (18, &b"through the engine"[..]));
     assert_eq!(write.wait().0.unwrap(), 18);

@@ -98,9 +98,12 @@ impl Fixture {
     }
 }
 
-fn submit_reads<'c>(ctx: &'c Context, f: &Fixture) -> Vec<aio::Ticket<'c, Read<Checked>>> {
+type Reads<'c> = Vec<aio::Ticket<'c, Read<std::sync::Arc<std::fs::File>, Checked>>>;
+
+fn submit_reads<'c>(ctx: &'c Context, f: &Fixture) -> Reads<'c> {
+    let file = f.scratch.shared();
     let tickets: Vec<_> = (0..N)
-        .map(|i| ctx.push(Read::new(&f.scratch.file, f.buf(), (i * LEN) as u64)))
+        .map(|i| ctx.push(Read::new(file.clone(), f.buf(), (i * LEN) as u64)))
         .collect();
     ctx.submit();
     tickets
@@ -135,8 +138,9 @@ fn dropping_the_context_drops_unsubmitted_requests_without_running_them() {
     // At depth 8, submit() hands all 64 over, 8 at a time, reaping in
     // between; then 64 more stay queued.
     drop(submit_reads(&ctx, &f));
+    let file = f.scratch.shared();
     for i in 0..N {
-        drop(ctx.push(Read::new(&f.scratch.file, f.buf(), (i * LEN) as u64)));
+        drop(ctx.push(Read::new(file.clone(), f.buf(), (i * LEN) as u64)));
     }
     assert_eq!(ctx.queued(), N);
     drop(ctx);

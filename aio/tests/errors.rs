@@ -88,32 +88,23 @@ fn misaligned_buffered_requests_are_not_checked() {
 }
 
 #[test]
-fn closed_descriptor_is_ebadf_in_the_result() {
+fn a_descriptor_not_open_for_reading_is_ebadf_in_the_result() {
     let s = scratch_in(&shm_dir(), false);
-    // A high descriptor number: other tests' threads open files at the
-    // lowest free number, so they cannot reopen it between the close and
-    // the submission (a low one was reused, and the read succeeded).
-    use std::os::fd::{AsRawFd, FromRawFd};
-    // SAFETY: dup2 onto a number this process does not use; the new
-    // descriptor is owned by the File below alone.
-    let closed = unsafe {
-        let fd = libc::dup2(s.file.as_raw_fd(), 4002);
-        assert_eq!(fd, 4002);
-        std::fs::File::from_raw_fd(fd)
-    };
-    let good = &s.file;
+    let write_only = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&s.path)
+        .unwrap();
+    let good = s.shared();
     let ctx = Context::new(8).unwrap();
-    let bad_op = Read::new(&closed, vec![0u8; 4], 0);
-    drop(closed);
     // A bad request between two good ones: io_submit stops at it, the
     // rest is submitted after it, every request gets its own result.
-    let a = ctx.push(Write::new(good, b"abcd".to_vec(), 0));
-    let b = ctx.push(bad_op);
+    let a = ctx.push(Write::new(good.clone(), b"abcd".to_vec(), 0));
+    let b = ctx.push(Read::new(write_only, vec![0u8; 4], 0));
     let c = ctx.push(Read::new(good, vec![0u8; 4], 0));
     ctx.submit();
     assert_eq!(a.wait().0.unwrap(), 4);
     let (r, buf) = b.wait();
-    let e = r.expect_err("read on a closed fd");
+    let e = r.expect_err("read on a write-only descriptor");
     assert_eq!(e.raw_os_error(), Some(libc::EBADF));
     assert_eq!(buf.len(), 4, "the buffer comes back");
     let (r, buf) = c.wait();

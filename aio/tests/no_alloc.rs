@@ -51,11 +51,11 @@ fn allocations_during(f: impl FnOnce()) -> usize {
 
 const DEPTH: usize = 64;
 
-type Tickets<'c> = Vec<aio::Ticket<'c, Read<Vec<u8>>>>;
+type Tickets<'c> = Vec<aio::Ticket<'c, Read<std::sync::Arc<std::fs::File>, Vec<u8>>>>;
 
 fn rounds<'c>(
     ctx: &'c Context,
-    file: &std::fs::File,
+    file: &std::sync::Arc<std::fs::File>,
     bufs: &mut Vec<Vec<u8>>,
     tickets: &mut Tickets<'c>,
     n: usize,
@@ -64,7 +64,7 @@ fn rounds<'c>(
         tickets.clear();
         for i in 0..DEPTH {
             let buf = bufs.pop().unwrap();
-            tickets.push(ctx.push(Read::new(file, buf, (i * 4096) as u64)));
+            tickets.push(ctx.push(Read::new(file.clone(), buf, (i * 4096) as u64)));
         }
         ctx.submit();
         for t in tickets.drain(..) {
@@ -76,7 +76,7 @@ fn rounds<'c>(
 }
 
 fn no_allocation_per_request(reap: Reap) {
-    let file = tempfile::tempfile_in("/dev/shm").unwrap();
+    let file = std::sync::Arc::new(tempfile::tempfile_in("/dev/shm").unwrap());
     file.write_all_at(&vec![3u8; DEPTH * 4096], 0).unwrap();
     let ctx = Context::builder()
         .queue_depth(DEPTH as u32)

@@ -11,7 +11,7 @@ use aio::{Context, Poll, PollEvents, Read, Write};
 fn poll_waits_for_data_then_read_gets_it() {
     let (rd, mut wr) = pipe();
     let ctx = Context::new(8).unwrap();
-    let poll = ctx.push(Poll::new(&rd, PollEvents::IN));
+    let poll = ctx.push(Poll::new(rd.try_clone().unwrap(), PollEvents::IN));
     ctx.submit();
     // Nothing written yet: the poll is waiting in the kernel.
     let poll = poll
@@ -46,7 +46,7 @@ fn pending_poll_does_not_hang_context_drop() {
     // io_destroy cancels waiting polls; the drop must return.
     let (rd, _wr) = pipe();
     let ctx = Context::new(8).unwrap();
-    drop(ctx.push(Poll::new(&rd, PollEvents::IN)));
+    drop(ctx.push(Poll::new(rd, PollEvents::IN)));
     ctx.submit();
     assert_eq!(ctx.in_flight(), 1);
     drop(ctx);
@@ -67,7 +67,7 @@ fn queued_pipe_read_does_not_block_context_drop() {
     // context dropped with it still queued drops it instead.
     let (rd, _wr) = pipe();
     let ctx = Context::new(8).unwrap();
-    drop(ctx.push(Read::new(&rd, vec![0u8; 8], 0)));
+    drop(ctx.push(Read::new(rd, vec![0u8; 8], 0)));
     assert_eq!(ctx.queued(), 1);
     drop(ctx);
 }

@@ -156,7 +156,7 @@ fn every_operation_on(t: &Target, driver: Driver) {
             segs.push(a);
             rest = b;
         }
-        assert_eq!(s.writev_at(&t.file, &segs, 0).wait().unwrap(), t.total);
+        assert_eq!(s.writev_at(&t.file, segs, 0).wait().0.unwrap(), t.total);
         let mut rest: &mut [u8] = &mut dst;
         let mut segs = Vec::new();
         for &l in &rl {
@@ -164,7 +164,7 @@ fn every_operation_on(t: &Target, driver: Driver) {
             segs.push(a);
             rest = b;
         }
-        s.readv_at(&t.file, &mut segs, 0);
+        s.readv_at(&t.file, segs, 0);
     });
     assert!(dst[..] == data[..]);
 

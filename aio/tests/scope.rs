@@ -19,8 +19,8 @@ fn stack_buffers_are_filled_when_the_scope_returns() {
     let total = ctx.scope(|s2| {
         // Tickets dropped at once: the scope still waits for them.
         let _ = s2.read_at(&s.file, &mut a, 0);
-        let t = s2.readv_at(&s.file, &mut [&mut b, &mut c], 100);
-        t.wait().unwrap()
+        let t = s2.readv_at(&s.file, [&mut b[..], &mut c[..]], 100);
+        t.wait().0.unwrap()
     });
     assert_eq!(total, 4900);
     let expect = pattern(10_000, 1);
@@ -81,7 +81,7 @@ fn nested_scopes_and_owned_requests_mix() {
     let mut inner = [0u8; 4096];
     let owned = ctx.scope(|so| {
         so.read_at(&s.file, &mut outer, 0);
-        let owned = so.context().push(Read::new(&s.file, vec![0u8; 8192], 0));
+        let owned = so.context().push(Read::new(s.shared(), vec![0u8; 8192], 0));
         ctx.scope(|si| {
             si.read_at(&s.file, &mut inner, 4096);
         });

@@ -132,7 +132,9 @@ fn zram_misaligned_buffers_are_refused_and_aligned_ones_work() {
     let ctx = Context::new(4).unwrap();
     let mut big = AlignedBuf::new(2 * 4096, 4096);
     let refused = ctx.scope(|s| s.read_at(&dev, &mut big[512..512 + 4096], 0).wait());
-    let e = refused.expect_err("a buffer that is not block-aligned is refused");
+    let e = refused
+        .0
+        .expect_err("a buffer that is not block-aligned is refused");
     assert!(e.to_string().contains("4096-byte aligned buffers"), "{e}");
     assert_eq!(ctx.stats().submit_calls, 0, "the kernel never saw it");
     assert!(big.iter().all(|&b| b == 0), "nothing was written anywhere");

@@ -174,7 +174,7 @@ pub struct EngineHost {
 /// made by `fork` (libc's, `nix`'s) reads its own; a child made by a raw
 /// `clone` system call skips the handler, as it skips glibc's own fork
 /// bookkeeping, and must not call into its parent's engine.
-pub(crate) fn process_id() -> u32 {
+pub fn process_id() -> u32 {
     // 0: no handler yet; 1: one thread registering it; 2: registered.
     static HOOKED: AtomicU8 = AtomicU8::new(0);
     static PID: AtomicU32 = AtomicU32::new(0);

@@ -5,6 +5,7 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -35,7 +36,8 @@ impl<E: std::fmt::Display> From<E> for Fatal {
 
 /// What is being tested.
 struct Target {
-    file: File,
+    /// Shared with the requests in flight, which hold it until they complete.
+    file: Arc<File>,
     /// What to call it in messages.
     name: String,
     kind: &'static str,
@@ -119,7 +121,7 @@ fn open_file(path: &Path, size: u64, direct: bool, create_new: bool) -> Result<T
     }
     file.set_len(file.metadata()?.len().max(size))?;
     Ok(Target {
-        file,
+        file: Arc::new(file),
         name: path.display().to_string(),
         kind: "file",
         size,
@@ -179,7 +181,7 @@ fn open_device(path: &Path, rdev: u64, args: &VectestArgs) -> Result<Target, Fat
         )));
     }
     Ok(Target {
-        file,
+        file: Arc::new(file),
         name: path.display().to_string(),
         kind: "block device",
         size,
@@ -202,8 +204,16 @@ struct Tally {
 
 /// One request in flight.
 enum Pending<'a> {
-    Write(Ticket<'a, WriteV<Vec<AlignedBuf>>>, Request, Instant),
-    Read(Ticket<'a, ReadV<Vec<AlignedBuf>>>, Request, Instant),
+    Write(
+        Ticket<'a, WriteV<Arc<File>, Vec<AlignedBuf>>>,
+        Request,
+        Instant,
+    ),
+    Read(
+        Ticket<'a, ReadV<Arc<File>, Vec<AlignedBuf>>>,
+        Request,
+        Instant,
+    ),
 }
 
 fn segments_for(req: &Request, align: usize) -> Vec<AlignedBuf> {
@@ -276,13 +286,13 @@ async fn phase_tokio(
             let bufs = buffers(&req, align, write, pattern, pass);
             let start = Instant::now();
             if write {
-                let op = handle.run(WriteV::new(&t.file, bufs, req.offset));
+                let op = handle.run(WriteV::new(t.file.clone(), bufs, req.offset));
                 set.spawn(async move {
                     let (res, bufs) = op.await;
                     (req, res, bufs, start)
                 });
             } else {
-                let op = handle.run(ReadV::new(&t.file, bufs, req.offset));
+                let op = handle.run(ReadV::new(t.file.clone(), bufs, req.offset));
                 set.spawn(async move {
                     let (res, bufs) = op.await;
                     (req, res, bufs, start)
@@ -322,10 +332,10 @@ fn phase_sync(
             let bufs = buffers(&req, align, write, pattern, pass);
             let start = Instant::now();
             if write {
-                let op = WriteV::new(&t.file, bufs, req.offset);
+                let op = WriteV::new(t.file.clone(), bufs, req.offset);
                 pending.push(Pending::Write(ctx.push(op), req, start));
             } else {
-                let op = ReadV::new(&t.file, bufs, req.offset);
+                let op = ReadV::new(t.file.clone(), bufs, req.offset);
                 pending.push(Pending::Read(ctx.push(op), req, start));
             }
         }

@@ -6,6 +6,7 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
+use std::sync::Arc;
 
 use aio_abi::PollEvents;
 
@@ -112,7 +113,10 @@ impl OpenOptions {
         let file = ::tokio::task::spawn_blocking(move || opts.open(path))
             .await
             .map_err(io::Error::other)??;
-        Ok(File { file, handle })
+        Ok(File {
+            file: Arc::new(file),
+            handle,
+        })
     }
 }
 
@@ -120,12 +124,13 @@ impl OpenOptions {
 /// `tokio-uring`: methods take owned buffers and return them with the
 /// result, `(io::Result<usize>, B)`.
 ///
-/// Reads and writes name a file offset and do not move a cursor. Open with
-/// [`OpenOptions::direct`] for truly asynchronous I/O; buffered I/O
-/// blocks the polling worker inside `io_submit` (see the
-/// [module docs](crate::tokio#limitation-buffered-io-blocks-the-worker)).
+/// Reads and writes name a file offset and do not move a cursor. Each
+/// request holds a share of the open file until its event has been
+/// processed, so dropping the `File` (or a future) while requests run
+/// never lets them reach another file; the descriptor closes when the
+/// last of them is done.
 pub struct File {
-    file: fs::File,
+    file: Arc<fs::File>,
     handle: Handle,
 }
 
@@ -164,15 +169,18 @@ impl File {
     /// Wraps an open file, with `handle`'s driver.
     pub fn from_std_with(file: fs::File, handle: &Handle) -> File {
         File {
-            file,
+            file: Arc::new(file),
             handle: handle.clone(),
         }
     }
 
-    /// The standard file, for what this type does not offer. Requests of
-    /// dropped futures may still be in flight on its descriptor.
-    pub fn into_std(self) -> fs::File {
-        self.file
+    /// The standard file, if no request (of a dropped future) still holds
+    /// it; otherwise the `File` back, as `tokio::fs::File::try_into_std`.
+    pub fn try_into_std(self) -> Result<fs::File, File> {
+        Arc::try_unwrap(self.file).map_err(|file| File {
+            file,
+            handle: self.handle,
+        })
     }
 
     /// The driver of this file's requests.
@@ -182,23 +190,45 @@ impl File {
 
     /// `pread`: reads up to `buf.bytes_len()` bytes at `pos`; returns the
     /// count (0 at end of file) and the buffer.
-    pub fn read_at<B: IoBufMut + Send + 'static>(&self, buf: B, pos: u64) -> Op<'_, Read<B>> {
-        Op::new(self.handle.clone(), Read::new(&self.file, buf, pos))
+    pub fn read_at<B: IoBufMut + Send + 'static>(
+        &self,
+        buf: B,
+        pos: u64,
+    ) -> Op<Read<Arc<fs::File>, B>> {
+        Op::new(self.handle.clone(), Read::new(self.file.clone(), buf, pos))
     }
 
     /// `pwrite`: writes `buf` at `pos`; returns the count and the buffer.
-    pub fn write_at<B: IoBuf + Send + 'static>(&self, buf: B, pos: u64) -> Op<'_, Write<B>> {
-        Op::new(self.handle.clone(), Write::new(&self.file, buf, pos))
+    pub fn write_at<B: IoBuf + Send + 'static>(
+        &self,
+        buf: B,
+        pos: u64,
+    ) -> Op<Write<Arc<fs::File>, B>> {
+        Op::new(self.handle.clone(), Write::new(self.file.clone(), buf, pos))
     }
 
     /// `preadv`: fills `bufs` in order from `pos`.
-    pub fn readv_at<B: IoBufsMut + Send + 'static>(&self, bufs: B, pos: u64) -> Op<'_, ReadV<B>> {
-        Op::new(self.handle.clone(), ReadV::new(&self.file, bufs, pos))
+    pub fn readv_at<B: IoBufsMut + Send + 'static>(
+        &self,
+        bufs: B,
+        pos: u64,
+    ) -> Op<ReadV<Arc<fs::File>, B>> {
+        Op::new(
+            self.handle.clone(),
+            ReadV::new(self.file.clone(), bufs, pos),
+        )
     }
 
     /// `pwritev`: writes `bufs` in order at `pos`.
-    pub fn writev_at<B: IoBufs + Send + 'static>(&self, bufs: B, pos: u64) -> Op<'_, WriteV<B>> {
-        Op::new(self.handle.clone(), WriteV::new(&self.file, bufs, pos))
+    pub fn writev_at<B: IoBufs + Send + 'static>(
+        &self,
+        bufs: B,
+        pos: u64,
+    ) -> Op<WriteV<Arc<fs::File>, B>> {
+        Op::new(
+            self.handle.clone(),
+            WriteV::new(self.file.clone(), bufs, pos),
+        )
     }
 
     /// Fills all of `buf` from `pos`, reading again after short reads;
@@ -253,19 +283,19 @@ impl File {
     }
 
     /// `fsync` (`IOCB_CMD_FSYNC`).
-    pub fn sync_all(&self) -> Op<'_, Fsync> {
-        Op::new(self.handle.clone(), Fsync::new(&self.file))
+    pub fn sync_all(&self) -> Op<Fsync<Arc<fs::File>>> {
+        Op::new(self.handle.clone(), Fsync::new(self.file.clone()))
     }
 
     /// `fdatasync` (`IOCB_CMD_FDSYNC`).
-    pub fn sync_data(&self) -> Op<'_, Fdatasync> {
-        Op::new(self.handle.clone(), Fdatasync::new(&self.file))
+    pub fn sync_data(&self) -> Op<Fdatasync<Arc<fs::File>>> {
+        Op::new(self.handle.clone(), Fdatasync::new(self.file.clone()))
     }
 
     /// Waits until the file is ready for one of `events`
     /// (`IOCB_CMD_POLL`); regular files always are.
-    pub fn poll(&self, events: PollEvents) -> Op<'_, Poll> {
-        Op::new(self.handle.clone(), Poll::new(&self.file, events))
+    pub fn poll(&self, events: PollEvents) -> Op<Poll<Arc<fs::File>>> {
+        Op::new(self.handle.clone(), Poll::new(self.file.clone(), events))
     }
 }
 

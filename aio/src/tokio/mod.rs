@@ -113,9 +113,8 @@ use std::cell::Cell;
 use std::fmt;
 use std::future::Future;
 use std::io;
-use std::marker::PhantomData;
 use std::mem;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context as TaskContext, Poll as TaskPoll, Waker};
@@ -309,9 +308,10 @@ impl Handle {
     }
 
     /// Runs any operation; see the module docs for batching and
-    /// cancellation. The descriptor the operation names must stay open
-    /// until the future completes or is dropped.
-    pub fn run<O>(&self, op: O) -> Op<'static, O>
+    /// cancellation. The operation owns its file handle (`Arc<File>`,
+    /// `OwnedFd`, …) and buffers, which its slot keeps until the event has
+    /// been processed, even if the future is dropped or forgotten.
+    pub fn run<O>(&self, op: O) -> Op<O>
     where
         O: Operation + Send + 'static,
     {
@@ -320,9 +320,17 @@ impl Handle {
 
     /// Waits until `fd` is ready for one of `events` (`IOCB_CMD_POLL`);
     /// `POLLERR` and `POLLHUP` are always reported. Dropping the future
-    /// cancels the poll.
-    pub fn poll<'a>(&self, fd: BorrowedFd<'a>, events: PollEvents) -> Op<'a, Poll> {
-        Op::new(self.clone(), Poll::new(fd, events))
+    /// cancels the poll. The request polls a duplicate of `fd` (the same
+    /// open file, so the same readiness), which it holds until its event:
+    /// the caller's descriptor is borrowed only for this call. To spare
+    /// the `dup`, [`run`](Handle::run) a [`Poll`] of an owned handle.
+    pub fn poll(
+        &self,
+        fd: impl AsFd,
+        events: PollEvents,
+    ) -> impl Future<Output = io::Result<PollEvents>> + Send + 'static {
+        let op = (fd.as_fd().try_clone_to_owned()).map(|fd| self.run(Poll::new(fd, events)));
+        async move { op?.await }
     }
 
     /// Counters of requests, `io_submit` and `io_getevents` calls, ring
@@ -374,7 +382,7 @@ impl Handle {
 /// ```
 pub async fn poll(fd: impl AsFd, events: PollEvents) -> io::Result<PollEvents> {
     let handle = Handle::current()?;
-    handle.poll(fd.as_fd(), events).await
+    handle.poll(fd, events).await
 }
 
 /// What users hold; when the last one goes, the driver task may end.
@@ -562,14 +570,15 @@ fn closed_error() -> io::Error {
 /// The future of one request: `(io::Result<usize>, B)` for reads and
 /// writes, `io::Result<()>` for syncs, `io::Result<PollEvents>` for polls.
 ///
-/// `'a` is the borrow of the file the request names. The request is
-/// queued at the first poll; see the module docs for batching and for
-/// what dropping the future does.
+/// The operation owns its file handle and buffers (`'static`): from the
+/// first poll on, the request's slot keeps them until its event has been
+/// processed, whether the future is dropped, forgotten or completed. The
+/// request is queued at the first poll; see the module docs for batching
+/// and for what dropping the future does.
 #[must_use = "futures do nothing unless polled"]
-pub struct Op<'a, O: Operation> {
+pub struct Op<O: Operation> {
     handle: Handle,
     state: OpState<O>,
-    _fd: PhantomData<&'a ()>,
 }
 
 enum OpState<O> {
@@ -582,7 +591,7 @@ enum OpState<O> {
     Finished,
 }
 
-impl<O: Operation> fmt::Debug for Op<'_, O> {
+impl<O: Operation> fmt::Debug for Op<O> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let state = match &self.state {
             OpState::Unpushed(_) => "unpushed",
@@ -595,19 +604,18 @@ impl<O: Operation> fmt::Debug for Op<'_, O> {
 
 // The operation is never pinned: it is moved into the slot at the first
 // poll, and the slot's buffers have stable addresses by their own contract.
-impl<O: Operation> Unpin for Op<'_, O> {}
+impl<O: Operation> Unpin for Op<O> {}
 
-impl<'a, O: Operation + Send + 'static> Op<'a, O> {
+impl<O: Operation + Send + 'static> Op<O> {
     fn new(handle: Handle, op: O) -> Self {
         Op {
             handle,
             state: OpState::Unpushed(op),
-            _fd: PhantomData,
         }
     }
 }
 
-impl<O: Operation + Send + 'static> Future for Op<'_, O> {
+impl<O: Operation + Send + 'static> Future for Op<O> {
     type Output = O::Output;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> TaskPoll<O::Output> {
@@ -624,7 +632,7 @@ impl<O: Operation + Send + 'static> Future for Op<'_, O> {
     }
 }
 
-impl<O: Operation + Send + 'static> Op<'_, O> {
+impl<O: Operation + Send + 'static> Op<O> {
     fn poll_state(&mut self, cx: &mut TaskContext<'_>) -> TaskPoll<O::Output> {
         let this = self;
         match mem::replace(&mut this.state, OpState::Finished) {
@@ -689,7 +697,7 @@ impl<O: Operation + Send + 'static> Op<'_, O> {
     }
 }
 
-impl<O: Operation> Drop for Op<'_, O> {
+impl<O: Operation> Drop for Op<O> {
     fn drop(&mut self) {
         if let OpState::Pushed(key, batch) = self.state {
             let mut st = self.handle.user.shared.lock();

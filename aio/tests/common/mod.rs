@@ -52,6 +52,15 @@ pub struct Scratch {
     pub path: PathBuf,
 }
 
+impl Scratch {
+    /// A share of the scratch file (a duplicate of its descriptor) that
+    /// requests pushed to a context can hold until they complete.
+    #[allow(dead_code)]
+    pub fn shared(&self) -> std::sync::Arc<File> {
+        std::sync::Arc::new(self.file.try_clone().expect("dup the scratch file"))
+    }
+}
+
 impl Drop for Scratch {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);
