@@ -1329,6 +1329,70 @@ mod tests {
         assert_eq!(core.slab.slot(key.idx).iocb.aio_lio_opcode, Opcode::PWRITE);
     }
 
+    /// An `Auto` read answered short by the kernel (`RWF_NOWAIT`) goes on
+    /// to the engine; the kernel's event, delivered again while the engine
+    /// runs the rest, must not complete the slot (its buffer would go back
+    /// to the caller while a worker writes into it).
+    #[test]
+    fn a_stale_event_cannot_complete_a_rerouted_request() {
+        let mut core = core();
+        let data: Vec<u8> = (0..8192u32).map(|i| (i % 251) as u8).collect();
+        let file = tempfile::tempfile().unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&file, &data, 0).unwrap();
+        let key = core.push(
+            |iovs| crate::op::Read::new(&file, vec![0u8; 4096], 0).prepare(iovs),
+            0,
+        );
+        // As if `submit_some` had sent it to the kernel with RWF_NOWAIT.
+        let slot = core.slab.slot(key.idx);
+        slot.route = Route::KernelNowait;
+        slot.state = State::InFlight;
+        slot.iocb.aio_rw_flags |= RwFlags::NOWAIT;
+        let kernel_data = slot.iocb.aio_data;
+        core.queue.clear();
+        core.in_flight = 1;
+        core.drivers.in_flight = [1, 0];
+        // The kernel read 100 bytes: the engine is asked for the rest.
+        core.events[0] = IoEvent {
+            data: kernel_data,
+            res: 100,
+            ..IoEvent::default()
+        };
+        core.process(1);
+        assert!(core.take_requeued());
+        assert_eq!(core.submit_some(), Submitted::All);
+        assert_eq!(core.slab.slot(key.idx).state, State::InFlight);
+        // The kernel's event again, while the engine's request is in flight.
+        core.events[0] = IoEvent {
+            data: kernel_data,
+            res: 4096,
+            ..IoEvent::default()
+        };
+        core.process(1);
+        assert!(!core.is_done(key), "a stale event completed the request");
+        assert_eq!(core.stats().foreign_events, 1);
+        core.drive(|c| c.is_done(key)).unwrap();
+        // SAFETY: `key` was pushed above as a `Read<&File, Vec<u8>>`.
+        let (n, buf) = unsafe { core.take::<crate::op::Read<&std::fs::File, Vec<u8>>>(key) };
+        assert_eq!(n.unwrap(), 4096, "100 bytes carried + 3996 from the engine");
+        assert_eq!(buf[100..], data[100..4096]);
+    }
+
+    #[test]
+    fn events_for_no_request_in_flight_are_counted_and_ignored() {
+        let mut core = core();
+        for data in [0, 1 << 40, u64::MAX] {
+            core.events[0] = IoEvent {
+                data,
+                res: 1,
+                ..IoEvent::default()
+            };
+            core.process(1);
+        }
+        assert_eq!(core.stats().foreign_events, 3);
+        assert_eq!(core.in_flight(), 0);
+    }
+
     #[test]
     fn several_segments_stay_vectored() {
         let mut core = core();

@@ -56,11 +56,12 @@
 //! the `io_submit` calls. A batch also goes at once when it fills the
 //! room left in the ring, when its first future is dropped, when any of
 //! its futures is polled again, or when the driver task has run twice
-//! since it began (its first future is not being polled). A first future
-//! kept without being polled while nothing else happens on the driver
-//! (for example the loser of `futures::future::select`, held) delays the
-//! batch until one of these. When the ring is full, the driver submits
-//! the rest, in the order queued, as completions make room.
+//! since it began: a batch wakes the driver task, which keeps coming back
+//! while the batch is owed, so a first future that is held without being
+//! polled (the loser of `futures::future::select`) or forgotten delays
+//! its batch by two passes of the driver at most. When the ring is full,
+//! the driver submits the rest, in the order queued, as completions make
+//! room.
 //!
 //! One request at a time is not batched: while the last two batches were
 //! single requests and nothing is in flight or queued, a future's first
@@ -504,6 +505,13 @@ impl State {
             self.owed = true;
             self.batch += 1;
             self.owed_since = self.driver_polls;
+            // The driver task submits the batch if its first future is not
+            // polled again (held unpolled, or forgotten): it keeps coming
+            // back while a batch is owed, and flushes it on its second
+            // pass.
+            if let Some(w) = &self.driver {
+                w.wake_by_ref();
+            }
             (key, Some(self.batch))
         } else {
             if self.core.queued() >= self.core.room() {
@@ -783,10 +791,13 @@ impl Future for DriverTask {
             let done = st.orphaned && st.core.in_flight() == 0 && st.core.queued() == 0;
             // Nothing will signal the completion of a quiet request that
             // missed: come back at once rather than sleep on the eventfd.
-            let poll_again = st.core.quiet_pending();
-            if poll_again {
+            let quiet = st.core.quiet_pending();
+            if quiet {
                 st.core.count_quiet_poll();
             }
+            // A batch still owed: come back to flush it if its first
+            // future does not.
+            let poll_again = quiet || st.owed;
             st.core.take_deferred(&mut this.wakers, &mut this.graveyard);
             drop(st);
             for w in this.wakers.drain(..) {
