@@ -102,7 +102,8 @@ fn concurrent_submitters_and_reapers_lose_nothing() {
     for (i, e) in all.iter().enumerate() {
         assert_eq!((e.data, e.res, e.res2), (i as u64, 64, 0));
     }
-    engine.io_destroy(ctx).unwrap();
+    // SAFETY: this test set `ctx` up and uses it no more.
+    unsafe { engine.io_destroy(ctx) }.unwrap();
 }
 
 #[test]
@@ -157,7 +158,8 @@ fn destroy_does_not_wait_for_an_empty_pipe() {
     );
     assert_eq!(engine.io_cancel(ctx, &iocb), Err(Errno::EINVAL));
     let t0 = std::time::Instant::now();
-    engine.io_destroy(ctx).unwrap();
+    // SAFETY: this test set `ctx` up and uses it no more.
+    unsafe { engine.io_destroy(ctx) }.unwrap();
     assert!(t0.elapsed() < Duration::from_secs(2));
 }
 
@@ -190,7 +192,8 @@ fn eventfd_counts_completions_for_epoll_integration() {
     let mut evs = [IoEvent::default(); 3];
     // Every signal came after its event was in the ring.
     assert_eq!(engine.io_getevents(ctx, 0, &mut evs, None), Ok(3));
-    engine.io_destroy(ctx).unwrap();
+    // SAFETY: this test set `ctx` up and uses it no more.
+    unsafe { engine.io_destroy(ctx) }.unwrap();
 }
 
 /// An engine shared with a waiter thread.
@@ -250,7 +253,8 @@ fn vectored_pipe_write_resumes_at_the_right_byte() {
     };
     assert_eq!(engine.io_getevents(ctx, 1, &mut evs, Some(&ts)), Ok(1));
     assert_eq!((evs[0].data, evs[0].res), (7, want.len() as i64));
-    engine.io_destroy(ctx).unwrap();
+    // SAFETY: this test set `ctx` up and uses it no more.
+    unsafe { engine.io_destroy(ctx) }.unwrap();
 }
 
 #[test]
@@ -278,7 +282,8 @@ fn pgetevents_installs_the_mask_for_the_wait_only() {
             libc::sigismember(&before, libc::SIGUSR2)
         );
     }
-    engine.io_destroy(ctx).unwrap();
+    // SAFETY: this test set `ctx` up and uses it no more.
+    unsafe { engine.io_destroy(ctx) }.unwrap();
 }
 
 fn current_mask() -> libc::sigset_t {
@@ -352,7 +357,8 @@ fn appends_land_in_submission_order() {
         assert_eq!(written, records.concat(), "rwf_append {rwf_append}");
         std::fs::remove_file(&path).unwrap();
     }
-    engine.io_destroy(ctx).unwrap();
+    // SAFETY: this test set `ctx` up and uses it no more.
+    unsafe { engine.io_destroy(ctx) }.unwrap();
 }
 
 /// A batch completed inside `io_submit` signals its eventfd once per
@@ -393,7 +399,8 @@ fn a_batch_completed_in_io_submit_signals_its_eventfd_once_per_request() {
     };
     assert_eq!(engine.io_getevents(ctx, 0, &mut evs, Some(&zero)), Ok(N));
     assert_eq!(fx.take_efd(), 0);
-    engine.io_destroy(ctx).unwrap();
+    // SAFETY: this test set `ctx` up and uses it no more.
+    unsafe { engine.io_destroy(ctx) }.unwrap();
 }
 
 /// Requests that block on workers, submitted in one batch, all run at once:
@@ -437,7 +444,8 @@ fn a_batch_of_blocking_reads_runs_in_parallel() {
         assert_eq!(ev[0].res, line.len() as i64);
         assert_eq!(&bufs[i][..line.len()], line.as_bytes());
     }
-    engine.io_destroy(ctx).unwrap();
+    // SAFETY: this test set `ctx` up and uses it no more.
+    unsafe { engine.io_destroy(ctx) }.unwrap();
     // The workers run as SCHED_BATCH: their wake-ups do not preempt the
     // threads that submit.
     let mut workers = 0;
@@ -508,7 +516,8 @@ fn trusted_submission_reads_iovecs_and_writes_keys() {
     assert_eq!(engine.io_getevents(ctx, 1, &mut ev, None), Ok(1));
     assert_eq!((ev[0].data, ev[0].res), (2, 4096));
     assert_eq!(back.concat(), parts.concat());
-    engine.io_destroy(ctx).unwrap();
+    // SAFETY: this test set `ctx` up and uses it no more.
+    unsafe { engine.io_destroy(ctx) }.unwrap();
 }
 
 /// A trusted call's eventfd is looked up once per number; a context set up
@@ -549,7 +558,8 @@ fn trusted_submission_signals_the_eventfd_its_context_was_set_up_with() {
     read_one(ctx, number);
     read_one(ctx, number);
     assert_eq!(count(number), 2);
-    engine.io_destroy(ctx).unwrap();
+    // SAFETY: this test set `ctx` up and uses it no more.
+    unsafe { engine.io_destroy(ctx) }.unwrap();
     drop(first);
     // Another eventfd under the same number (the lowest free one, or moved
     // there).
@@ -565,7 +575,8 @@ fn trusted_submission_signals_the_eventfd_its_context_was_set_up_with() {
     let ctx = engine.io_setup(4).unwrap();
     read_one(ctx, number);
     assert_eq!(count(second.as_raw_fd()), 1);
-    engine.io_destroy(ctx).unwrap();
+    // SAFETY: this test set `ctx` up and uses it no more.
+    unsafe { engine.io_destroy(ctx) }.unwrap();
 }
 
 /// Contexts with an eventfd each, used in turn: each completion signals
@@ -604,7 +615,8 @@ fn trusted_submissions_of_contexts_in_turn_signal_their_own_eventfds() {
         }
     }
     for (ctx, _) in contexts {
-        engine.io_destroy(ctx).unwrap();
+        // SAFETY: this test set `ctx` up and uses it no more.
+        unsafe { engine.io_destroy(ctx) }.unwrap();
     }
 }
 
@@ -615,4 +627,93 @@ fn iovecs(bufs: &mut [Vec<u8>]) -> Vec<aio_abi::IoVec> {
             iov_len: b.len() as u64,
         })
         .collect()
+}
+
+/// Context ids that name no context of the engine: unmapped, the stack,
+/// the heap, a page of a `Vec`, a destroyed context's ring. The engine
+/// answers `EINVAL` for each and never reads there.
+fn bogus_ids(engine: &Engine) -> Vec<u64> {
+    let on_stack = [0u8; 64];
+    let on_heap = Box::new([0u8; 64]);
+    let page = vec![0u8; 3 * 4096];
+    let page_addr = (page.as_ptr() as u64).next_multiple_of(4096);
+    let destroyed = engine.io_setup(4).unwrap();
+    // SAFETY: this test made `destroyed` and nothing else uses it.
+    unsafe { engine.io_destroy(destroyed) }.unwrap();
+    vec![
+        0,
+        1,
+        0x1000,
+        support::prot_none_page(),
+        on_stack.as_ptr() as u64,
+        on_heap.as_ptr() as u64,
+        page_addr,
+        destroyed,
+        !4095,
+    ]
+}
+
+#[test]
+fn safe_calls_on_bogus_contexts_are_einval() {
+    let engine = Engine::new();
+    let live = engine.io_setup(4).unwrap();
+    let zero = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    let iocb = Iocb::fsync(0);
+    for id in bogus_ids(&engine) {
+        let mut evs = [IoEvent::default(); 4];
+        assert_eq!(
+            engine.io_getevents(id, 0, &mut evs, Some(&zero)),
+            Err(Errno::EINVAL),
+            "{id:#x}"
+        );
+        assert_eq!(
+            engine.io_pgetevents(id, 1, &mut evs, Some(&zero), None),
+            Err(Errno::EINVAL),
+            "{id:#x}"
+        );
+        assert_eq!(engine.io_cancel(id, &iocb), Err(Errno::EINVAL), "{id:#x}");
+    }
+    // Bad iocb pointers: EFAULT from the checked copy, never a read.
+    for ptr in [0u64, 0x1000, support::prot_none_page(), u64::MAX - 3] {
+        assert_eq!(
+            engine.io_cancel(live, ptr as *const Iocb),
+            Err(Errno::EFAULT),
+            "{ptr:#x}"
+        );
+    }
+    // SAFETY: made here, used by nobody else.
+    unsafe { engine.io_destroy(live) }.unwrap();
+}
+
+#[test]
+fn getevents_racing_with_destroy_never_touches_a_dead_ring() {
+    let engine = Arc::new(Engine::new());
+    for _ in 0..50 {
+        let ctx = engine.io_setup(4).unwrap();
+        let reaper = {
+            let engine = engine.clone();
+            std::thread::spawn(move || {
+                let zero = libc::timespec {
+                    tv_sec: 0,
+                    tv_nsec: 0,
+                };
+                let mut evs = [IoEvent::default(); 4];
+                loop {
+                    match engine.io_getevents(ctx, 0, &mut evs, Some(&zero)) {
+                        Ok(0) => std::thread::yield_now(),
+                        Err(Errno::EINVAL) => return,
+                        other => panic!("{other:?}"),
+                    }
+                }
+            })
+        };
+        std::thread::yield_now();
+        // SAFETY: made here; the reaper only asks for events (which this
+        // contract allows: it ends with EINVAL).
+        unsafe { engine.io_destroy(ctx) }.unwrap();
+        reaper.join().unwrap();
+    }
 }

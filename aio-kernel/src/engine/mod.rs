@@ -68,7 +68,8 @@
 //! assert_eq!(engine.io_getevents(ctx, 1, &mut events, None), Ok(1));
 //! assert_eq!(&buf, b"hello world");
 //!
-//! engine.io_destroy(ctx)?;
+//! // SAFETY: this example set `ctx` up and nothing else uses it.
+//! unsafe { engine.io_destroy(ctx) }?;
 //! std::fs::remove_file(&path)?;
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
@@ -757,7 +758,20 @@ impl Engine {
 
     /// `io_destroy(ctx)`: cancels what can be cancelled, waits for every
     /// request in flight, then releases the context and its ring.
-    pub fn io_destroy(&self, ctx: AioContext) -> Result<(), Errno> {
+    ///
+    /// An id that names no live context of this engine is `EINVAL`, and
+    /// nothing is read or unmapped.
+    ///
+    /// # Safety
+    ///
+    /// The caller owns `ctx`: it set the context up (or was handed it by
+    /// whoever did), and once this call starts nothing else uses it — no
+    /// user-space reaper reads its ring (the ring is unmapped, and its
+    /// address may be reused by any later mapping), and no other
+    /// component holds the id for later calls. Destroying a context that
+    /// another component still reads (an `aio` context, a libaio
+    /// context) makes that component read unmapped or reused memory.
+    pub unsafe fn io_destroy(&self, ctx: AioContext) -> Result<(), Errno> {
         self.k_contexts_change()?.io_destroy(ctx)
     }
 
