@@ -14,7 +14,13 @@ use crate::sync::SpinLock;
 /// Something on a context's cancellable list (a waiting `POLL`).
 pub(crate) trait Cancel: Send + Sync {
     fn obj(&self) -> u64;
+    /// Ends the request (`io_destroy`, or `io_cancel` of a `POLL`).
     fn cancel(self: Arc<Self>);
+    /// `io_cancel`: ends the request if it may be cancelled now.
+    fn try_cancel(self: Arc<Self>) -> bool {
+        self.cancel();
+        true
+    }
 }
 
 /// The state of one address space's AIO: its context table and `aio-nr`.
@@ -54,9 +60,9 @@ pub(crate) struct Ctx<H: Host> {
     pub(crate) ring_lock: SpinLock<()>,
     /// `ctx->active_reqs`: requests `io_cancel` can find.
     pub(crate) active: SpinLock<Vec<Arc<dyn Cancel>>>,
-    /// Reads and writes waiting for readiness (the retry path): not
-    /// cancellable by `io_cancel`, as in Linux, but ended by `io_destroy`,
-    /// which would otherwise wait for a pipe that may never be written.
+    /// Reads and writes waiting for readiness (the retry path): ended by
+    /// `io_destroy`, which would otherwise wait for a pipe that may never
+    /// be written, and by `io_cancel` if no byte has moved yet.
     pub(crate) parked: SpinLock<Vec<Arc<dyn Cancel>>>,
     /// Requests submitted and not yet completed.
     pub(crate) inflight: AtomicUsize,

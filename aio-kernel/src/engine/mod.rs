@@ -748,11 +748,17 @@ impl Engine {
     }
 
     /// `io_cancel(ctx, iocb, NULL)`: `Err(EINPROGRESS)` means the request
-    /// was found and cancelled (Linux never returns 0); its event, with
-    /// `res == 0`, is in the ring. Only waiting `POLL` requests can be
-    /// cancelled; others give `EINVAL`.
+    /// was found and cancelled (Linux never returns 0); its event is in
+    /// the ring: `res == 0` for a waiting `POLL`, `-ECANCELED` for a read
+    /// or write of a pipe or socket that was waiting for readiness and had
+    /// not moved a byte. Others give `EINVAL` and complete normally.
+    ///
+    /// `iocb` is never dereferenced: its key is read through the kernel
+    /// (`EFAULT` if unreadable), and only compared with the requests in
+    /// flight. A bogus or destroyed `ctx` is `EINVAL`. Cancelling a request
+    /// of a context another component owns is memory-safe (its event says
+    /// so), though that component will see the request fail.
     pub fn io_cancel(&self, ctx: AioContext, iocb: *const Iocb) -> Result<(), Errno> {
-        // Only reads the iocb's key, through the kernel (EFAULT if bad).
         self.k()?.io_cancel(ctx, iocb as u64, 0)
     }
 
