@@ -851,3 +851,71 @@ impl Drop for Engine {
         host.shared.poller.shutdown();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsRawFd;
+
+    /// Submits one `FSYNC` (always a worker's job) of a fresh file and
+    /// returns its event; `None` if none came (the engine is then leaked:
+    /// destroying it would wait for the lost request).
+    fn fsync_event(engine: Engine) -> Option<(Engine, IoEvent)> {
+        let path = std::env::temp_dir().join(std::format!(
+            "aio-kernel-fault-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        let file = std::fs::File::create(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        let ctx = engine.io_setup(4).unwrap();
+        let iocb = Iocb::fsync(file.as_raw_fd()).with_data(9);
+        // SAFETY: `iocb` outlives the request (its event is awaited).
+        let submitted = unsafe { engine.io_submit(ctx, &[&iocb as *const Iocb]) };
+        assert_eq!(submitted, Ok(1));
+        let mut evs = [IoEvent::default(); 1];
+        let ts = libc::timespec {
+            tv_sec: 5,
+            tv_nsec: 0,
+        };
+        if engine.io_getevents(ctx, 1, &mut evs, Some(&ts)) != Ok(1) {
+            core::mem::forget(engine);
+            return None;
+        }
+        // SAFETY: set up here, used by nothing else.
+        unsafe { engine.io_destroy(ctx) }.unwrap();
+        Some((engine, evs[0]))
+    }
+
+    #[test]
+    fn a_worker_that_cannot_start_fails_its_request_with_eagain() {
+        let engine = Engine::new();
+        let faults = engine.kernel.host().shared.pool.faults();
+        faults
+            .fail_spawns
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let (engine, ev) = fsync_event(engine).expect("the request's event");
+        assert_eq!((ev.data, ev.res), (9, Errno::EAGAIN.as_res()));
+        // Threads can start again: the next request runs.
+        let faults = engine.kernel.host().shared.pool.faults();
+        faults
+            .fail_spawns
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        let (_, ev) = fsync_event(engine).expect("the request's event");
+        assert_eq!(ev.res, 0);
+    }
+
+    #[test]
+    fn a_job_that_panics_fails_its_request_with_eio() {
+        let engine = Engine::new();
+        let faults = engine.kernel.host().shared.pool.faults();
+        faults
+            .panic_jobs
+            .store(1, std::sync::atomic::Ordering::SeqCst);
+        let (engine, ev) = fsync_event(engine).expect("the request's event");
+        assert_eq!((ev.data, ev.res), (9, Errno::EIO.as_res()));
+        // The pool still serves.
+        let (_, ev) = fsync_event(engine).expect("the request's event");
+        assert_eq!(ev.res, 0);
+    }
+}
