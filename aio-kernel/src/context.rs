@@ -1,9 +1,9 @@
 //! Contexts: `io_setup`, `io_destroy`, the context table, slot accounting
 //! and event publication (spec §2, §4).
 
+use crate::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use alloc::sync::Arc;
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use aio_abi::{Errno, IoEvent, ring_layout};
 

@@ -1,7 +1,7 @@
 //! `io_getevents` and `io_pgetevents` (spec §5).
 
+use crate::sync::atomic::Ordering;
 use alloc::vec;
-use core::sync::atomic::Ordering;
 
 use aio_abi::Errno;
 

@@ -129,6 +129,11 @@ mod poll;
 mod ring;
 mod submit;
 mod sync;
+#[cfg(any(feature = "std", loom))]
+mod wake;
+
+#[cfg(all(test, loom))]
+mod loom;
 
 #[cfg(feature = "std")]
 pub mod engine;

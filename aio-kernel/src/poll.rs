@@ -1,7 +1,7 @@
 //! `IOCB_CMD_POLL` (spec §7) and `io_cancel` (spec §6).
 
+use crate::sync::atomic::{AtomicBool, Ordering};
 use alloc::sync::Arc;
-use core::sync::atomic::{AtomicBool, Ordering};
 
 use aio_abi::{Errno, Iocb, PollEvents};
 

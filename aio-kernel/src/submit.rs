@@ -1,8 +1,8 @@
 //! `io_submit` (spec §3): validation in Linux's order, then the request
 //! state machines for reads/writes and fsync. `POLL` lives in `poll.rs`.
 
+use crate::sync::atomic::{AtomicBool, Ordering};
 use alloc::sync::Arc;
-use core::sync::atomic::{AtomicBool, Ordering};
 
 use aio_abi::{
     Errno, IoEvent, IoVec, Iocb, IocbFlags, MAX_RW_COUNT, Opcode, PollEvents, RwFlags, UIO_MAXIOV,

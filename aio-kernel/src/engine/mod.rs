@@ -93,6 +93,7 @@ pub use memory::EngineRing;
 
 use crate::Kernel;
 use crate::host::{EventFd, File, Host, WaitOutcome};
+use crate::wake::{Futex, Slept, Waker};
 use file::Shared;
 
 /// Settings of an [`Engine`].
@@ -157,10 +158,8 @@ pub struct EngineHost {
     shared: Arc<Shared>,
     config: Config,
     epoch: Instant,
-    /// Bumped by every wake-up; sleepers wait on it with a futex.
-    generation: AtomicU32,
-    /// Threads inside `wait` (wake-ups skip the system call when none).
-    sleepers: AtomicU32,
+    /// Sleepers wait on a wake-up generation with a futex.
+    waker: Waker<Generation>,
     cpus: u32,
     page: u64,
     nice: bool,
@@ -316,20 +315,64 @@ impl Drop for SigmaskGuard {
     }
 }
 
+/// The wake-up generation: a futex word of this process.
+struct Generation(AtomicU32);
+
+impl Futex for Generation {
+    fn load(&self) -> u32 {
+        self.0.load(Ordering::SeqCst)
+    }
+
+    fn bump(&self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// `FUTEX_WAIT`: a signal handler interrupts it with `EINTR`, which
+    /// gives `io_getevents` Linux's `EINTR`.
+    fn wait(&self, seen: u32, timeout_ns: Option<u64>) -> Slept {
+        let ts = timeout_ns.map(|left| libc::timespec {
+            tv_sec: (left / 1_000_000_000) as libc::time_t,
+            tv_nsec: (left % 1_000_000_000) as libc::c_long,
+        });
+        let ts_ptr = ts
+            .as_ref()
+            .map_or(core::ptr::null(), |t| t as *const libc::timespec);
+        // SAFETY: FUTEX_WAIT on our own live atomic; it sleeps only if
+        // the generation still equals `seen` (no lost wake-up).
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_futex,
+                self.0.as_ptr(),
+                libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
+                seen,
+                ts_ptr,
+                core::ptr::null::<u32>(),
+                0,
+            )
+        };
+        if r < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+            Slept::Interrupted
+        } else {
+            Slept::Again
+        }
+    }
+
+    fn wake_all(&self) {
+        // SAFETY: FUTEX_WAKE on our own live atomic.
+        unsafe {
+            libc::syscall(
+                libc::SYS_futex,
+                self.0.as_ptr(),
+                libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
+                i32::MAX,
+            )
+        };
+    }
+}
+
 impl EngineHost {
     fn wake_now(&self) {
-        self.generation.fetch_add(1, Ordering::SeqCst);
-        if self.sleepers.load(Ordering::SeqCst) > 0 {
-            // SAFETY: FUTEX_WAKE on our own live atomic.
-            unsafe {
-                libc::syscall(
-                    libc::SYS_futex,
-                    self.generation.as_ptr(),
-                    libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
-                    i32::MAX,
-                )
-            };
-        }
+        self.waker.wake_all();
     }
 
     /// Sends off what a plug held back: the jobs (one lock, one wake-up),
@@ -405,9 +448,8 @@ impl Host for EngineHost {
         self.epoch.elapsed().as_nanos() as u64
     }
 
-    /// A futex on a wake-up generation rather than a condition variable:
-    /// a signal handler interrupts `FUTEX_WAIT` with `EINTR`, which gives
-    /// `io_getevents` Linux's `EINTR`.
+    /// A futex on a wake-up generation rather than a condition variable
+    /// (see [`Generation`]): a signal handler ends the wait.
     fn wait(
         &self,
         deadline_ns: Option<u64>,
@@ -416,52 +458,10 @@ impl Host for EngineHost {
     ) -> WaitOutcome {
         let _mask = sigmask.map(SigmaskGuard::install);
         INTERRUPTED.with(|i| i.set(false));
-        self.sleepers.fetch_add(1, Ordering::SeqCst);
-        let outcome = loop {
-            let seen = self.generation.load(Ordering::SeqCst);
-            if ready() {
-                break WaitOutcome::Ready;
-            }
-            let ts = match deadline_ns {
-                None => None,
-                Some(d) => {
-                    let now = self.now_ns();
-                    if now >= d {
-                        break WaitOutcome::TimedOut;
-                    }
-                    let left = d - now;
-                    Some(libc::timespec {
-                        tv_sec: (left / 1_000_000_000) as libc::time_t,
-                        tv_nsec: (left % 1_000_000_000) as libc::c_long,
-                    })
-                }
-            };
-            let ts_ptr = ts
-                .as_ref()
-                .map_or(core::ptr::null(), |t| t as *const libc::timespec);
-            // SAFETY: FUTEX_WAIT on our own live atomic; it sleeps only if
-            // the generation still equals `seen` (no lost wake-up).
-            let r = unsafe {
-                libc::syscall(
-                    libc::SYS_futex,
-                    self.generation.as_ptr(),
-                    libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
-                    seen,
-                    ts_ptr,
-                    core::ptr::null::<u32>(),
-                    0,
-                )
-            };
-            if r < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
-                // Like Linux's wait loop: the condition gets one more look.
-                if ready() {
-                    break WaitOutcome::Ready;
-                }
-                INTERRUPTED.with(|i| i.set(true));
-                break WaitOutcome::Interrupted;
-            }
-        };
-        self.sleepers.fetch_sub(1, Ordering::SeqCst);
+        let outcome = self.waker.wait(deadline_ns, &|| self.now_ns(), ready);
+        if outcome == WaitOutcome::Interrupted {
+            INTERRUPTED.with(|i| i.set(true));
+        }
         outcome
     }
 
@@ -553,8 +553,7 @@ impl Engine {
             shared,
             config,
             epoch: Instant::now(),
-            generation: AtomicU32::new(0),
-            sleepers: AtomicU32::new(0),
+            waker: Waker::new(Generation(AtomicU32::new(0))),
             cpus: possible_cpus(),
             page: if page > 0 { page as u64 } else { 4096 },
             nice: capable_sys_nice(),
