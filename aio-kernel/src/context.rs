@@ -1,7 +1,6 @@
 //! Contexts: `io_setup`, `io_destroy`, the context table, slot accounting
 //! and event publication (spec §2, §4).
 
-use crate::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 
@@ -10,6 +9,7 @@ use aio_abi::{Errno, IoEvent, ring_layout};
 use crate::host::{EventFd, Host, WaitOutcome};
 use crate::ring::Ring;
 use crate::sync::SpinLock;
+use crate::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 /// Something on a context's cancellable list (a waiting `POLL`).
 pub(crate) trait Cancel: Send + Sync {

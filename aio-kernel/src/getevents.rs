@@ -1,12 +1,12 @@
 //! `io_getevents` and `io_pgetevents` (spec §5).
 
-use crate::sync::atomic::Ordering;
 use alloc::vec;
 
 use aio_abi::Errno;
 
 use crate::context::{Ctx, Kernel};
 use crate::host::{Host, WaitOutcome};
+use crate::sync::atomic::Ordering;
 
 const EVENT_LEN: u64 = 32;
 /// `KTIME_SEC_MAX`: seconds beyond this are "forever".

@@ -1,6 +1,5 @@
 //! `IOCB_CMD_POLL` (spec §7) and `io_cancel` (spec §6).
 
-use crate::sync::atomic::{AtomicBool, Ordering};
 use alloc::sync::Arc;
 
 use aio_abi::{Errno, Iocb, PollEvents};
@@ -8,6 +7,7 @@ use aio_abi::{Errno, Iocb, PollEvents};
 use crate::context::{Cancel, Kernel};
 use crate::host::{Host, PollWaiter, PollWake};
 use crate::submit::ReqCommon;
+use crate::sync::atomic::{AtomicBool, Ordering};
 
 /// What a file without a `poll` method reports (`DEFAULT_POLLMASK`).
 pub const DEFAULT_POLLMASK: PollEvents =

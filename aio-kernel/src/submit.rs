@@ -1,7 +1,6 @@
 //! `io_submit` (spec §3): validation in Linux's order, then the request
 //! state machines for reads/writes and fsync. `POLL` lives in `poll.rs`.
 
-use crate::sync::atomic::{AtomicBool, Ordering};
 use alloc::sync::Arc;
 
 use aio_abi::{
@@ -16,6 +15,7 @@ use crate::host::{Resume, RwOp, Segments};
 use crate::park::Park;
 use crate::poll;
 use crate::sync::SpinLock;
+use crate::sync::atomic::{AtomicBool, Ordering};
 
 /// Offset of `aio_key` in the iocb: always the low half of the word at 8.
 #[cfg(target_endian = "little")]
