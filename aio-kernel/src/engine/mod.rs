@@ -905,6 +905,53 @@ mod tests {
     }
 
     #[test]
+    fn without_a_poll_thread_streams_fail_and_polls_report_pollerr() {
+        let engine = Engine::new();
+        let poller = &engine.kernel.host().shared.poller;
+        poller
+            .0
+            .fail_start
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let mut p = [0i32; 2];
+        // SAFETY: `p` has room for two fds.
+        assert_eq!(unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+        // SAFETY: just created, owned here.
+        let (r, _w) = unsafe {
+            use std::os::fd::FromRawFd;
+            (
+                std::os::fd::OwnedFd::from_raw_fd(p[0]),
+                std::os::fd::OwnedFd::from_raw_fd(p[1]),
+            )
+        };
+        let ctx = engine.io_setup(4).unwrap();
+        let mut buf = [0u8; 8];
+        let read = Iocb::pread(r.as_raw_fd(), buf.as_mut_ptr() as u64, 8, 0).with_data(1);
+        let poll = Iocb::poll(r.as_raw_fd(), aio_abi::PollEvents::IN).with_data(2);
+        // SAFETY: the iocbs and `buf` outlive the requests (their events
+        // are awaited, or the engine is leaked).
+        let submitted = unsafe { engine.io_submit(ctx, &[&read, &poll]) };
+        assert_eq!(submitted, Ok(2));
+        let mut evs = [IoEvent::default(); 2];
+        let ts = libc::timespec {
+            tv_sec: 5,
+            tv_nsec: 0,
+        };
+        let got = engine.io_getevents(ctx, 2, &mut evs, Some(&ts));
+        if got != Ok(2) {
+            core::mem::forget(engine);
+            panic!("events missing: {got:?}");
+        }
+        evs.sort_by_key(|e| e.data);
+        assert_eq!(evs[0].res, Errno::EAGAIN.as_res());
+        assert_eq!(
+            evs[1].res as u32 & libc::POLLERR as u32,
+            libc::POLLERR as u32
+        );
+        // SAFETY: set up here, used by nothing else.
+        unsafe { engine.io_destroy(ctx) }.unwrap();
+    }
+
+    #[test]
     fn a_job_that_panics_fails_its_request_with_eio() {
         let engine = Engine::new();
         let faults = engine.kernel.host().shared.pool.faults();

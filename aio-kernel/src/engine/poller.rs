@@ -20,7 +20,7 @@ struct Reg {
     waiter: PollWaiter,
 }
 
-struct Inner {
+pub(crate) struct Inner {
     regs: Mutex<Vec<Reg>>,
     /// Set when the engine goes away: the thread exits at its next wake-up.
     closing: std::sync::atomic::AtomicBool,
@@ -28,12 +28,15 @@ struct Inner {
     /// Whether the thread runs; the mutex makes one caller start it.
     started: std::sync::atomic::AtomicBool,
     starting: Mutex<()>,
+    /// Tests: every start of the thread fails while set.
+    #[cfg(test)]
+    pub(crate) fail_start: std::sync::atomic::AtomicBool,
     /// An eventfd that interrupts the `poll` when the set changes.
     kick: OwnedFd,
 }
 
 #[derive(Clone)]
-pub(crate) struct Poller(Arc<Inner>);
+pub(crate) struct Poller(pub(crate) Arc<Inner>);
 
 impl Poller {
     pub(crate) fn new() -> std::io::Result<Poller> {
@@ -50,6 +53,8 @@ impl Poller {
             next_id: std::sync::atomic::AtomicU64::new(0),
             started: std::sync::atomic::AtomicBool::new(false),
             starting: Mutex::new(()),
+            #[cfg(test)]
+            fail_start: std::sync::atomic::AtomicBool::new(false),
             kick,
         })))
     }
@@ -64,6 +69,10 @@ impl Poller {
         let _one = self.0.starting.lock().unwrap_or_else(|e| e.into_inner());
         if self.0.started.load(Acquire) {
             return true;
+        }
+        #[cfg(test)]
+        if self.0.fail_start.load(std::sync::atomic::Ordering::SeqCst) {
+            return false;
         }
         let inner = self.0.clone();
         let spawned = std::thread::Builder::new()
