@@ -102,6 +102,11 @@
 //!   contexts; unlike Linux, every other call on an engine its parent
 //!   created (`io_setup` too) is `EINVAL` in the child, whose copy of the
 //!   engine has none of its threads: a child creates an engine of its own.
+//! - **Engine faults** end requests instead of losing them: a request
+//!   whose worker job panics completes with `-EIO`; one that no worker
+//!   thread could be started for (and none runs) with `-EAGAIN`; a pipe or
+//!   socket transfer that would wait while the poll thread cannot be
+//!   started fails with `-EAGAIN`, and a `POLL` then reports `POLLERR`.
 //! - **io_destroy** unmaps the ring after the requests in flight finish
 //!   (Linux unmaps it first); the `aio-nr` of an engine counts only its own
 //!   contexts.

@@ -30,7 +30,11 @@
 //!
 //! Contexts are keyed by their ring address, as in Linux; one `Engine` is
 //! one address space's AIO state, and [`Engine::global`] is the process-wide
-//! one a libaio replacement needs.
+//! one a libaio replacement needs. A context id is only ever looked up in
+//! the engine's table, never read from: any id a safe call is given (zero,
+//! garbage, another engine's, a destroyed one) is `EINVAL`. Destroying a
+//! context unmaps its ring, which its owner may still read, so
+//! [`Engine::io_destroy`] is `unsafe`.
 //!
 //! # Example
 //!
