@@ -453,7 +453,7 @@ impl Host for EngineHost {
     }
 
     /// A futex on a wake-up generation rather than a condition variable
-    /// (see [`Generation`]): a signal handler ends the wait.
+    /// (`Generation`): a signal handler ends the wait.
     fn wait(
         &self,
         deadline_ns: Option<u64>,
