@@ -3,18 +3,24 @@
 
 use alloc::sync::Arc;
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use aio_abi::{Errno, IoEvent, ring_layout};
 
 use crate::host::{EventFd, Host, WaitOutcome};
 use crate::ring::Ring;
 use crate::sync::SpinLock;
+use crate::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 /// Something on a context's cancellable list (a waiting `POLL`).
 pub(crate) trait Cancel: Send + Sync {
     fn obj(&self) -> u64;
+    /// Ends the request (`io_destroy`, or `io_cancel` of a `POLL`).
     fn cancel(self: Arc<Self>);
+    /// `io_cancel`: ends the request if it may be cancelled now.
+    fn try_cancel(self: Arc<Self>) -> bool {
+        self.cancel();
+        true
+    }
 }
 
 /// The state of one address space's AIO: its context table and `aio-nr`.
@@ -54,9 +60,9 @@ pub(crate) struct Ctx<H: Host> {
     pub(crate) ring_lock: SpinLock<()>,
     /// `ctx->active_reqs`: requests `io_cancel` can find.
     pub(crate) active: SpinLock<Vec<Arc<dyn Cancel>>>,
-    /// Reads and writes waiting for readiness (the retry path): not
-    /// cancellable by `io_cancel`, as in Linux, but ended by `io_destroy`,
-    /// which would otherwise wait for a pipe that may never be written.
+    /// Reads and writes waiting for readiness (the retry path): ended by
+    /// `io_destroy`, which would otherwise wait for a pipe that may never
+    /// be written, and by `io_cancel` if no byte has moved yet.
     pub(crate) parked: SpinLock<Vec<Arc<dyn Cancel>>>,
     /// Requests submitted and not yet completed.
     pub(crate) inflight: AtomicUsize,
@@ -270,21 +276,28 @@ impl<H: Host> Kernel<H> {
         Ok(ctx)
     }
 
-    /// `lookup_ioctx`: reads `ring->id` at `ctx_id`, indexes the table, and
-    /// requires the recorded address to match. Every failure is `EINVAL`.
+    /// `lookup_ioctx`: the context whose ring is at `ctx_id`, if its
+    /// `ring->id` still names its slot in the table. Every failure is
+    /// `EINVAL`.
+    ///
+    /// Linux reads `ring->id` at `ctx_id` first; here the table is searched
+    /// for the address and `id` is read from the ring the table holds. The
+    /// answers are the same (a scribbled `id` is `EINVAL` either way), but
+    /// no address a caller passes is ever read: a bogus, foreign or
+    /// destroyed id cannot fault or read memory the context does not own,
+    /// and the returned reference keeps the ring mapped while the caller
+    /// uses it, even if `io_destroy` runs meanwhile.
     pub(crate) fn lookup(&self, ctx_id: u64) -> Result<Arc<Ctx<H>>, Errno> {
-        let mut id = [0u8; 4];
-        self.host
-            .copy_from_user(ctx_id, &mut id)
-            .map_err(|_| Errno::EINVAL)?;
-        let id = u32::from_ne_bytes(id) as usize;
         let table = self.table.lock();
-        match table.get(id) {
-            Some(Some(ctx)) if ctx.user_id == ctx_id && !ctx.dead.load(Ordering::Acquire) => {
-                Ok(ctx.clone())
-            }
-            _ => Err(Errno::EINVAL),
+        let (slot, ctx) = table
+            .iter()
+            .enumerate()
+            .find_map(|(i, c)| c.as_ref().filter(|c| c.user_id == ctx_id).map(|c| (i, c)))
+            .ok_or(Errno::EINVAL)?;
+        if ctx.ring.id() as usize != slot || ctx.dead.load(Ordering::Acquire) {
+            return Err(Errno::EINVAL);
         }
+        Ok(ctx.clone())
     }
 
     /// `kill_ioctx`: false if already dying.

@@ -1,12 +1,12 @@
 //! `io_getevents` and `io_pgetevents` (spec §5).
 
 use alloc::vec;
-use core::sync::atomic::Ordering;
 
 use aio_abi::Errno;
 
 use crate::context::{Ctx, Kernel};
 use crate::host::{Host, WaitOutcome};
+use crate::sync::atomic::Ordering;
 
 const EVENT_LEN: u64 = 32;
 /// `KTIME_SEC_MAX`: seconds beyond this are "forever".
@@ -16,11 +16,13 @@ const KTIME_SEC_MAX: u64 = (i64::MAX / 1_000_000_000) as u64;
 /// "forever", `Some(0)` is "poll once". A negative `tv_sec` is forever
 /// (unsigned compare), and so is any other negative total: the relative
 /// expiry added to "now" trips `ktime_add_safe`'s overflow check.
+/// `tv_nsec` is not validated (Linux does not either): the sum wraps as
+/// `ktime_set`'s does, and a wrapped total is negative, hence forever.
 fn to_ktime(sec: i64, nsec: i64) -> Option<u64> {
     if sec as u64 >= KTIME_SEC_MAX {
         return None;
     }
-    let ns = sec * 1_000_000_000 + nsec;
+    let ns = (sec * 1_000_000_000).wrapping_add(nsec);
     u64::try_from(ns).ok()
 }
 
@@ -179,5 +181,22 @@ impl<H: Host> Kernel<H> {
         } else {
             Ok(got as usize)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn any_timespec_converts_without_overflow() {
+        assert_eq!(to_ktime(0, 0), Some(0));
+        assert_eq!(to_ktime(1, 5), Some(1_000_000_005));
+        assert_eq!(to_ktime(-1, 0), None);
+        assert_eq!(to_ktime(0, -1), None);
+        let last = KTIME_SEC_MAX as i64 - 1;
+        // The sum wraps to a negative total: forever.
+        assert_eq!(to_ktime(last, i64::MAX), None);
+        assert_eq!(to_ktime(0, i64::MAX), Some(i64::MAX as u64));
     }
 }

@@ -45,8 +45,14 @@
 //!   retry model is kept so that hosts can wait for readiness without
 //!   blocking. Bytes moved before an error make the request succeed short.
 //!   `io_destroy` ends a transfer parked on readiness (result: the bytes
-//!   moved so far, or `-EINTR`) instead of waiting for readiness that may
-//!   never come; `io_cancel` refuses it like any file I/O.
+//!   moved so far, or `-ECANCELED`) instead of waiting for readiness that
+//!   may never come.
+//! - **Cancelling reads and writes**: `io_cancel` of a transfer parked on
+//!   readiness that has not moved a byte yet (a read of an empty pipe or
+//!   socket, a write to a full one) cancels it: `Err(EINPROGRESS)`, and
+//!   its event has `res == -ECANCELED`. Once a byte has moved, or while
+//!   the transfer runs, it is not cancelled (`EINVAL`) and completes
+//!   normally, so a cancel never loses data. Linux cancels only `POLL`.
 //! - **Explicit ring address** ([`Kernel::io_setup_at`]) is an extension;
 //!   current Linux rejects a nonzero `*ctxp` with `EINVAL`, as
 //!   [`Kernel::io_setup`] does.
@@ -96,6 +102,11 @@
 //!   contexts; unlike Linux, every other call on an engine its parent
 //!   created (`io_setup` too) is `EINVAL` in the child, whose copy of the
 //!   engine has none of its threads: a child creates an engine of its own.
+//! - **Engine faults** end requests instead of losing them: a request
+//!   whose worker job panics completes with `-EIO`; one that no worker
+//!   thread could be started for (and none runs) with `-EAGAIN`; a pipe or
+//!   socket transfer that would wait while the poll thread cannot be
+//!   started fails with `-EAGAIN`, and a `POLL` then reports `POLLERR`.
 //! - **io_destroy** unmaps the ring after the requests in flight finish
 //!   (Linux unmaps it first); the `aio-nr` of an engine counts only its own
 //!   contexts.
@@ -118,10 +129,16 @@ extern crate std;
 mod context;
 mod getevents;
 mod host;
+mod park;
 mod poll;
 mod ring;
 mod submit;
 mod sync;
+#[cfg(any(feature = "std", loom))]
+mod wake;
+
+#[cfg(all(test, loom))]
+mod loom;
 
 #[cfg(feature = "std")]
 pub mod engine;

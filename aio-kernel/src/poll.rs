@@ -1,13 +1,13 @@
 //! `IOCB_CMD_POLL` (spec §7) and `io_cancel` (spec §6).
 
 use alloc::sync::Arc;
-use core::sync::atomic::{AtomicBool, Ordering};
 
 use aio_abi::{Errno, Iocb, PollEvents};
 
 use crate::context::{Cancel, Kernel};
 use crate::host::{Host, PollWaiter, PollWake};
 use crate::submit::ReqCommon;
+use crate::sync::atomic::{AtomicBool, Ordering};
 
 /// What a file without a `poll` method reports (`DEFAULT_POLLMASK`).
 pub const DEFAULT_POLLMASK: PollEvents =
@@ -114,8 +114,10 @@ impl<H: Host> Cancel for PollReq<H> {
 impl<H: Host> Kernel<H> {
     /// `io_cancel(ctx_id, iocb, result)`: `Err(EINPROGRESS)` when a request
     /// was found and cancelled (Linux never returns 0); its event, with
-    /// `res == 0` for `POLL`, still arrives through the ring. `result` is
-    /// neither read nor written.
+    /// `res == 0` for `POLL` and `-ECANCELED` for a read or write that was
+    /// waiting for readiness without having moved a byte, still arrives
+    /// through the ring. Anything else is `EINVAL`. `result` is neither
+    /// read nor written.
     pub fn io_cancel(&self, ctx_id: u64, iocb: u64, _result: u64) -> Result<(), Errno> {
         let mut key = [0u8; 4];
         let key_at = iocb.checked_add(8).ok_or(Errno::EFAULT)?;
@@ -133,12 +135,16 @@ impl<H: Host> Kernel<H> {
                 .position(|r| r.obj() == iocb)
                 .map(|i| active.remove(i))
         };
-        match found {
-            Some(req) => {
-                req.cancel();
-                Err(Errno::EINPROGRESS)
-            }
-            None => Err(Errno::EINVAL),
+        if let Some(req) = found {
+            req.cancel();
+            return Err(Errno::EINPROGRESS);
+        }
+        // A read or write parked on readiness is cancelled only if it has
+        // not moved a byte; otherwise it goes on and completes normally.
+        let parked = ctx.parked.lock().iter().find(|r| r.obj() == iocb).cloned();
+        match parked.map(Cancel::try_cancel) {
+            Some(true) => Err(Errno::EINPROGRESS),
+            _ => Err(Errno::EINVAL),
         }
     }
 }

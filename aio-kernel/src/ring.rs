@@ -42,6 +42,11 @@ impl<R: RingMemory> Ring<R> {
         self.mem.addr()
     }
 
+    /// `ring->id` as stored (user space may have changed it).
+    pub(crate) fn id(&self) -> u32 {
+        self.mem.load_u32(OFF_ID)
+    }
+
     pub(crate) fn set_id(&self, id: u32) {
         self.mem.store_u32(OFF_ID, id);
     }

@@ -104,7 +104,8 @@ impl Mem {
     }
 }
 
-/// A ring that lives in the simulated's user memory, so `lookup` can read `id`.
+/// A ring that lives in the simulated user memory, so that user space can
+/// read and scribble on its header as on a real ring.
 pub struct MockRing {
     mem: Arc<Mem>,
     addr: u64,

@@ -2,7 +2,6 @@
 //! state machines for reads/writes and fsync. `POLL` lives in `poll.rs`.
 
 use alloc::sync::Arc;
-use core::sync::atomic::{AtomicBool, Ordering};
 
 use aio_abi::{
     Errno, IoEvent, IoVec, Iocb, IocbFlags, MAX_RW_COUNT, Opcode, PollEvents, RwFlags, UIO_MAXIOV,
@@ -13,8 +12,10 @@ use zerocopy::{FromZeros, IntoBytes};
 use crate::context::{Cancel, Ctx, Kernel};
 use crate::host::{Completion, EventFd, File, FileMode, Host, IoStatus, PollWaiter, PollWake};
 use crate::host::{Resume, RwOp, Segments};
+use crate::park::Park;
 use crate::poll;
 use crate::sync::SpinLock;
+use crate::sync::atomic::{AtomicBool, Ordering};
 
 /// Offset of `aio_key` in the iocb: always the low half of the word at 8.
 #[cfg(target_endian = "little")]
@@ -186,7 +187,7 @@ impl<H: Host> Kernel<H> {
         let req = Arc::new(RwReq {
             common,
             write,
-            waiting: AtomicBool::new(false),
+            park: Park::new(),
             state: SpinLock::new(RwState {
                 segs,
                 seg: 0,
@@ -406,10 +407,10 @@ pub(crate) struct RwReq<H: Host> {
     common: ReqCommon<H>,
     write: bool,
     state: SpinLock<RwState>,
-    /// Parked on readiness. Whoever clears it (the wake-up, or io_destroy)
-    /// owns the request from there: a transfer never restarts after
-    /// io_destroy has ended it.
-    waiting: AtomicBool,
+    /// Parked on readiness. Whoever takes it back (the wake-up,
+    /// io_destroy, or io_cancel before any byte moved) owns the request
+    /// from there: a transfer never restarts after it was ended.
+    park: Park,
 }
 
 impl<H: Host> RwReq<H> {
@@ -462,12 +463,12 @@ impl<H: Host> RwReq<H> {
                         return;
                     }
                     let want = self.wanted();
-                    self.waiting.store(true, Ordering::SeqCst);
+                    self.park.park(done > 0);
                     self.common.ctx.parked.lock().push(self.clone());
                     if self.common.ctx.dead.load(Ordering::SeqCst) {
                         // io_destroy may have swept the parked list already.
                         self.unpark();
-                        if self.waiting.swap(false, Ordering::SeqCst) {
+                        if self.park.take() {
                             self.common.complete(self.interrupted());
                         }
                         return;
@@ -483,7 +484,7 @@ impl<H: Host> RwReq<H> {
                         return;
                     }
                     self.unpark();
-                    if !self.waiting.swap(false, Ordering::SeqCst) {
+                    if !self.park.take() {
                         return;
                     }
                     self.issue()
@@ -508,13 +509,13 @@ impl<H: Host> RwReq<H> {
     }
 
     /// The result of a transfer ended by `io_destroy` while waiting: the
-    /// bytes moved so far, or `-EINTR` like a read interrupted at exit.
+    /// bytes moved so far, or `-ECANCELED`.
     fn interrupted(&self) -> i64 {
         let done = self.state.lock().done;
         if done > 0 {
             done as i64
         } else {
-            Errno::EINTR.as_res()
+            Errno::ECANCELED.as_res()
         }
     }
 
@@ -549,10 +550,22 @@ impl<H: Host> Cancel for RwReq<H> {
     }
 
     fn cancel(self: Arc<Self>) {
-        if self.waiting.swap(false, Ordering::SeqCst) {
+        if self.park.take() {
             self.common.complete(self.interrupted());
         }
         self.common.file.poll_cancel(&PollWaiter(self.clone()));
+    }
+
+    /// `io_cancel`: only a transfer parked before moving a byte ends
+    /// (`-ECANCELED`); one that moved data, or is moving it now, goes on.
+    fn try_cancel(self: Arc<Self>) -> bool {
+        if !self.park.take_unstarted() {
+            return false;
+        }
+        self.unpark();
+        self.common.complete(Errno::ECANCELED.as_res());
+        self.common.file.poll_cancel(&PollWaiter(self.clone()));
+        true
     }
 }
 
@@ -565,8 +578,8 @@ impl<H: Host> PollWake for RwReq<H> {
         if !events.is_empty() && !events.intersects(want | PollEvents::ERR | PollEvents::HUP) {
             return false;
         }
-        if !self.waiting.swap(false, Ordering::SeqCst) {
-            // io_destroy ended it, or another wake-up took it.
+        if !self.park.take() {
+            // io_destroy or io_cancel ended it, or another wake-up took it.
             return true;
         }
         self.unpark();

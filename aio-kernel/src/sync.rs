@@ -1,9 +1,23 @@
 //! A minimal spin lock: the core is `no_std` and holds its locks only for a
 //! few loads and stores (never across a file operation or a wait).
 
+use atomic::{AtomicBool, Ordering};
 use core::cell::UnsafeCell;
 use core::ops::{Deref, DerefMut};
-use core::sync::atomic::{AtomicBool, Ordering};
+
+/// The core's atomics: loom's under `--cfg loom`, whose model checks
+/// (`src/loom.rs`) then explore every interleaving of the real code;
+/// core's otherwise.
+pub(crate) mod atomic {
+    #[cfg(not(loom))]
+    pub(crate) use core::sync::atomic::{
+        AtomicBool, AtomicU8, AtomicU32, AtomicUsize, Ordering, fence,
+    };
+    #[cfg(loom)]
+    pub(crate) use loom::sync::atomic::{
+        AtomicBool, AtomicU8, AtomicU32, AtomicUsize, Ordering, fence,
+    };
+}
 
 pub(crate) struct SpinLock<T> {
     locked: AtomicBool,
@@ -17,7 +31,7 @@ unsafe impl<T: Send> Sync for SpinLock<T> {}
 unsafe impl<T: Send> Send for SpinLock<T> {}
 
 impl<T> SpinLock<T> {
-    pub(crate) const fn new(value: T) -> Self {
+    pub(crate) fn new(value: T) -> Self {
         SpinLock {
             locked: AtomicBool::new(false),
             value: UnsafeCell::new(value),
@@ -38,7 +52,12 @@ impl<T> SpinLock<T> {
     }
 }
 
-#[cfg(feature = "std")]
+#[cfg(loom)]
+fn relax(_spins: u32) {
+    loom::thread::yield_now();
+}
+
+#[cfg(all(feature = "std", not(loom)))]
 fn relax(spins: u32) {
     // A preempted holder would otherwise cost a whole time slice of spinning.
     if spins % 64 == 0 {
@@ -48,7 +67,7 @@ fn relax(spins: u32) {
     }
 }
 
-#[cfg(not(feature = "std"))]
+#[cfg(not(any(feature = "std", loom)))]
 fn relax(_spins: u32) {
     core::hint::spin_loop();
 }

@@ -852,6 +852,31 @@ fn destroy_cancels_polls_and_waits_for_io() {
 }
 
 #[test]
+fn cancel_ends_a_parked_transfer_that_moved_nothing() {
+    let t = T::new(1);
+    let ctx = t.setup(8);
+    let f = t.file(3, pattern(100), MockFile::regular());
+    *f.ready.lock().unwrap() = PollEvents::EMPTY;
+    f.push(&[Step::Block(0), Step::Block(4)]);
+    let buf = t.alloc(10);
+    let (r, addrs) = t.submit(
+        ctx,
+        &[
+            Iocb::pread(3, buf, 10, 0).with_data(1),
+            Iocb::pread(3, buf, 10, 0).with_data(2),
+        ],
+    );
+    assert_eq!(r, Ok(2));
+    assert_eq!(t.k.io_cancel(ctx, addrs[0], 0), Err(Errno::EINPROGRESS));
+    assert_eq!(t.k.io_cancel(ctx, addrs[0], 0), Err(Errno::EINVAL));
+    assert_eq!(t.k.io_cancel(ctx, addrs[1], 0), Err(Errno::EINVAL));
+    let evs = t.getevents(ctx, 1, 8, Some((0, 0))).unwrap();
+    assert_eq!(evs.len(), 1);
+    assert_eq!((evs[0].data, evs[0].res), (1, Errno::ECANCELED.as_res()));
+    assert_eq!(t.k.io_destroy(ctx), Ok(()));
+}
+
+#[test]
 fn destroy_ends_transfers_waiting_for_readiness() {
     let t = T::new(1);
     let ctx = t.setup(8);
@@ -865,8 +890,8 @@ fn destroy_ends_transfers_waiting_for_readiness() {
     );
     assert_eq!(r, Ok(2));
     assert_eq!(f.waiters.lock().unwrap().len(), 2);
-    // Not cancellable through io_cancel, like Linux's file reads.
-    assert_eq!(t.k.io_cancel(ctx, addrs[0], 0), Err(Errno::EINVAL));
+    // The second one moved 4 bytes before it parked: not cancellable.
+    assert_eq!(t.k.io_cancel(ctx, addrs[1], 0), Err(Errno::EINVAL));
     // io_destroy does not wait for readiness that may never come.
     assert_eq!(t.k.io_destroy(ctx), Ok(()));
     assert!(f.waiters.lock().unwrap().is_empty());

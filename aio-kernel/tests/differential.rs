@@ -1645,7 +1645,8 @@ fn aio_sys_ring_view_reaps_the_engine_ring() {
     // SAFETY: as above; the first round's events have all been reaped.
     assert_eq!(unsafe { engine.io_submit(ctx, &ptrs) }, Ok(5));
     assert_eq!(engine.io_getevents(ctx, 5, &mut evs, None), Ok(5));
-    engine.io_destroy(ctx).unwrap();
+    // SAFETY: this test set `ctx` up and uses it no more.
+    unsafe { engine.io_destroy(ctx) }.unwrap();
 }
 
 #[test]
@@ -1672,10 +1673,12 @@ fn engine_explicit_ring_address() {
     assert_eq!(engine.io_setup_at(1, addr + 1), Err(Errno::EINVAL));
     let mut evs = [IoEvent::default(); 1];
     assert_eq!(engine.io_getevents(ctx, 0, &mut evs, None), Ok(0));
-    engine.io_destroy(ctx).unwrap();
+    // SAFETY: this test set `ctx` up and uses it no more.
+    unsafe { engine.io_destroy(ctx) }.unwrap();
     // The range is free again.
     let again = engine.io_setup_at(1, addr).unwrap();
-    engine.io_destroy(again).unwrap();
+    // SAFETY: this test set `again` up and uses it no more.
+    unsafe { engine.io_destroy(again) }.unwrap();
 }
 
 // ---- property-generated batches ----

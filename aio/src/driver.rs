@@ -282,7 +282,10 @@ impl Backend for EngineBackend {
         if self.reaper.destroyed {
             return Ok(());
         }
-        self.engine.io_destroy(self.ctx)?;
+        // SAFETY: this backend set `ctx` up and owns it; once destroyed,
+        // `reaper.destroyed` keeps its ring from being read again and no
+        // other call names `ctx`.
+        unsafe { self.engine.io_destroy(self.ctx) }?;
         self.reaper.destroyed = true;
         Ok(())
     }

@@ -83,9 +83,9 @@ impl CacheGuess {
     pub fn outcome(&mut self, hit: bool) {
         if hit {
             self.misses = self.misses.saturating_sub(1);
-            self.streak = (self.streak + 1).min(WARM);
+            self.streak = self.streak.saturating_add(1).min(WARM);
         } else {
-            self.misses = (self.misses + 1).min(2 * COLD);
+            self.misses = self.misses.saturating_add(1).min(2 * COLD);
             self.streak = 0;
         }
     }
@@ -109,6 +109,17 @@ impl CacheGuess {
 mod tests {
     use super::*;
     use std::vec::Vec;
+
+    #[test]
+    fn any_packed_guess_takes_outcomes() {
+        for bits in [u32::MAX, 0x00ff_ffff, 0xff] {
+            for hit in [true, false] {
+                let mut g = CacheGuess::from_bits(bits);
+                let _ = g.should_try(|| Some(false));
+                g.outcome(hit);
+            }
+        }
+    }
 
     fn after(outcomes: impl IntoIterator<Item = bool>) -> CacheGuess {
         let mut g = CacheGuess::default();

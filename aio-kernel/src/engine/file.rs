@@ -14,7 +14,7 @@ use aio_abi::{Errno, PollEvents, RwFlags};
 use super::cache_guess::CacheGuess;
 use super::plug;
 use super::poller::Poller;
-use super::workers::{Deferred, Pool, Read};
+use super::workers::{Deferred, Job, Pool, Read};
 use crate::host::{Completion, EventFd, File, FileMode, IoStatus, PollWaiter, RwOp, Segments};
 
 fn last_errno() -> Errno {
@@ -440,6 +440,9 @@ impl EngineFile {
                 }
                 match last_errno() {
                     Errno::EAGAIN if user_nowait => IoStatus::Error(Errno::EAGAIN),
+                    // Nothing could wake the request: it fails as if the
+                    // thread it needs could not be created.
+                    Errno::EAGAIN if !self.shared.poller.start() => IoStatus::Error(Errno::EAGAIN),
                     Errno::EAGAIN => IoStatus::WouldBlock(0),
                     Errno::EOPNOTSUPP if !user_nowait => self.queue(op, done, write, -1),
                     e => IoStatus::Error(e),
@@ -496,7 +499,7 @@ impl EngineFile {
         let appends = write
             && (op.flags.contains(RwFlags::APPEND)
                 || (self.mode.append && !op.flags.contains(RwFlags::NOAPPEND)));
-        let job = move || {
+        let job = Job::new(done, move |done| {
             let raw = fd.as_raw_fd();
             // SAFETY: the segments were lent by the caller of
             // `Engine::io_submit` until the event is posted.
@@ -509,11 +512,11 @@ impl EngineFile {
             }
             let status = status_of(n);
             done.finish(status);
-        };
+        });
         self.shared.run(if appends {
-            Deferred::Ordered(self.inode, Box::new(job))
+            Deferred::Ordered(self.inode, job)
         } else {
-            Deferred::Run(Box::new(job))
+            Deferred::Run(job)
         });
         IoStatus::Queued
     }
@@ -544,7 +547,11 @@ impl Read for BufferedRead {
         whole
     }
 
-    fn finish(self: Box<Self>) {
+    fn fail(&mut self, e: Errno) {
+        self.done.finish(IoStatus::Error(e));
+    }
+
+    fn finish(&mut self) {
         // SAFETY: as above.
         let n = unsafe {
             transfer(
@@ -575,7 +582,7 @@ impl File for EngineFile {
     fn fsync(&self, datasync: bool, done: &Completion) -> IoStatus {
         let fd = self.fd.clone();
         let done = done.clone();
-        self.shared.run(Deferred::Run(Box::new(move || {
+        self.shared.run(Deferred::Run(Job::new(done, move |done| {
             let raw = fd.as_raw_fd();
             // SAFETY: plain syscalls on an fd we own.
             let r = unsafe {
@@ -616,7 +623,11 @@ impl File for EngineFile {
                 libc::S_IFSOCK => wake_key_socket,
                 _ => same_key,
             };
-            self.shared.poller.register(self.fd.clone(), events, w, key);
+            if !self.shared.poller.register(self.fd.clone(), events, w, key) {
+                // No thread can wait for it: reported as an error
+                // condition rather than left waiting forever.
+                return ready | PollEvents::ERR;
+            }
         }
         ready
     }

@@ -30,7 +30,11 @@
 //!
 //! Contexts are keyed by their ring address, as in Linux; one `Engine` is
 //! one address space's AIO state, and [`Engine::global`] is the process-wide
-//! one a libaio replacement needs.
+//! one a libaio replacement needs. A context id is only ever looked up in
+//! the engine's table, never read from: any id a safe call is given (zero,
+//! garbage, another engine's, a destroyed one) is `EINVAL`. Destroying a
+//! context unmaps its ring, which its owner may still read, so
+//! [`Engine::io_destroy`] is `unsafe`.
 //!
 //! # Example
 //!
@@ -68,7 +72,8 @@
 //! assert_eq!(engine.io_getevents(ctx, 1, &mut events, None), Ok(1));
 //! assert_eq!(&buf, b"hello world");
 //!
-//! engine.io_destroy(ctx)?;
+//! // SAFETY: this example set `ctx` up and nothing else uses it.
+//! unsafe { engine.io_destroy(ctx) }?;
 //! std::fs::remove_file(&path)?;
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
@@ -92,6 +97,7 @@ pub use memory::EngineRing;
 
 use crate::Kernel;
 use crate::host::{EventFd, File, Host, WaitOutcome};
+use crate::wake::{Futex, Slept, Waker};
 use file::Shared;
 
 /// Settings of an [`Engine`].
@@ -156,10 +162,8 @@ pub struct EngineHost {
     shared: Arc<Shared>,
     config: Config,
     epoch: Instant,
-    /// Bumped by every wake-up; sleepers wait on it with a futex.
-    generation: AtomicU32,
-    /// Threads inside `wait` (wake-ups skip the system call when none).
-    sleepers: AtomicU32,
+    /// Sleepers wait on a wake-up generation with a futex.
+    waker: Waker<Generation>,
     cpus: u32,
     page: u64,
     nice: bool,
@@ -315,20 +319,64 @@ impl Drop for SigmaskGuard {
     }
 }
 
+/// The wake-up generation: a futex word of this process.
+struct Generation(AtomicU32);
+
+impl Futex for Generation {
+    fn load(&self) -> u32 {
+        self.0.load(Ordering::SeqCst)
+    }
+
+    fn bump(&self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// `FUTEX_WAIT`: a signal handler interrupts it with `EINTR`, which
+    /// gives `io_getevents` Linux's `EINTR`.
+    fn wait(&self, seen: u32, timeout_ns: Option<u64>) -> Slept {
+        let ts = timeout_ns.map(|left| libc::timespec {
+            tv_sec: (left / 1_000_000_000) as libc::time_t,
+            tv_nsec: (left % 1_000_000_000) as libc::c_long,
+        });
+        let ts_ptr = ts
+            .as_ref()
+            .map_or(core::ptr::null(), |t| t as *const libc::timespec);
+        // SAFETY: FUTEX_WAIT on our own live atomic; it sleeps only if
+        // the generation still equals `seen` (no lost wake-up).
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_futex,
+                self.0.as_ptr(),
+                libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
+                seen,
+                ts_ptr,
+                core::ptr::null::<u32>(),
+                0,
+            )
+        };
+        if r < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+            Slept::Interrupted
+        } else {
+            Slept::Again
+        }
+    }
+
+    fn wake_all(&self) {
+        // SAFETY: FUTEX_WAKE on our own live atomic.
+        unsafe {
+            libc::syscall(
+                libc::SYS_futex,
+                self.0.as_ptr(),
+                libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
+                i32::MAX,
+            )
+        };
+    }
+}
+
 impl EngineHost {
     fn wake_now(&self) {
-        self.generation.fetch_add(1, Ordering::SeqCst);
-        if self.sleepers.load(Ordering::SeqCst) > 0 {
-            // SAFETY: FUTEX_WAKE on our own live atomic.
-            unsafe {
-                libc::syscall(
-                    libc::SYS_futex,
-                    self.generation.as_ptr(),
-                    libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
-                    i32::MAX,
-                )
-            };
-        }
+        self.waker.wake_all();
     }
 
     /// Sends off what a plug held back: the jobs (one lock, one wake-up),
@@ -404,9 +452,8 @@ impl Host for EngineHost {
         self.epoch.elapsed().as_nanos() as u64
     }
 
-    /// A futex on a wake-up generation rather than a condition variable:
-    /// a signal handler interrupts `FUTEX_WAIT` with `EINTR`, which gives
-    /// `io_getevents` Linux's `EINTR`.
+    /// A futex on a wake-up generation rather than a condition variable
+    /// (`Generation`): a signal handler ends the wait.
     fn wait(
         &self,
         deadline_ns: Option<u64>,
@@ -415,52 +462,10 @@ impl Host for EngineHost {
     ) -> WaitOutcome {
         let _mask = sigmask.map(SigmaskGuard::install);
         INTERRUPTED.with(|i| i.set(false));
-        self.sleepers.fetch_add(1, Ordering::SeqCst);
-        let outcome = loop {
-            let seen = self.generation.load(Ordering::SeqCst);
-            if ready() {
-                break WaitOutcome::Ready;
-            }
-            let ts = match deadline_ns {
-                None => None,
-                Some(d) => {
-                    let now = self.now_ns();
-                    if now >= d {
-                        break WaitOutcome::TimedOut;
-                    }
-                    let left = d - now;
-                    Some(libc::timespec {
-                        tv_sec: (left / 1_000_000_000) as libc::time_t,
-                        tv_nsec: (left % 1_000_000_000) as libc::c_long,
-                    })
-                }
-            };
-            let ts_ptr = ts
-                .as_ref()
-                .map_or(core::ptr::null(), |t| t as *const libc::timespec);
-            // SAFETY: FUTEX_WAIT on our own live atomic; it sleeps only if
-            // the generation still equals `seen` (no lost wake-up).
-            let r = unsafe {
-                libc::syscall(
-                    libc::SYS_futex,
-                    self.generation.as_ptr(),
-                    libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
-                    seen,
-                    ts_ptr,
-                    core::ptr::null::<u32>(),
-                    0,
-                )
-            };
-            if r < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
-                // Like Linux's wait loop: the condition gets one more look.
-                if ready() {
-                    break WaitOutcome::Ready;
-                }
-                INTERRUPTED.with(|i| i.set(true));
-                break WaitOutcome::Interrupted;
-            }
-        };
-        self.sleepers.fetch_sub(1, Ordering::SeqCst);
+        let outcome = self.waker.wait(deadline_ns, &|| self.now_ns(), ready);
+        if outcome == WaitOutcome::Interrupted {
+            INTERRUPTED.with(|i| i.set(true));
+        }
         outcome
     }
 
@@ -552,8 +557,7 @@ impl Engine {
             shared,
             config,
             epoch: Instant::now(),
-            generation: AtomicU32::new(0),
-            sleepers: AtomicU32::new(0),
+            waker: Waker::new(Generation(AtomicU32::new(0))),
             cpus: possible_cpus(),
             page: if page > 0 { page as u64 } else { 4096 },
             nice: capable_sys_nice(),
@@ -747,17 +751,36 @@ impl Engine {
     }
 
     /// `io_cancel(ctx, iocb, NULL)`: `Err(EINPROGRESS)` means the request
-    /// was found and cancelled (Linux never returns 0); its event, with
-    /// `res == 0`, is in the ring. Only waiting `POLL` requests can be
-    /// cancelled; others give `EINVAL`.
+    /// was found and cancelled (Linux never returns 0); its event is in
+    /// the ring: `res == 0` for a waiting `POLL`, `-ECANCELED` for a read
+    /// or write of a pipe or socket that was waiting for readiness and had
+    /// not moved a byte. Others give `EINVAL` and complete normally.
+    ///
+    /// `iocb` is never dereferenced: its key is read through the kernel
+    /// (`EFAULT` if unreadable), and only compared with the requests in
+    /// flight. A bogus or destroyed `ctx` is `EINVAL`. Cancelling a request
+    /// of a context another component owns is memory-safe (its event says
+    /// so), though that component will see the request fail.
     pub fn io_cancel(&self, ctx: AioContext, iocb: *const Iocb) -> Result<(), Errno> {
-        // Only reads the iocb's key, through the kernel (EFAULT if bad).
         self.k()?.io_cancel(ctx, iocb as u64, 0)
     }
 
     /// `io_destroy(ctx)`: cancels what can be cancelled, waits for every
     /// request in flight, then releases the context and its ring.
-    pub fn io_destroy(&self, ctx: AioContext) -> Result<(), Errno> {
+    ///
+    /// An id that names no live context of this engine is `EINVAL`, and
+    /// nothing is read or unmapped.
+    ///
+    /// # Safety
+    ///
+    /// The caller owns `ctx`: it set the context up (or was handed it by
+    /// whoever did), and once this call starts nothing else uses it — no
+    /// user-space reaper reads its ring (the ring is unmapped, and its
+    /// address may be reused by any later mapping), and no other
+    /// component holds the id for later calls. Destroying a context that
+    /// another component still reads (an `aio` context, a libaio
+    /// context) makes that component read unmapped or reused memory.
+    pub unsafe fn io_destroy(&self, ctx: AioContext) -> Result<(), Errno> {
         self.k_contexts_change()?.io_destroy(ctx)
     }
 
@@ -829,5 +852,120 @@ impl Drop for Engine {
         let host = self.kernel.host();
         host.shared.pool.shutdown();
         host.shared.poller.shutdown();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsRawFd;
+
+    /// Submits one `FSYNC` (always a worker's job) of a fresh file and
+    /// returns its event; `None` if none came (the engine is then leaked:
+    /// destroying it would wait for the lost request).
+    fn fsync_event(engine: Engine) -> Option<(Engine, IoEvent)> {
+        let path = std::env::temp_dir().join(std::format!(
+            "aio-kernel-fault-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        let file = std::fs::File::create(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        let ctx = engine.io_setup(4).unwrap();
+        let iocb = Iocb::fsync(file.as_raw_fd()).with_data(9);
+        // SAFETY: `iocb` outlives the request (its event is awaited).
+        let submitted = unsafe { engine.io_submit(ctx, &[&iocb as *const Iocb]) };
+        assert_eq!(submitted, Ok(1));
+        let mut evs = [IoEvent::default(); 1];
+        let ts = libc::timespec {
+            tv_sec: 5,
+            tv_nsec: 0,
+        };
+        if engine.io_getevents(ctx, 1, &mut evs, Some(&ts)) != Ok(1) {
+            core::mem::forget(engine);
+            return None;
+        }
+        // SAFETY: set up here, used by nothing else.
+        unsafe { engine.io_destroy(ctx) }.unwrap();
+        Some((engine, evs[0]))
+    }
+
+    #[test]
+    fn a_worker_that_cannot_start_fails_its_request_with_eagain() {
+        let engine = Engine::new();
+        let faults = engine.kernel.host().shared.pool.faults();
+        faults
+            .fail_spawns
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let (engine, ev) = fsync_event(engine).expect("the request's event");
+        assert_eq!((ev.data, ev.res), (9, Errno::EAGAIN.as_res()));
+        // Threads can start again: the next request runs.
+        let faults = engine.kernel.host().shared.pool.faults();
+        faults
+            .fail_spawns
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        let (_, ev) = fsync_event(engine).expect("the request's event");
+        assert_eq!(ev.res, 0);
+    }
+
+    #[test]
+    fn without_a_poll_thread_streams_fail_and_polls_report_pollerr() {
+        let engine = Engine::new();
+        let poller = &engine.kernel.host().shared.poller;
+        poller
+            .0
+            .fail_start
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let mut p = [0i32; 2];
+        // SAFETY: `p` has room for two fds.
+        assert_eq!(unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+        // SAFETY: just created, owned here.
+        let (r, _w) = unsafe {
+            use std::os::fd::FromRawFd;
+            (
+                std::os::fd::OwnedFd::from_raw_fd(p[0]),
+                std::os::fd::OwnedFd::from_raw_fd(p[1]),
+            )
+        };
+        let ctx = engine.io_setup(4).unwrap();
+        let mut buf = [0u8; 8];
+        let read = Iocb::pread(r.as_raw_fd(), buf.as_mut_ptr() as u64, 8, 0).with_data(1);
+        let poll = Iocb::poll(r.as_raw_fd(), aio_abi::PollEvents::IN).with_data(2);
+        // SAFETY: the iocbs and `buf` outlive the requests (their events
+        // are awaited, or the engine is leaked).
+        let submitted = unsafe { engine.io_submit(ctx, &[&read, &poll]) };
+        assert_eq!(submitted, Ok(2));
+        let mut evs = [IoEvent::default(); 2];
+        let ts = libc::timespec {
+            tv_sec: 5,
+            tv_nsec: 0,
+        };
+        let got = engine.io_getevents(ctx, 2, &mut evs, Some(&ts));
+        if got != Ok(2) {
+            core::mem::forget(engine);
+            panic!("events missing: {got:?}");
+        }
+        evs.sort_by_key(|e| e.data);
+        assert_eq!(evs[0].res, Errno::EAGAIN.as_res());
+        assert_eq!(
+            evs[1].res as u32 & libc::POLLERR as u32,
+            libc::POLLERR as u32
+        );
+        // SAFETY: set up here, used by nothing else.
+        unsafe { engine.io_destroy(ctx) }.unwrap();
+    }
+
+    #[test]
+    fn a_job_that_panics_fails_its_request_with_eio() {
+        let engine = Engine::new();
+        let faults = engine.kernel.host().shared.pool.faults();
+        faults
+            .panic_jobs
+            .store(1, std::sync::atomic::Ordering::SeqCst);
+        let (engine, ev) = fsync_event(engine).expect("the request's event");
+        assert_eq!((ev.data, ev.res), (9, Errno::EIO.as_res()));
+        // The pool still serves.
+        let (_, ev) = fsync_event(engine).expect("the request's event");
+        assert_eq!(ev.res, 0);
     }
 }

@@ -20,18 +20,23 @@ struct Reg {
     waiter: PollWaiter,
 }
 
-struct Inner {
+pub(crate) struct Inner {
     regs: Mutex<Vec<Reg>>,
     /// Set when the engine goes away: the thread exits at its next wake-up.
     closing: std::sync::atomic::AtomicBool,
     next_id: std::sync::atomic::AtomicU64,
-    started: std::sync::Once,
+    /// Whether the thread runs; the mutex makes one caller start it.
+    started: std::sync::atomic::AtomicBool,
+    starting: Mutex<()>,
+    /// Tests: every start of the thread fails while set.
+    #[cfg(test)]
+    pub(crate) fail_start: std::sync::atomic::AtomicBool,
     /// An eventfd that interrupts the `poll` when the set changes.
     kick: OwnedFd,
 }
 
 #[derive(Clone)]
-pub(crate) struct Poller(Arc<Inner>);
+pub(crate) struct Poller(pub(crate) Arc<Inner>);
 
 impl Poller {
     pub(crate) fn new() -> std::io::Result<Poller> {
@@ -46,25 +51,51 @@ impl Poller {
             regs: Mutex::new(Vec::new()),
             closing: std::sync::atomic::AtomicBool::new(false),
             next_id: std::sync::atomic::AtomicU64::new(0),
-            started: std::sync::Once::new(),
+            started: std::sync::atomic::AtomicBool::new(false),
+            starting: Mutex::new(()),
+            #[cfg(test)]
+            fail_start: std::sync::atomic::AtomicBool::new(false),
             kick,
         })))
     }
 
+    /// Starts the poll thread unless it runs; false if it cannot be
+    /// started (the next call tries again).
+    pub(crate) fn start(&self) -> bool {
+        use std::sync::atomic::Ordering::{Acquire, Release};
+        if self.0.started.load(Acquire) {
+            return true;
+        }
+        let _one = self.0.starting.lock().unwrap_or_else(|e| e.into_inner());
+        if self.0.started.load(Acquire) {
+            return true;
+        }
+        #[cfg(test)]
+        if self.0.fail_start.load(std::sync::atomic::Ordering::SeqCst) {
+            return false;
+        }
+        let inner = self.0.clone();
+        let spawned = std::thread::Builder::new()
+            .name("aio-engine-poll".into())
+            .spawn(move || run(inner));
+        if spawned.is_ok() {
+            self.0.started.store(true, Release);
+        }
+        spawned.is_ok()
+    }
+
+    /// Wakes `waiter` when `fd` reports `events` (or an error); false if
+    /// the poll thread cannot be started, and nothing will wake it.
     pub(crate) fn register(
         &self,
         fd: Arc<OwnedFd>,
         events: PollEvents,
         waiter: &PollWaiter,
         key: KeyFn,
-    ) {
-        let inner = self.0.clone();
-        self.0.started.call_once(|| {
-            std::thread::Builder::new()
-                .name("aio-engine-poll".into())
-                .spawn(move || run(inner))
-                .expect("spawning the engine's poll thread");
-        });
+    ) -> bool {
+        if !self.start() {
+            return false;
+        }
         self.0
             .regs
             .lock()
@@ -80,6 +111,7 @@ impl Poller {
                 waiter: waiter.clone(),
             });
         self.kick();
+        true
     }
 
     /// Ends the poll thread (its waiters are all finished by then).

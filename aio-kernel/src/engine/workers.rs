@@ -1,12 +1,69 @@
 //! The worker pool: blocking I/O runs here, never in `io_submit`.
+//!
+//! Every job finishes its request, whatever happens to it: a job that
+//! panics finishes it with `EIO` (and its worker goes on serving), and
+//! jobs that no thread can run — a worker could not be started
+//! (`std::thread::Builder::spawn` failed) and none is alive — finish
+//! with `EAGAIN`, as `clone` fails. So `io_destroy`, which waits for
+//! every request, always returns.
 
 use std::boxed::Box;
 use std::collections::{HashMap, VecDeque};
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 use std::vec::Vec;
 
-pub(crate) type Job = Box<dyn FnOnce() + Send>;
+use aio_abi::Errno;
+
+use crate::host::{Completion, IoStatus};
+
+/// The result of a request whose job panicked.
+const PANICKED: Errno = Errno::EIO;
+/// The result of a request no worker could be started for.
+const NO_THREAD: Errno = Errno::EAGAIN;
+
+/// Finishes `done` with `e`; a panic in the completion path itself is
+/// contained (the worker must survive it).
+fn fail(done: &Completion, e: Errno) {
+    let _ = catch_unwind(AssertUnwindSafe(|| done.finish(IoStatus::Error(e))));
+}
+
+/// Blocking work for a request, with the request's completion: the work
+/// finishes it, or [`Job::run`] and [`Job::fail`] do.
+pub(crate) struct Job {
+    work: Box<dyn FnOnce(&Completion) + Send>,
+    done: Completion,
+}
+
+impl Job {
+    pub(crate) fn new(done: Completion, work: impl FnOnce(&Completion) + Send + 'static) -> Job {
+        Job {
+            work: Box::new(work),
+            done,
+        }
+    }
+
+    /// Runs the work; if it panics, the request fails with [`PANICKED`]
+    /// (a request it had already finished keeps its event).
+    fn run(self, inner: &Inner) {
+        let Job { work, done } = self;
+        let ran = catch_unwind(AssertUnwindSafe(|| {
+            #[cfg(test)]
+            inner.faults.panic_if_asked();
+            #[cfg(not(test))]
+            let _ = inner;
+            work(&done)
+        }));
+        if ran.is_err() {
+            fail(&done, PANICKED);
+        }
+    }
+
+    fn fail(self, e: Errno) {
+        fail(&self.done, e);
+    }
+}
 
 /// A read that can start its device I/O without waiting for it (a buffered
 /// read with `RWF_NOWAIT` starts the page cache's read and answers
@@ -16,7 +73,9 @@ pub(crate) trait Read: Send {
     /// the device's I/O); true when it is finished.
     fn try_finish(&mut self) -> bool;
     /// Completes the read, waiting as long as it takes.
-    fn finish(self: Box<Self>);
+    fn finish(&mut self);
+    /// Completes the read with the error `e`, without reading.
+    fn fail(&mut self, e: Errno);
 }
 
 /// A job for [`Pool::dispatch`].
@@ -43,6 +102,8 @@ const READ_BATCH: usize = 8;
 enum Queued {
     Run(Job),
     Read(u64, Box<dyn Read>),
+    /// The first job of a lane; the lane's later ones follow it.
+    Lane((u64, u64), Job),
 }
 
 struct State {
@@ -60,6 +121,36 @@ struct Inner {
     state: Mutex<State>,
     cv: Condvar,
     max: usize,
+    #[cfg(test)]
+    faults: Faults,
+}
+
+/// Faults the tests inject: thread starts that fail, jobs that panic.
+#[cfg(test)]
+#[derive(Default)]
+pub(crate) struct Faults {
+    /// Every worker start fails while set.
+    pub(crate) fail_spawns: std::sync::atomic::AtomicBool,
+    /// This many of the next jobs panic instead of running.
+    pub(crate) panic_jobs: std::sync::atomic::AtomicUsize,
+}
+
+#[cfg(test)]
+impl Faults {
+    fn spawn_fails(&self) -> bool {
+        self.fail_spawns.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn panic_if_asked(&self) {
+        use std::sync::atomic::Ordering::SeqCst;
+        if self
+            .panic_jobs
+            .fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            panic!("a job panics (injected by a test)");
+        }
+    }
 }
 
 /// Grows while every worker is busy (a blocked read must not starve the
@@ -84,7 +175,15 @@ impl Pool {
             }),
             cv: Condvar::new(),
             max: max.max(1),
+            #[cfg(test)]
+            faults: Faults::default(),
         }))
+    }
+
+    /// The faults a test may inject into this pool.
+    #[cfg(test)]
+    pub(crate) fn faults(&self) -> &Faults {
+        &self.0.faults
     }
 
     /// Queues `jobs` under one lock and wakes one worker. An ordered job
@@ -103,8 +202,7 @@ impl Pool {
                         waiting.push_back(job);
                     } else {
                         s.lanes.insert(lane, VecDeque::new());
-                        s.jobs
-                            .push_back(Queued::Run(lane_runner(self.0.clone(), lane, job)));
+                        s.jobs.push_back(Queued::Lane(lane, job));
                     }
                 }
             }
@@ -128,23 +226,21 @@ impl Pool {
 }
 
 /// Runs `first`, then the lane's queued jobs until it is empty.
-fn lane_runner(inner: Arc<Inner>, lane: (u64, u64), first: Job) -> Job {
-    Box::new(move || {
-        first();
-        loop {
-            let next = {
-                let mut s = inner.state.lock().unwrap_or_else(|e| e.into_inner());
-                match s.lanes.get_mut(&lane).and_then(VecDeque::pop_front) {
-                    Some(next) => next,
-                    None => {
-                        s.lanes.remove(&lane);
-                        return;
-                    }
+fn run_lane(inner: &Inner, lane: (u64, u64), first: Job) {
+    first.run(inner);
+    loop {
+        let next = {
+            let mut s = inner.state.lock().unwrap_or_else(|e| e.into_inner());
+            match s.lanes.get_mut(&lane).and_then(VecDeque::pop_front) {
+                Some(next) => next,
+                None => {
+                    s.lanes.remove(&lane);
+                    return;
                 }
-            };
-            next();
-        }
-    })
+            }
+        };
+        next.run(inner);
+    }
 }
 
 /// What queued jobs need from whoever queued (or took) one.
@@ -180,15 +276,49 @@ fn hand_off(inner: &Arc<Inner>, handoff: Handoff) {
         Handoff::WakeIdle => inner.cv.notify_one(),
         Handoff::Start => {
             let worker_inner = inner.clone();
+            #[cfg(test)]
+            if inner.faults.spawn_fails() {
+                spawn_failed(inner);
+                return;
+            }
             let spawned = std::thread::Builder::new()
                 .name("aio-engine-worker".into())
                 .spawn(move || worker(worker_inner));
             if spawned.is_err() {
-                inner
+                spawn_failed(inner);
+            }
+        }
+    }
+}
+
+/// A worker counted in `threads` could not be started. If no worker is
+/// left to run the queued jobs, nothing ever would: they fail with
+/// [`NO_THREAD`] (the next dispatch tries to start a worker again).
+fn spawn_failed(inner: &Arc<Inner>) {
+    let orphans: Vec<Queued> = {
+        let mut s = inner.state.lock().unwrap_or_else(|e| e.into_inner());
+        s.threads -= 1;
+        if s.threads > 0 {
+            return;
+        }
+        s.jobs.drain(..).collect()
+    };
+    for queued in orphans {
+        match queued {
+            Queued::Run(job) => job.fail(NO_THREAD),
+            Queued::Read(_, mut read) => read.fail(NO_THREAD),
+            Queued::Lane(lane, first) => {
+                first.fail(NO_THREAD);
+                let rest = inner
                     .state
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
-                    .threads -= 1;
+                    .lanes
+                    .remove(&lane)
+                    .unwrap_or_default();
+                for job in rest {
+                    job.fail(NO_THREAD);
+                }
             }
         }
     }
@@ -213,11 +343,24 @@ fn yield_wakeup_preemption() {
 /// oldest unfinished is waited for, and the rest tried again, until all
 /// are done. A read that completes while the worker waits for an older
 /// one is finished right after it.
+///
+/// A read whose call panics fails with [`PANICKED`].
 fn run_reads(reads: &mut Vec<Box<dyn Read>>) {
-    reads.retain_mut(|r| !r.try_finish());
+    let try_finish = |r: &mut Box<dyn Read>| match catch_unwind(AssertUnwindSafe(|| r.try_finish()))
+    {
+        Ok(finished) => !finished,
+        Err(_) => {
+            r.fail(PANICKED);
+            false
+        }
+    };
+    reads.retain_mut(try_finish);
     while !reads.is_empty() {
-        reads.remove(0).finish();
-        reads.retain_mut(|r| !r.try_finish());
+        let mut oldest = reads.remove(0);
+        if catch_unwind(AssertUnwindSafe(|| oldest.finish())).is_err() {
+            oldest.fail(PANICKED);
+        }
+        reads.retain_mut(try_finish);
     }
 }
 
@@ -228,7 +371,8 @@ fn worker(inner: Arc<Inner>) {
     loop {
         if let Some(first) = s.jobs.pop_front() {
             let job = match first {
-                Queued::Run(job) => Some(job),
+                Queued::Run(job) => Some((None, job)),
+                Queued::Lane(lane, job) => Some((Some(lane), job)),
                 Queued::Read(dev, read) => {
                     reads.push(read);
                     while reads.len() < READ_BATCH {
@@ -252,7 +396,8 @@ fn worker(inner: Arc<Inner>) {
             drop(s);
             hand_off(&inner, handoff);
             match job {
-                Some(job) => job(),
+                Some((None, job)) => job.run(&inner),
+                Some((Some(lane), job)) => run_lane(&inner, lane, job),
                 None => run_reads(&mut reads),
             }
             s = inner.state.lock().unwrap_or_else(|e| e.into_inner());
@@ -302,10 +447,27 @@ mod tests {
             }
             ready
         }
-        fn finish(self: Box<Self>) {
+        fn finish(&mut self) {
             self.log.send(("wait", self.n)).unwrap();
             self.log.send(("done", self.n)).unwrap();
         }
+        fn fail(&mut self, _: Errno) {
+            self.log.send(("failed", self.n)).unwrap();
+        }
+    }
+
+    /// A completion that records how it was finished.
+    struct Recorder(Mutex<Vec<IoStatus>>);
+
+    impl crate::host::Resume for Recorder {
+        fn resume(self: Arc<Self>, status: IoStatus) {
+            self.0.lock().unwrap().push(status);
+        }
+    }
+
+    fn recorder() -> (Arc<Recorder>, Completion) {
+        let r = Arc::new(Recorder(Mutex::new(Vec::new())));
+        (r.clone(), Completion(r))
     }
 
     fn fake_reads(count: usize, ready: &[usize]) -> (Vec<Box<dyn Read>>, mpsc::Receiver<Event>) {
@@ -359,7 +521,8 @@ mod tests {
         let pool = Pool::new(1);
         let (release_tx, release_rx) = mpsc::channel::<()>();
         let (started_tx, started_rx) = mpsc::channel::<()>();
-        pool.dispatch([Deferred::Run(Box::new(move || {
+        let (_, done) = recorder();
+        pool.dispatch([Deferred::Run(Job::new(done, move |_| {
             started_tx.send(()).unwrap();
             release_rx.recv().unwrap();
         }))]);
@@ -407,5 +570,58 @@ mod tests {
         assert_eq!(&log[..first_wait], [("try", 0), ("try", 1)]);
         let third = log.iter().position(|e| *e == ("try", 2)).unwrap();
         assert_eq!(log[third + 1], ("wait", 2), "{log:?}");
+    }
+
+    #[test]
+    fn jobs_no_worker_can_run_fail_with_eagain() {
+        let pool = Pool::new(4);
+        pool.faults()
+            .fail_spawns
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let (ran, done) = recorder();
+        let (laned, lane_done) = recorder();
+        let (tx, rx) = mpsc::channel();
+        let (reads, _log) = fake_reads(1, &[]);
+        pool.dispatch(
+            [
+                Deferred::Run(Job::new(done, |_| panic!("must not run"))),
+                Deferred::Ordered((1, 1), Job::new(lane_done.clone(), |_| panic!("no"))),
+                Deferred::Ordered((1, 1), Job::new(lane_done, |_| panic!("no"))),
+            ]
+            .into_iter()
+            .chain(reads.into_iter().map(|r| Deferred::Read(1, r))),
+        );
+        assert_eq!(*ran.0.lock().unwrap(), [IoStatus::Error(Errno::EAGAIN)]);
+        assert_eq!(
+            *laned.0.lock().unwrap(),
+            [
+                IoStatus::Error(Errno::EAGAIN),
+                IoStatus::Error(Errno::EAGAIN)
+            ]
+        );
+        assert_eq!(_log.try_iter().collect::<Vec<_>>(), [("failed", 0)]);
+        // Threads start again: jobs run.
+        pool.faults()
+            .fail_spawns
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        let (_, done) = recorder();
+        pool.dispatch([Deferred::Run(Job::new(done, move |_| tx.send(()).unwrap()))]);
+        rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        pool.shutdown();
+    }
+
+    #[test]
+    fn a_panicking_job_fails_with_eio_and_its_worker_goes_on() {
+        let pool = Pool::new(1);
+        let (first, done) = recorder();
+        let (tx, rx) = mpsc::channel();
+        let (_, done2) = recorder();
+        pool.dispatch([
+            Deferred::Ordered((2, 2), Job::new(done, |_| panic!("a bug"))),
+            Deferred::Ordered((2, 2), Job::new(done2, move |_| tx.send(()).unwrap())),
+        ]);
+        rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert_eq!(*first.0.lock().unwrap(), [IoStatus::Error(Errno::EIO)]);
+        pool.shutdown();
     }
 }

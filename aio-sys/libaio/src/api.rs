@@ -134,7 +134,12 @@ fn destroy(id: AioContext) -> Result<(), Errno> {
                 // SAFETY: not a context this library reads: the kernel
                 // validates it.
                 Backend::Kernel => unsafe { aio_sys::io_destroy(id) },
-                Backend::Engine => engine::destroy(id),
+                // The engine's contexts that this library did not set up
+                // belong to another part of the process (the `aio` crate
+                // shares the engine): destroying one would unmap a ring
+                // its owner still reads. Linux would have no such context
+                // to destroy for us either.
+                Backend::Engine => Err(Errno::EINVAL),
             };
         }
     };
@@ -145,7 +150,10 @@ fn destroy(id: AioContext) -> Result<(), Errno> {
         Backend::Kernel => unsafe { aio_sys::io_destroy(id) },
         Backend::Engine => {
             context::ENGINE_CONTEXTS.fetch_sub(1, Ordering::Relaxed);
-            engine::destroy(id)
+            // SAFETY: this library set the context up; it is out of the
+            // table and dead, so no thread of this library reads its ring
+            // or names it any more.
+            unsafe { engine::destroy(id) }
         }
     };
     report!(

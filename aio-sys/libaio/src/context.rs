@@ -7,26 +7,11 @@
 //! direct system call, a destroyed one, garbage) goes to the kernel, which
 //! validates it.
 //!
-//! # Reaping from several threads
+//! # Reaping from several threads, and lifetime
 //!
-//! The kernel's `io_getevents` reads and advances `head` under a mutex of its
-//! own that user space cannot take. So a user-space reader must never run
-//! while a kernel read of the same ring may be in progress. Each context has
-//! a small lock-protected state: `waiting` counts the threads currently
-//! inside the wait system call for this context. A thread reaps the ring
-//! only under the lock and only when `waiting == 0`; a thread that has to
-//! wait increments `waiting` under the lock, drops the lock, enters the
-//! kernel, and decrements `waiting` afterwards. While some thread waits in
-//! the kernel, the others use the system call as well (which the kernel's
-//! mutex makes safe, exactly as with the original libaio). The lock is never
-//! held across a system call.
-//!
-//! # Lifetime
-//!
-//! `io_destroy` removes the context from the table, then marks it dead under
-//! its lock before the ring is unmapped: a thread that already looked the
-//! context up either finished its ring copy before that, or sees `dead` and
-//! goes to the system call (which returns `EINVAL`).
+//! See `reaping.rs`: a thread reads a ring in user space only while no
+//! thread of this library is in the wait system call for it, and never
+//! after `io_destroy` marked it dead.
 //!
 //! # fork
 //!
@@ -39,12 +24,14 @@
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock, Mutex, MutexGuard, Once, RwLock};
+use std::sync::{Arc, LazyLock, Once, RwLock};
 
 use aio_abi::{AioContext, IoEvent};
 use aio_sys::RingView;
 
 use crate::driver::Backend;
+pub(crate) use crate::reaping::Reaped;
+use crate::reaping::Reaping;
 
 /// One context created through this library.
 pub(crate) struct Context {
@@ -55,43 +42,13 @@ pub(crate) struct Context {
     /// Capacity of the ring in events, 0 if it is not read from user space.
     pub(crate) ring_nr: u32,
     generation: u64,
-    state: Mutex<State>,
+    reaping: Reaping<RingView>,
     /// Events copied out of the ring in user space.
     pub(crate) ring_events: AtomicU64,
     /// Calls answered from the ring alone.
     pub(crate) ring_calls: AtomicU64,
     /// Calls that had to enter the kernel (or the engine) to wait.
     pub(crate) wait_calls: AtomicU64,
-}
-
-struct State {
-    /// The ring reader; `None` once the context is dead.
-    view: Option<RingView>,
-    /// Threads inside the wait system call for this context.
-    waiting: u32,
-}
-
-/// What [`Context::reap_or_wait`] decided.
-pub(crate) enum Reaped<'a> {
-    /// This many events were copied out of the ring, and they are enough.
-    Done(usize),
-    /// This many events (maybe 0) were copied out of the ring and the caller
-    /// must wait in the system call for more, or the ring may not be read
-    /// now (another thread is in the kernel's `io_getevents` for this
-    /// context, ring reaping is off, or the context is dying) and the
-    /// caller must use the system call for all of it. The caller is counted
-    /// as waiting until the guard is dropped.
-    Wait(usize, Waiting<'a>),
-}
-
-/// A thread counted in [`Context`]'s `waiting`: while one exists, no thread
-/// reads the ring in user space.
-pub(crate) struct Waiting<'a>(&'a Context);
-
-impl Drop for Waiting<'_> {
-    fn drop(&mut self) {
-        self.0.lock().waiting -= 1;
-    }
 }
 
 impl Context {
@@ -115,62 +72,46 @@ impl Context {
             backend,
             ring_nr: view.capacity().unwrap_or(0),
             generation: GENERATION.load(Ordering::Acquire),
-            state: Mutex::new(State {
-                view: Some(view),
-                waiting: 0,
-            }),
+            reaping: Reaping::new(view),
             ring_events: AtomicU64::new(0),
             ring_calls: AtomicU64::new(0),
             wait_calls: AtomicU64::new(0),
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, State> {
-        // A panic cannot happen while the lock is held (the ring copy does
-        // not panic), but a poisoned lock must not take the process down.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     /// Copies up to `out.len()` events out of the ring if it may be read
     /// now; if `enough(copied)` says they do not suffice (or the ring may
     /// not be read), registers the caller as waiting in the same critical
-    /// section.
+    /// section (see [`Reaping::reap_or_wait`]).
     pub(crate) fn reap_or_wait(
         &self,
         out: &mut [IoEvent],
         enough: impl FnOnce(usize) -> bool,
-    ) -> Reaped<'_> {
-        let mut st = self.lock();
-        let mut n = 0;
-        let readable = st.waiting == 0 && st.view.as_ref().is_some_and(RingView::is_mapped);
-        if readable {
-            if let Some(view) = st.view.as_mut() {
-                n = view.try_reap(out);
+    ) -> Reaped<'_, RingView> {
+        let reaped = self.reaping.reap_or_wait(out, enough);
+        let n = match &reaped {
+            Reaped::Done(n) => *n,
+            Reaped::Wait(n, _) => {
+                self.wait_calls.fetch_add(1, Ordering::Relaxed);
+                *n
             }
-            if n > 0 {
-                self.ring_events.fetch_add(n as u64, Ordering::Relaxed);
-            }
-            if enough(n) {
-                return Reaped::Done(n);
-            }
+        };
+        if n > 0 {
+            self.ring_events.fetch_add(n as u64, Ordering::Relaxed);
         }
-        st.waiting += 1;
-        self.wait_calls.fetch_add(1, Ordering::Relaxed);
-        Reaped::Wait(n, Waiting(self))
+        reaped
     }
 
     /// Runs `wait` (a system call that reads the ring itself) with this
     /// thread counted as waiting, so no thread reaps in user space meanwhile.
     pub(crate) fn while_waiting<T>(&self, wait: impl FnOnce() -> T) -> T {
-        self.lock().waiting += 1;
         self.wait_calls.fetch_add(1, Ordering::Relaxed);
-        let _waiting = Waiting(self);
-        wait()
+        self.reaping.while_waiting(wait)
     }
 
     /// Marks the context dead: no thread reads its ring after this returns.
     pub(crate) fn kill(&self) {
-        self.lock().view = None;
+        self.reaping.kill();
     }
 }
 

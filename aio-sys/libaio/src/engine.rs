@@ -34,8 +34,13 @@ pub(crate) unsafe fn setup(nr_events: u32, ctxp: u64) -> Result<(), Errno> {
 }
 
 /// `io_destroy(id)`: waits for the context's requests, unmaps its ring.
-pub(crate) fn destroy(id: AioContext) -> Result<(), Errno> {
-    engine().io_destroy(id)
+///
+/// # Safety
+/// As `Engine::io_destroy`: `id` is a context this library set up, and
+/// nothing reads its ring or names it after this call starts.
+pub(crate) unsafe fn destroy(id: AioContext) -> Result<(), Errno> {
+    // SAFETY: forwarded from the caller's contract.
+    unsafe { engine().io_destroy(id) }
 }
 
 /// `io_submit(id, nr, iocbpp)`.

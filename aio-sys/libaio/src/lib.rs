@@ -32,5 +32,6 @@ mod engine;
 mod errno;
 mod exports;
 mod log;
+mod reaping;
 
 pub use api::{IoCallback, IoContext};

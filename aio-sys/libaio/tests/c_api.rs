@@ -176,6 +176,20 @@ fn engine_driver_serves_the_same_programs() {
     }
 }
 
+/// With the engine, `io_cancel` cancels a read of an empty pipe and
+/// `io_destroy` ends one (the kernel would block in `io_submit` on it).
+#[test]
+fn engine_cancels_pipe_reads() {
+    let Some(log) = run_subtest(
+        Against::Ours,
+        "stream_cancel",
+        &[("AIO_LIBAIO_DRIVER", "engine")],
+    ) else {
+        return;
+    };
+    assert!(log.contains("served by the engine"), "{log}");
+}
+
 /// Runs a c_api subtest under aio-seccomp-exec with `filter_args`, in the
 /// default (auto) driver mode, and returns our log.
 fn run_under_seccomp(t: &str, filter_args: &[&str]) -> Option<String> {
