@@ -160,8 +160,11 @@ fn kernel_release() -> String {
         .unwrap_or_else(|_| "unknown".to_owned())
 }
 
+/// How long the probe waits for one request's event.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// A context destroyed on drop, for the probe's own requests.
-struct ProbeContext(AioContext);
+struct ProbeContext(AioContext, Duration);
 
 impl ProbeContext {
     /// Submits one request and waits for its event; the synchronous error or
@@ -173,7 +176,7 @@ impl ProbeContext {
         unsafe { io_submit(self.0, &ptrs) }?;
         let mut ev = [IoEvent::default()];
         loop {
-            match io_getevents(self.0, 1, &mut ev, Some(Duration::from_secs(10))) {
+            match io_getevents(self.0, 1, &mut ev, Some(self.1)) {
                 Ok(1) => return Ok(ev[0].res),
                 Ok(_) => return Err(Errno::EIO),
                 Err(Errno::EINTR) => continue,
@@ -227,7 +230,7 @@ pub fn probe(dir: Option<&Path>) -> Capabilities {
         incomplete: None,
     };
     let ctx = match io_setup(8) {
-        Ok(ctx) => ProbeContext(ctx),
+        Ok(ctx) => ProbeContext(ctx, PROBE_TIMEOUT),
         Err(e) => {
             let failure = SetupFailure::from_errno(e);
             caps.setup = Err(failure);
