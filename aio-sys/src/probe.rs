@@ -135,14 +135,31 @@ impl Capabilities {
     }
 }
 
-/// Reads a sysctl under `/proc/sys/fs`.
+/// Reads a number from a sysctl under `/proc/sys/fs` (`name` such as
+/// `aio-max-nr` or `inotify/max_user_watches`).
+///
+/// `None` if it is unreadable or not a number, and for a name with an
+/// empty, `.` or `..` component, which would leave `/proc/sys/fs`. The
+/// read is bounded, so a file that never ends cannot exhaust memory.
 pub fn read_fs_sysctl(name: &str) -> Option<u64> {
-    std::fs::read_to_string(format!("/proc/sys/fs/{name}"))
+    use std::io::Read;
+    if name
+        .split('/')
+        .any(|c| c.is_empty() || c == "." || c == "..")
+    {
+        return None;
+    }
+    let mut text = String::new();
+    File::open(Path::new("/proc/sys/fs").join(name))
         .ok()?
-        .trim()
-        .parse()
-        .ok()
+        .take(SYSCTL_READ_MAX)
+        .read_to_string(&mut text)
+        .ok()?;
+    text.trim().parse().ok()
 }
+
+/// Enough for any number a sysctl holds (a `u64` has 20 digits).
+const SYSCTL_READ_MAX: u64 = 64;
 
 /// The `Seccomp:` mode of this process (0 none, 1 strict, 2 filter).
 pub fn seccomp_mode() -> Option<u32> {

@@ -242,9 +242,14 @@ pub unsafe fn io_pgetevents_raw(
 /// `cachestat(2)` (Linux 6.5), which starts no readahead, unlike a read
 /// with `RWF_NOWAIT` that misses; `None` where the kernel lacks it or a
 /// filter forbids it.
+///
+/// Any `fd`, `off` and `len` are accepted: a range past the largest offset
+/// ends there.
 pub fn page_cache_holds(fd: RawFd, off: i64, len: u64) -> Option<bool> {
     use aio_abi::syscall::{CACHESTAT, Cachestat, CachestatRange};
-    let range = CachestatRange::bytes(off, len);
+    let mut range = CachestatRange::bytes(off, len);
+    // `off` is at most i64::MAX, so the end is representable.
+    range.len = range.len.min(u64::MAX - range.off);
     let mut stat = Cachestat::default();
     // SAFETY: cachestat reads `range` and writes `stat`, both locals.
     if unsafe { libc::syscall(CACHESTAT, fd, &range, &mut stat, 0) } != 0 {
