@@ -10,7 +10,7 @@
 //!   [`RingView`] reads (see its `# Safety` sections).
 //! - [`RingView`]: reaps completions from the mapped `aio_ring` without a
 //!   system call, falling back to `io_getevents` to wait.
-//! - [`probe`]: what this kernel and this process can do.
+//! - [`probe()`]: what this kernel and this process can do.
 //!
 //! Types and constants come from [`aio_abi`], re-exported as [`abi`].
 
