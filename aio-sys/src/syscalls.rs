@@ -81,10 +81,11 @@ pub unsafe fn io_destroy(ctx: AioContext) -> Result<(), Errno> {
 /// the buffers an iovec array points to) must stay valid and, for reads,
 /// not otherwise accessed, until its completion event has been reaped or
 /// [`io_destroy`] of `ctx` has returned `Ok`: the kernel writes into it
-/// asynchronously and file I/O cannot be cancelled. The iovec arrays may be
-/// freed once this returns; an iocb's address identifies its request to
-/// [`io_cancel`] and in its event (`obj`) until then. The kernel validates
-/// `ctx` before it reads any iocb (`EINVAL`).
+/// asynchronously and file I/O cannot be cancelled. The iocbs and the
+/// iovec arrays may be freed once this returns: the kernel has copied them,
+/// and keeps an iocb's address only as the request's identity (in its
+/// event's `obj`, and for [`io_cancel`], which reads the iocb again). The
+/// kernel validates `ctx` before it reads any iocb (`EINVAL`).
 pub unsafe fn io_submit(ctx: AioContext, iocbs: &[*mut Iocb]) -> Result<usize, Errno> {
     // SAFETY: forwarded from the caller's contract.
     let n = unsafe { io_submit_raw(ctx, iocbs.len() as libc::c_long, iocbs.as_ptr().cast_mut()) }?;
