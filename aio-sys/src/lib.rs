@@ -4,10 +4,13 @@
 //!   [`io_getevents`], [`io_pgetevents`]: each system call once, returning
 //!   `Result<_, Errno>`, with no retry policy inside (`EINTR` reaches the
 //!   caller). The `*_raw` forms pass arbitrary pointers and counts through,
-//!   for callers (and tests) that need the kernel's own validation.
+//!   for callers (and tests) that need the kernel's own validation. Every
+//!   call that takes a context id is `unsafe`: the kernel validates the id,
+//!   but a live one may be another component's, whose ring a
+//!   [`RingView`] reads (see its `# Safety` sections).
 //! - [`RingView`]: reaps completions from the mapped `aio_ring` without a
 //!   system call, falling back to `io_getevents` to wait.
-//! - [`probe`]: what this kernel and this process can do.
+//! - [`probe()`]: what this kernel and this process can do.
 //!
 //! Types and constants come from [`aio_abi`], re-exported as [`abi`].
 

@@ -8,11 +8,12 @@ use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
-use std::time::Duration;
+use std::ptr::NonNull;
+use std::time::{Duration, Instant};
 
 use aio_abi::{AioContext, Errno, IoEvent, IoVec, Iocb, Opcode, PollEvents, RwFlags};
 
-use crate::{io_destroy, io_getevents, io_pgetevents, io_setup, io_submit};
+use crate::{io_cancel, io_destroy, io_getevents, io_pgetevents, io_setup, io_submit};
 
 /// Why `io_setup` failed.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -134,14 +135,31 @@ impl Capabilities {
     }
 }
 
-/// Reads a sysctl under `/proc/sys/fs`.
+/// Reads a number from a sysctl under `/proc/sys/fs` (`name` such as
+/// `aio-max-nr` or `inotify/max_user_watches`).
+///
+/// `None` if it is unreadable or not a number, and for a name with an
+/// empty, `.` or `..` component, which would leave `/proc/sys/fs`. The
+/// read is bounded, so a file that never ends cannot exhaust memory.
 pub fn read_fs_sysctl(name: &str) -> Option<u64> {
-    std::fs::read_to_string(format!("/proc/sys/fs/{name}"))
+    use std::io::Read;
+    if name
+        .split('/')
+        .any(|c| c.is_empty() || c == "." || c == "..")
+    {
+        return None;
+    }
+    let mut text = String::new();
+    File::open(Path::new("/proc/sys/fs").join(name))
         .ok()?
-        .trim()
-        .parse()
-        .ok()
+        .take(SYSCTL_READ_MAX)
+        .read_to_string(&mut text)
+        .ok()?;
+    text.trim().parse().ok()
 }
+
+/// Enough for any number a sysctl holds (a `u64` has 20 digits).
+const SYSCTL_READ_MAX: u64 = 64;
 
 /// The `Seccomp:` mode of this process (0 none, 1 strict, 2 filter).
 pub fn seccomp_mode() -> Option<u32> {
@@ -160,29 +178,154 @@ fn kernel_release() -> String {
         .unwrap_or_else(|_| "unknown".to_owned())
 }
 
-/// A context destroyed on drop, for the probe's own requests.
-struct ProbeContext(AioContext);
+/// How long the probe waits for one request's event before it gives the
+/// request up.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 
-impl ProbeContext {
-    /// Submits one request and waits for its event; the synchronous error or
-    /// the event's `res`.
-    fn run(&self, mut iocb: Iocb) -> Result<i64, Errno> {
-        let ptrs = [&mut iocb as *mut Iocb];
-        // SAFETY: the iocb is live for the call; its buffers (if any) are
-        // kept alive by the caller until this function has reaped the event.
-        unsafe { io_submit(self.0, &ptrs) }?;
+/// The answer for a request that did not complete within [`PROBE_TIMEOUT`].
+const TIMED_OUT: Errno = Errno(libc::ETIMEDOUT);
+
+/// The memory the probe's requests name: a one-byte buffer, an iovec over
+/// it, and the iocb a request is submitted from (whose address identifies
+/// the request in its event and to `io_cancel`).
+struct ProbeMemory {
+    byte: [u8; 1],
+    iov: IoVec,
+    iocb: Iocb,
+}
+
+/// The probe's context and the memory its requests use, one request in
+/// flight at a time.
+///
+/// Dropping it destroys the context first (`io_destroy` returns only when
+/// every request has completed) and frees the memory after. If a request is
+/// still in flight and the context cannot be destroyed, the memory is
+/// leaked, never freed under the kernel.
+struct Prober {
+    ctx: AioContext,
+    timeout: Duration,
+    /// From `Box::leak`, freed in `Drop`. The kernel may write into it while a request is
+    /// in flight, so no reference into it is ever made.
+    mem: NonNull<ProbeMemory>,
+    /// A submitted request whose event has not been reaped. Outside
+    /// [`Prober::run`] this means the request could be neither reaped nor
+    /// cancelled, and no further request is submitted.
+    in_flight: bool,
+    /// Whether a request that times out is cancelled (always, except in
+    /// the test of a request that cannot be, as file I/O cannot).
+    cancel_on_timeout: bool,
+}
+
+impl Prober {
+    fn new(timeout: Duration) -> Result<Prober, Errno> {
+        let ctx = io_setup(8)?;
+        let mem = NonNull::from(Box::leak(Box::new(ProbeMemory {
+            byte: [0],
+            iov: IoVec::default(),
+            iocb: Iocb::default(),
+        })));
+        let p = Prober {
+            ctx,
+            timeout,
+            mem,
+            in_flight: false,
+            cancel_on_timeout: true,
+        };
+        // SAFETY: `mem` is a live allocation that nothing else refers to.
+        unsafe {
+            (&raw mut (*p.mem.as_ptr()).iov).write(IoVec {
+                iov_base: p.buf(),
+                iov_len: 1,
+            })
+        };
+        Ok(p)
+    }
+
+    /// The address of the one-byte buffer.
+    fn buf(&self) -> u64 {
+        // SAFETY: in bounds of the live allocation; no reference is made.
+        unsafe { &raw mut (*self.mem.as_ptr()).byte }.cast::<u8>() as u64
+    }
+
+    /// The address of a one-element iovec array over [`Prober::buf`].
+    fn iov(&self) -> u64 {
+        // SAFETY: as in `buf`.
+        (unsafe { &raw const (*self.mem.as_ptr()).iov }) as u64
+    }
+
+    fn iocb(&self) -> *mut Iocb {
+        // SAFETY: as in `buf`.
+        unsafe { &raw mut (*self.mem.as_ptr()).iocb }
+    }
+
+    /// Whether a request was given up while the kernel still holds it.
+    fn is_stuck(&self) -> bool {
+        self.in_flight
+    }
+
+    /// Submits one request and waits for its event; the synchronous error,
+    /// the event's `res`, or `ETIMEDOUT` when no event came in time.
+    ///
+    /// On a timeout the request is cancelled (only polls can be) and its
+    /// event reaped; a request that cannot be cancelled stays in flight,
+    /// and the prober refuses further requests (`EBUSY`).
+    fn run(&mut self, iocb: Iocb) -> Result<i64, Errno> {
+        if self.in_flight {
+            return Err(Errno::EBUSY);
+        }
+        let slot = self.iocb();
+        // SAFETY: no request is in flight, so nothing reads or writes the
+        // slot concurrently.
+        unsafe { slot.write(iocb) };
+        // SAFETY: the iocb and the buffer and iovec its request names live
+        // in `mem`, which is freed only after `io_destroy` has returned
+        // (every request completed) or not at all (`Drop`).
+        unsafe { io_submit(self.ctx, &[slot]) }?;
+        self.in_flight = true;
+        match self.reap(Some(self.timeout))? {
+            Some(res) => Ok(res),
+            None => {
+                if self.cancel_on_timeout && self.cancel() {
+                    // A cancelled request completes at once.
+                    self.reap(None)?;
+                }
+                Err(TIMED_OUT)
+            }
+        }
+    }
+
+    /// `io_cancel` of the request in flight; whether the kernel took it
+    /// (only polls are cancellable; file I/O answers `EINVAL`).
+    fn cancel(&self) -> bool {
+        // SAFETY: the slot is the live iocb the request was submitted from.
+        let r = unsafe { io_cancel(self.ctx, self.iocb()) };
+        matches!(r, Ok(()) | Err(Errno::EINPROGRESS))
+    }
+
+    /// Waits up to `timeout` (`None`: without limit) for the event of the
+    /// request in flight: its `res`, or `None` on a timeout.
+    fn reap(&mut self, timeout: Option<Duration>) -> Result<Option<i64>, Errno> {
+        let deadline = timeout.map(|t| Instant::now() + t);
         let mut ev = [IoEvent::default()];
         loop {
-            match io_getevents(self.0, 1, &mut ev, Some(Duration::from_secs(10))) {
-                Ok(1) => return Ok(ev[0].res),
-                Ok(_) => return Err(Errno::EIO),
+            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            // SAFETY: no ring view of the prober's context exists.
+            let got = unsafe { io_getevents(self.ctx, 1, &mut ev, left) };
+            match got {
+                // The context has only this request; its event names its iocb.
+                Ok(1) if ev[0].obj == self.iocb() as u64 => {
+                    self.in_flight = false;
+                    return Ok(Some(ev[0].res));
+                }
+                Ok(1) => continue,
+                Ok(_) => return Ok(None),
                 Err(Errno::EINTR) => continue,
                 Err(e) => return Err(e),
             }
         }
     }
 
-    fn support(&self, iocb: Iocb) -> Support {
+    fn support(&mut self, iocb: Iocb) -> Support {
         match self.run(iocb) {
             Ok(res) => match Errno::from_ret(res) {
                 Ok(_) => Support::Yes,
@@ -195,10 +338,16 @@ impl ProbeContext {
     }
 }
 
-impl Drop for ProbeContext {
+impl Drop for Prober {
     fn drop(&mut self) {
-        // SAFETY: no ring view of this context exists; its requests were reaped.
-        let _ = unsafe { io_destroy(self.0) };
+        // SAFETY: no ring view of this context exists; io_destroy returns
+        // only when every request of the context has completed.
+        let destroyed = unsafe { io_destroy(self.ctx) }.is_ok();
+        if destroyed || !self.in_flight {
+            // SAFETY: from `Box::leak` in `new`, freed once; the kernel holds
+            // no request that names it.
+            drop(unsafe { Box::from_raw(self.mem.as_ptr()) });
+        }
     }
 }
 
@@ -210,6 +359,12 @@ fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     }
     // SAFETY: both descriptors were just created and are owned by nobody else.
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// What a probe request is asked for.
+enum Probed {
+    Op(Opcode),
+    Flag(RwFlags),
 }
 
 /// Probes the running kernel. Scratch files go to `dir` (the temporary
@@ -226,8 +381,8 @@ pub fn probe(dir: Option<&Path>) -> Capabilities {
         pgetevents: Support::No(Errno::ENOSYS),
         incomplete: None,
     };
-    let ctx = match io_setup(8) {
-        Ok(ctx) => ProbeContext(ctx),
+    let mut prober = match Prober::new(PROBE_TIMEOUT) {
+        Ok(p) => p,
         Err(e) => {
             let failure = SetupFailure::from_errno(e);
             caps.setup = Err(failure);
@@ -248,14 +403,8 @@ pub fn probe(dir: Option<&Path>) -> Capabilities {
         }
     };
     let fd = file.as_raw_fd();
-    // Lives until the end of the function, after every probe request was reaped.
-    let mut byte = [0u8; 1];
-    let buf = byte.as_mut_ptr() as u64;
-    let iov = IoVec {
-        iov_base: buf,
-        iov_len: 1,
-    };
-    let iov_addr = &iov as *const IoVec as u64;
+    let buf = prober.buf();
+    let iov_addr = prober.iov();
 
     // The read end stays open so the write end polls writable, not POLLERR.
     let (_rd, wr) = match pipe() {
@@ -282,11 +431,7 @@ pub fn probe(dir: Option<&Path>) -> Capabilities {
         (Opcode::PREADV, Iocb::preadv(fd, iov_addr, 1, 0)),
         (Opcode::PWRITEV, Iocb::pwritev(fd, iov_addr, 1, 0)),
     ];
-    for (op, iocb) in candidates {
-        caps.opcodes.push((op, ctx.support(iocb)));
-    }
-
-    for bit in 0..9 {
+    let rw_flag_probes = (0..9).map(|bit| {
         let flag = RwFlags(1 << bit);
         // RWF_ATOMIC applies to writes only; every other flag is probed on a
         // read so that the scratch file is left as it is.
@@ -295,11 +440,31 @@ pub fn probe(dir: Option<&Path>) -> Capabilities {
         } else {
             Iocb::preadv2(fd, iov_addr, 1, 0, flag)
         };
-        caps.rw_flags.push((flag, ctx.support(iocb)));
+        (flag, iocb)
+    });
+    let opcode_probes = candidates
+        .into_iter()
+        .map(|(op, iocb)| (Probed::Op(op), iocb));
+    for (what, iocb) in opcode_probes.chain(rw_flag_probes.map(|(f, i)| (Probed::Flag(f), i))) {
+        if prober.is_stuck() {
+            caps.incomplete = Some(format!(
+                "a probe request did not complete within {} s and could not be \
+                 cancelled; the later ones were not run",
+                PROBE_TIMEOUT.as_secs()
+            ));
+            break;
+        }
+        let answer = prober.support(iocb);
+        match what {
+            Probed::Op(op) => caps.opcodes.push((op, answer)),
+            Probed::Flag(flag) => caps.rw_flags.push((flag, answer)),
+        }
     }
 
-    let mut ev = [IoEvent::default()];
-    caps.pgetevents = match io_pgetevents(ctx.0, 0, &mut ev, Some(Duration::ZERO), None) {
+    // An empty array: the call is probed without taking any event.
+    // SAFETY: no ring view of the prober's context exists.
+    let pget = unsafe { io_pgetevents(prober.ctx, 0, &mut [], Some(Duration::ZERO), None) };
+    caps.pgetevents = match pget {
         Ok(_) => Support::Yes,
         Err(e) => Support::No(e),
     };
@@ -334,4 +499,66 @@ fn scratch_file(dir: &Path) -> io::Result<File> {
     };
     f.write_all(b"x")?;
     Ok(f)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Writes one byte into the pipe, which makes its read end readable.
+    fn fill(wr: &OwnedFd) {
+        // SAFETY: one byte from a live buffer to our own pipe.
+        let n = unsafe { libc::write(wr.as_raw_fd(), b"x".as_ptr().cast(), 1) };
+        assert_eq!(n, 1);
+    }
+
+    #[test]
+    fn a_timed_out_probe_is_cancelled_and_does_not_take_a_later_probes_event() {
+        let (rd, wr) = pipe().unwrap();
+        // Any wait times out: nothing is written before the poll is given up.
+        let mut p = Prober::new(Duration::from_millis(20)).unwrap();
+        let first = p.run(Iocb::poll(rd.as_raw_fd(), PollEvents::IN));
+        assert_eq!(first, Err(TIMED_OUT));
+        assert!(!p.is_stuck(), "the poll was cancelled and its event reaped");
+        // Would complete the first poll if the kernel still held it.
+        fill(&wr);
+        let second = p.run(Iocb::poll(wr.as_raw_fd(), PollEvents::OUT));
+        assert_eq!(second, Ok(i64::from(libc::POLLOUT)));
+        // Nothing else is owed to this context.
+        let mut ev = [IoEvent::default()];
+        // SAFETY: no ring view of the prober's context exists.
+        let owed = unsafe { io_getevents(p.ctx, 0, &mut ev, Some(Duration::ZERO)) };
+        assert_eq!(owed, Ok(0));
+    }
+
+    #[test]
+    fn a_request_that_cannot_be_reaped_keeps_its_memory_until_the_context_is_destroyed() {
+        let (rd, wr) = pipe().unwrap();
+        let mut p = Prober::new(Duration::from_millis(20)).unwrap();
+        p.cancel_on_timeout = false;
+        let first = p.run(Iocb::poll(rd.as_raw_fd(), PollEvents::IN));
+        assert_eq!(first, Err(TIMED_OUT));
+        assert!(p.is_stuck(), "the kernel still holds the poll");
+        // No second request shares the context, the iocb or the buffer.
+        let second = p.run(Iocb::pread(rd.as_raw_fd(), p.buf(), 1, 0));
+        assert_eq!(second, Err(Errno::EBUSY));
+        // io_destroy cancels the poll and returns once it has completed;
+        // only then is the memory freed.
+        drop(p);
+        // The poll is gone: it no longer competes for the byte.
+        fill(&wr);
+        let mut b = [0u8; 1];
+        // SAFETY: reads one byte into a live local.
+        let n = unsafe { libc::read(rd.as_raw_fd(), b.as_mut_ptr().cast(), 1) };
+        assert_eq!(n, 1);
+        assert_eq!(b, *b"x");
+    }
+
+    #[test]
+    fn the_probe_runs_every_request_on_this_kernel() {
+        let caps = probe(None);
+        assert_eq!(caps.incomplete, None);
+        assert_eq!(caps.opcodes.len(), 8);
+        assert_eq!(caps.rw_flags.len(), 9);
+    }
 }

@@ -12,14 +12,17 @@ use crate::io_getevents;
 /// Reaps completions of one context from its mapped `aio_ring` without a
 /// system call, and waits through `io_getevents` only when the ring is empty.
 ///
-/// The protocol is the kernel's (spec §4, §5.3): load `tail` with acquire,
-/// copy the events between `head` and `tail`, store `head` with release; the
-/// kernel frees a request's slot once `head` has passed its event.
+/// The protocol is the kernel's: load `tail` with acquire, copy the events
+/// between `head` and `tail`, store `head` with release; the kernel frees a
+/// request's slot once `head` has passed its event, and may then write a new
+/// event into it.
 ///
-/// A view is the context's only consumer: it must not run at the same time
-/// as `io_getevents` on the same context, from this or another thread, since
-/// the kernel's per-context mutex does not cover user-space readers. If the
-/// ring does not look like one this code understands (wrong magic,
+/// A view is the context's only consumer while it reaps: the kernel's
+/// per-context lock does not cover user-space readers, so a second reaper
+/// at the same time (another view, or `io_getevents` on the same context)
+/// takes the same events and lets the kernel overwrite slots this view is
+/// still copying. The constructors' `# Safety` sections state the rule. If
+/// the ring does not look like one this code understands (wrong magic,
 /// incompatible features, another header length), the view reaps through
 /// `io_getevents` only.
 #[derive(Debug)]
@@ -29,9 +32,10 @@ pub struct RingView {
     nr: u32,
 }
 
-// SAFETY: the view only touches the ring through raw pointers with the
-// kernel's atomic protocol; moving it to another thread moves the single
-// consumer role with it.
+// SAFETY: the ring is a mapping of the whole process, valid from any thread;
+// the constructors' contracts are about which reapers run at the same time,
+// not on which thread, so moving the view moves the consumer role with it.
+// The view is not `Sync`: its reaping methods take `&mut self`.
 unsafe impl Send for RingView {}
 
 impl RingView {
@@ -39,30 +43,61 @@ impl RingView {
     /// not usable.
     ///
     /// # Safety
-    /// `ctx` must have been returned by `io_setup` (the kernel's, or a
-    /// compatible engine's whose context id is its ring address) and not be
-    /// destroyed while the view exists: its ring mapping is read and written.
+    /// The view reads and writes the memory at `ctx` as an `aio_ring`:
+    ///
+    /// - Mapping: `ctx` is a context returned by `io_setup` in this process
+    ///   (the kernel's, or an engine's whose context id is the address of a
+    ///   ring with the kernel's layout holding `nr` events after the
+    ///   header), and the ring stays mapped at that address (no
+    ///   `io_destroy` of `ctx`, no `munmap` or `mremap` of the ring) for as
+    ///   long as [`ready`](RingView::ready),
+    ///   [`try_reap`](RingView::try_reap) or
+    ///   [`get_events`](RingView::get_events) is called. Dropping the view
+    ///   afterwards is fine.
+    /// - Single consumer: while `try_reap` or `get_events` runs, nothing
+    ///   else reaps `ctx`: no other `RingView` of it, no `io_getevents` or
+    ///   `io_pgetevents` on it, in any thread, and no process that shares the
+    ///   mapping (a fork child inherits the ring, shared with its parent).
+    ///   Reapers that run between this view's calls are allowed; the events
+    ///   they take are not seen here.
     pub unsafe fn new(ctx: AioContext) -> RingView {
         let Some(ring) = NonNull::new(ctx as *mut RingHeader) else {
-            return RingView::syscall_only(ctx);
+            // SAFETY: the single-consumer rule is part of this contract.
+            return unsafe { RingView::syscall_only(ctx) };
         };
-        // SAFETY: the caller guarantees the mapping is live; the header is
-        // 32 bytes at its start, and these fields are fixed after setup.
-        let header = unsafe { ring.as_ptr().read_volatile() };
-        let usable = header.magic == AIO_RING_MAGIC
-            && header.incompat_features == AIO_RING_INCOMPAT_FEATURES
-            && header.header_length == RING_HEADER_LEN
-            && header.nr > 0;
+        let hdr = ring.as_ptr();
+        // SAFETY: the caller guarantees the mapping is live and starts with
+        // the 32-byte header; these four fields are written before io_setup
+        // returns and never after, so reading them races with nothing (the
+        // kernel-written `head` and `tail` are not read here).
+        let (magic, incompat, header_length, nr) = unsafe {
+            (
+                (&raw const (*hdr).magic).read_volatile(),
+                (&raw const (*hdr).incompat_features).read_volatile(),
+                (&raw const (*hdr).header_length).read_volatile(),
+                (&raw const (*hdr).nr).read_volatile(),
+            )
+        };
+        let usable = magic == AIO_RING_MAGIC
+            && incompat == AIO_RING_INCOMPAT_FEATURES
+            && header_length == RING_HEADER_LEN
+            && nr > 0;
         RingView {
             ctx,
             ring: usable.then_some(ring),
-            nr: header.nr,
+            nr,
         }
     }
 
     /// A reaper that always uses `io_getevents` (for example under valgrind,
-    /// which does not see the kernel write the ring).
-    pub fn syscall_only(ctx: AioContext) -> RingView {
+    /// which does not see the kernel write the ring). It never reads memory
+    /// at `ctx`; the kernel validates `ctx` on every call.
+    ///
+    /// # Safety
+    /// The single-consumer rule of [`RingView::new`]: while
+    /// [`get_events`](RingView::get_events) runs, no `RingView` of `ctx`
+    /// reaps, in any thread.
+    pub unsafe fn syscall_only(ctx: AioContext) -> RingView {
         RingView {
             ctx,
             ring: None,
@@ -87,8 +122,9 @@ impl RingView {
 
     fn indices(&self, ring: NonNull<RingHeader>) -> (&AtomicU32, &AtomicU32) {
         let hdr = ring.as_ptr();
-        // SAFETY: the mapping is live (constructor contract); `head` and
-        // `tail` are aligned u32s that the kernel also accesses atomically.
+        // SAFETY: the mapping is live while `self` is used (constructor
+        // contract); `head` and `tail` are aligned u32s, which the kernel
+        // reads and writes only with single 32-bit loads and stores.
         unsafe {
             (
                 AtomicU32::from_ptr(&raw mut (*hdr).head),
@@ -127,15 +163,17 @@ impl RingView {
         if n == 0 {
             return 0;
         }
-        // SAFETY: the events start right after the 32-byte header and the
-        // mapping holds `nr` of them.
+        // SAFETY: the events start right after the 32-byte header, within
+        // the mapping, which holds `nr` of them (constructor contract).
         let events =
             unsafe { ring.as_ptr().cast::<u8>().add(RING_HEADER_LEN as usize) }.cast::<IoEvent>();
         let first = n.min((nr - head) as usize);
         // SAFETY: slots head..head+n (mod nr) were published before the
-        // acquire load of `tail` and the kernel does not reuse them until we
-        // store the new `head`; `out` has room for `n` events and does not
-        // overlap the mapping.
+        // acquire load of `tail`, and the kernel does not reuse them until
+        // `head` passes them, which only this view does while it reaps
+        // (single-consumer rule); `head + first <= nr` and `n - first <= tail`
+        // keep both copies inside the ring; `out` has room for `n` events and
+        // is not part of the mapping (no reference into it is ever made).
         unsafe {
             ptr::copy_nonoverlapping(events.add(head as usize), out.as_mut_ptr(), first);
             ptr::copy_nonoverlapping(events, out.as_mut_ptr().add(first), n - first);
@@ -159,7 +197,10 @@ impl RingView {
         if got >= min_nr || got == out.len() {
             return Ok(got);
         }
-        match io_getevents(self.ctx, min_nr - got, &mut out[got..], timeout) {
+        // SAFETY: this view is the reaper of `ctx` for the duration of the
+        // call (constructor contract), and it is not reading the ring now.
+        let waited = unsafe { io_getevents(self.ctx, min_nr - got, &mut out[got..], timeout) };
+        match waited {
             Ok(n) => Ok(got + n),
             Err(_) if got > 0 => Ok(got),
             Err(e) => Err(e),

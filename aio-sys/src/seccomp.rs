@@ -28,6 +28,9 @@ const AUDIT_ARCH: u32 = 0xc000_00f3;
 const OFF_NR: u32 = 0;
 const OFF_ARCH: u32 = 4;
 
+/// The largest errno a system call can return (the kernel's `MAX_ERRNO`).
+pub const MAX_ERRNO: i32 = 4095;
+
 /// `SECCOMP_FILTER_FLAG_TSYNC`: every thread of the process, not only the
 /// caller.
 const FILTER_FLAG_TSYNC: libc::c_ulong = 1;
@@ -89,7 +92,18 @@ pub enum Refuse {
 /// from now on, a filter that makes the AIO calls of `refuse` fail with
 /// `errno` (`EPERM` as Docker's profiles answer, or `ENOSYS` as a kernel
 /// without AIO would).
+///
+/// `errno` must be in `1..=`[`MAX_ERRNO`], else nothing is installed and
+/// the answer is `InvalidInput`: the kernel would turn 0 into a success
+/// that did nothing (an `io_destroy` that returns 0 without waiting for the
+/// requests in flight) and cap larger values.
 pub fn refuse_aio(refuse: Refuse, errno: Errno) -> io::Result<()> {
+    if !(1..=MAX_ERRNO).contains(&errno.0) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("seccomp: errno {} is not in 1..={MAX_ERRNO}", errno.0),
+        ));
+    }
     let calls: &[i64] = match refuse {
         Refuse::Setup => &[NATIVE.io_setup],
         Refuse::All => &[

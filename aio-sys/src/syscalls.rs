@@ -39,9 +39,10 @@ pub fn io_setup(nr_events: u32) -> Result<AioContext, Errno> {
 /// `io_setup` with a caller-supplied `ctxp`.
 ///
 /// # Safety
-/// The kernel reads and writes `*ctxp`; it validates the address itself
-/// (`EFAULT`), so any value is allowed, but if `ctxp` points into memory
-/// this program uses, that memory is overwritten with the context id.
+/// The kernel reads `*ctxp` (it must be 0) and writes the context id into
+/// it. `ctxp` must be valid for a read and a write of an [`AioContext`],
+/// with no other access to it during the call, or be an address the kernel
+/// rejects with `EFAULT` (unmapped).
 pub unsafe fn io_setup_raw(nr_events: u32, ctxp: *mut AioContext) -> Result<(), Errno> {
     // SAFETY: the syscall only touches `*ctxp`, which the caller vouches for.
     check(unsafe { libc::syscall(NATIVE.io_setup, nr_events as libc::c_ulong, ctxp) })?;
@@ -51,12 +52,19 @@ pub unsafe fn io_setup_raw(nr_events: u32, ctxp: *mut AioContext) -> Result<(), 
 /// `io_destroy(ctx)`: cancels what can be cancelled, waits for every request
 /// in flight, and unmaps the ring.
 ///
+/// Only `Ok` means the wait happened. An error (`EINVAL` for an id that is
+/// not a live context of this process, `EPERM`/`ENOSYS` from a seccomp
+/// filter) waited for nothing: requests of `ctx` may still be in flight, and
+/// the memory they name must stay valid (or be leaked).
+///
 /// # Safety
-/// The ring mapping at `ctx` disappears: no [`RingView`](crate::RingView) of
-/// this context may be used afterwards.
+/// The ring mapping at `ctx` disappears and its address may be reused by
+/// any later mapping: from the moment this call starts, no
+/// [`RingView`](crate::RingView) of `ctx` may read its ring, in any thread.
+/// The kernel validates `ctx` itself (`EINVAL`).
 pub unsafe fn io_destroy(ctx: AioContext) -> Result<(), Errno> {
     // SAFETY: the kernel validates `ctx`; the caller guarantees no view of
-    // the ring outlives it.
+    // the ring is used from now on.
     check(unsafe { libc::syscall(NATIVE.io_destroy, ctx) })?;
     Ok(())
 }
@@ -65,13 +73,19 @@ pub unsafe fn io_destroy(ctx: AioContext) -> Result<(), Errno> {
 /// many were accepted. Stops at the first invalid one; if none was accepted,
 /// returns its error. `EAGAIN` means the ring is full: reap, then resubmit.
 ///
+/// The events of accepted requests go to whoever reaps `ctx`.
+///
 /// # Safety
 /// Every pointer must point to a valid, writable [`Iocb`] (the kernel writes
 /// `aio_key`). For each accepted request, the memory it names (buffers, and
 /// the buffers an iovec array points to) must stay valid and, for reads,
-/// not otherwise accessed, until its completion event has been reaped: the
-/// kernel writes into it asynchronously and file I/O cannot be cancelled.
-/// The iovec arrays and iocbs themselves may be freed once this returns.
+/// not otherwise accessed, until its completion event has been reaped or
+/// [`io_destroy`] of `ctx` has returned `Ok`: the kernel writes into it
+/// asynchronously and file I/O cannot be cancelled. The iocbs and the
+/// iovec arrays may be freed once this returns: the kernel has copied them,
+/// and keeps an iocb's address only as the request's identity (in its
+/// event's `obj`, and for [`io_cancel`], which reads the iocb again). The
+/// kernel validates `ctx` before it reads any iocb (`EINVAL`).
 pub unsafe fn io_submit(ctx: AioContext, iocbs: &[*mut Iocb]) -> Result<usize, Errno> {
     // SAFETY: forwarded from the caller's contract.
     let n = unsafe { io_submit_raw(ctx, iocbs.len() as libc::c_long, iocbs.as_ptr().cast_mut()) }?;
@@ -81,8 +95,9 @@ pub unsafe fn io_submit(ctx: AioContext, iocbs: &[*mut Iocb]) -> Result<usize, E
 /// `io_submit` with an arbitrary count and array pointer.
 ///
 /// # Safety
-/// As [`io_submit`]; the kernel validates `nr` and faults on bad pointers
-/// itself, but whatever memory the pointers name is read and written.
+/// `iocbpp` must be readable for `nr` pointers (when `nr > 0` and `ctx` is a
+/// live context), or be an address the kernel rejects with `EFAULT`; each of
+/// them as [`io_submit`] requires. The kernel validates `ctx` and `nr`.
 pub unsafe fn io_submit_raw(
     ctx: AioContext,
     nr: libc::c_long,
@@ -100,8 +115,9 @@ pub unsafe fn io_submit_raw(
 /// requests are cancellable; file I/O gives `EINVAL`.
 ///
 /// # Safety
-/// The kernel reads `iocb->aio_key`; `iocb` must be valid for reads or be a
-/// pointer the kernel will reject (`EFAULT`).
+/// The kernel reads `iocb->aio_key`; `iocb` must be valid for a read of an
+/// [`Iocb`] or be an address the kernel rejects with `EFAULT`. It writes
+/// nothing the caller passes (the result goes through the ring).
 pub unsafe fn io_cancel(ctx: AioContext, iocb: *mut Iocb) -> Result<(), Errno> {
     let mut unused = IoEvent::default();
     // SAFETY: `unused` is writable (kernels before 3.12 wrote it); `iocb`
@@ -115,9 +131,17 @@ pub unsafe fn io_cancel(ctx: AioContext, iocb: *mut Iocb) -> Result<(), Errno> {
 /// arrives: `EINTR`) and copies up to `events.len()` of them.
 ///
 /// `min_nr == 0` never blocks; `Some(Duration::ZERO)` polls once; `None`
-/// waits without limit. Must not run at the same time as a
-/// [`RingView`](crate::RingView) reaping the same context.
-pub fn io_getevents(
+/// waits without limit. The kernel validates `ctx` (`EINVAL` for anything
+/// but a live context of this process) and writes only into `events`.
+///
+/// # Safety
+/// No [`RingView`](crate::RingView) of `ctx` may be reaping
+/// ([`try_reap`](crate::RingView::try_reap),
+/// [`get_events`](crate::RingView::get_events)) while this call runs, in
+/// any thread: the view copies events out of the ring without the kernel's
+/// lock, and the slots this call frees are refilled under it. The events
+/// taken here are the caller's: whoever else reaps `ctx` never sees them.
+pub unsafe fn io_getevents(
     ctx: AioContext,
     min_nr: usize,
     events: &mut [IoEvent],
@@ -126,7 +150,7 @@ pub fn io_getevents(
     let ts = timeout.map(timespec);
     let tsp = ts.as_ref().map_or(ptr::null(), |t| t as *const _);
     // SAFETY: `events` is a writable slice of its stated length; `tsp` is
-    // null or points at a live timespec.
+    // null or points at a live timespec; no view reaps `ctx` (contract).
     let n = unsafe {
         io_getevents_raw(
             ctx,
@@ -142,8 +166,10 @@ pub fn io_getevents(
 /// `io_getevents` with arbitrary arguments.
 ///
 /// # Safety
-/// `events` must be writable for `nr` events and `timeout` readable, or be
-/// pointers the kernel rejects with `EFAULT`.
+/// `events` must be writable for `nr` events, with no other access during
+/// the call, and `timeout` readable, or be pointers the kernel rejects with
+/// `EFAULT`; and as [`io_getevents`], no [`RingView`](crate::RingView) of
+/// `ctx` may be reaping while it runs.
 pub unsafe fn io_getevents_raw(
     ctx: AioContext,
     min_nr: libc::c_long,
@@ -158,7 +184,11 @@ pub unsafe fn io_getevents_raw(
 /// `io_pgetevents`: [`io_getevents`] with `sigmask` installed for the
 /// duration of the wait (`None` leaves the mask alone). Returns `EINTR` when
 /// a signal handler ran before any event arrived.
-pub fn io_pgetevents(
+///
+/// # Safety
+/// As [`io_getevents`]: no [`RingView`](crate::RingView) of `ctx` may be
+/// reaping while this call runs.
+pub unsafe fn io_pgetevents(
     ctx: AioContext,
     min_nr: usize,
     events: &mut [IoEvent],
@@ -173,7 +203,7 @@ pub fn io_pgetevents(
         sigsetsize: KERNEL_SIGSET_SIZE,
     };
     // SAFETY: all pointers reference live locals or the caller's slice and
-    // sigset, valid for the call.
+    // sigset, valid for the call; no view reaps `ctx` (contract).
     let n = unsafe {
         io_pgetevents_raw(
             ctx,
@@ -195,7 +225,8 @@ pub const KERNEL_SIGSET_SIZE: u64 = 8;
 ///
 /// # Safety
 /// As [`io_getevents_raw`]; `sig` must be readable or rejected with `EFAULT`,
-/// and the sigmask it names readable for `sigsetsize` bytes.
+/// and the sigmask it names readable for `sigsetsize` bytes or rejected
+/// likewise.
 pub unsafe fn io_pgetevents_raw(
     ctx: AioContext,
     min_nr: libc::c_long,
@@ -212,9 +243,14 @@ pub unsafe fn io_pgetevents_raw(
 /// `cachestat(2)` (Linux 6.5), which starts no readahead, unlike a read
 /// with `RWF_NOWAIT` that misses; `None` where the kernel lacks it or a
 /// filter forbids it.
+///
+/// Any `fd`, `off` and `len` are accepted: a range past the largest offset
+/// ends there.
 pub fn page_cache_holds(fd: RawFd, off: i64, len: u64) -> Option<bool> {
     use aio_abi::syscall::{CACHESTAT, Cachestat, CachestatRange};
-    let range = CachestatRange::bytes(off, len);
+    let mut range = CachestatRange::bytes(off, len);
+    // `off` is at most i64::MAX, so the end is representable.
+    range.len = range.len.min(u64::MAX - range.off);
     let mut stat = Cachestat::default();
     // SAFETY: cachestat reads `range` and writes `stat`, both locals.
     if unsafe { libc::syscall(CACHESTAT, fd, &range, &mut stat, 0) } != 0 {

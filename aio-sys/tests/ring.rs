@@ -48,7 +48,8 @@ fn events_of_writes(n: usize, batch: usize, use_ring: bool) -> Vec<IoEvent> {
             assert_eq!(r, k, "events of completed buffered writes are in the ring");
             r
         } else {
-            io_getevents(ctx.0, k, &mut evs, Some(Duration::from_secs(5))).unwrap()
+            // SAFETY: the view of this context is not reaping during the call.
+            unsafe { io_getevents(ctx.0, k, &mut evs, Some(Duration::from_secs(5))) }.unwrap()
         };
         assert_eq!(got, k);
         out.extend(evs.into_iter().map(|mut e| {
@@ -235,7 +236,8 @@ fn full_ring_is_back_pressure_not_loss() {
 fn syscall_only_view_never_reads_the_ring() {
     let ctx = Ctx::new(4);
     let file = scratch_file();
-    let mut view = RingView::syscall_only(ctx.0);
+    // SAFETY: the only reaper of the context.
+    let mut view = unsafe { RingView::syscall_only(ctx.0) };
     assert!(!view.is_mapped());
     ctx.submit(&mut [Iocb::fsync(file.as_raw_fd()).with_data(9)])
         .unwrap();

@@ -1,6 +1,6 @@
 //! Vectored AIO on a pipe and on a socket pair: the seed patch listed pipes
 //! as not yet supported. Pipes ignore the offset, sockets refuse a nonzero
-//! one (ESPIPE, unlike spec §3.4 says), both reject a negative one, and a
+//! one (ESPIPE in the event), both reject a negative one, and a
 //! read with no data waits inside io_submit (so the writer goes first here;
 //! RWF_NOWAIT answers EAGAIN instead, where the kernel's pipes take the
 //! flag: Linux 6.1's refuse it with EOPNOTSUPP).
@@ -136,7 +136,7 @@ fn vectored_round_trips_on_a_socket_pair() {
     }
 }
 
-/// The shared spec (§3.4) says streams ignore the offset. Pipes do; sockets
+/// Streams are often said to ignore the offset. Pipes do; sockets
 /// do not: `sock_read_iter`/`sock_write_iter` fail a nonzero position with
 /// ESPIPE, which arrives in the event. The kernel wins.
 #[test]
@@ -187,7 +187,7 @@ fn streams_reject_negative_offsets_and_nowait_reads_of_nothing_say_eagain() {
     match ctx.submit(std::slice::from_mut(&mut nowait)) {
         Ok(1) => assert_eq!(ctx.wait(1)[0].res, Errno::EAGAIN.as_res()),
         // A file without FMODE_NOWAIT refuses the flag at submission with
-        // EOPNOTSUPP (spec §1.4), and Linux 6.1's pipes lack it (its
+        // EOPNOTSUPP, and Linux 6.1's pipes lack it (its
         // fs/pipe.c never sets it, 6.12's does; seen in the 6.1 VM). The
         // synchronous preadv2 goes through the same kiocb_set_rw_flags
         // check, so the kernel must refuse the flag there too; where pipes

@@ -128,7 +128,9 @@ impl Reaper {
             // SAFETY: per the contract.
             unsafe { RingView::new(ctx) }
         } else {
-            RingView::syscall_only(ctx)
+            // SAFETY: the view's `get_events` is never called; waits go
+            // through `KernelBackend::wait`.
+            unsafe { RingView::syscall_only(ctx) }
         };
         Reaper {
             ring,
@@ -188,7 +190,9 @@ impl Backend for KernelBackend {
         out: &mut [IoEvent],
         timeout: Option<Duration>,
     ) -> Result<usize, Errno> {
-        aio_sys::io_getevents(self.ctx, min_nr, out, timeout)
+        // SAFETY: `&mut self`: this backend's reaper, the only view of
+        // `ctx`, is not reaping during the call.
+        unsafe { aio_sys::io_getevents(self.ctx, min_nr, out, timeout) }
     }
 
     unsafe fn cancel(&mut self, iocb: *mut Iocb) -> Result<(), Errno> {

@@ -63,9 +63,13 @@ impl Context {
             // SAFETY: forwarded from the caller: the ring at `id` is mapped.
             // RingView checks the header and reaps through the system call
             // only if it does not recognise it.
+            // The view reaps only in `reap_or_wait`, under the state lock
+            // and while no thread of this library waits in the system call.
             unsafe { RingView::new(id) }
         } else {
-            RingView::syscall_only(id)
+            // SAFETY: the view's `get_events` is never called; the library
+            // waits through `wait_in`.
+            unsafe { RingView::syscall_only(id) }
         };
         Context {
             id,

@@ -1,5 +1,5 @@
 //! C programs compiled with the system C compiler against our `libaio.h`
-//! and `libaio.so.1`: spec §10's rows, vectored round trips, eventfd
+//! and `libaio.so.1`: the classic suites' bad-input rows, vectored round trips, eventfd
 //! notification, poll with `io_pgetevents` and a signal mask, callbacks,
 //! several reaping threads, the LIBAIO_0.1 symbols, and ring reaping.
 //!
