@@ -97,7 +97,8 @@ pub(crate) trait Backend: Send {
         timeout: Option<Duration>,
     ) -> Result<usize, Errno>;
 
-    /// `io_cancel` of an in-flight request (only polls are cancellable),
+    /// `io_cancel` of an in-flight request (Linux cancels polls; the engine
+    /// also pipe and socket transfers that have not moved a byte),
     /// with Linux's result: `EINPROGRESS` when it was found and cancelled.
     ///
     /// # Safety

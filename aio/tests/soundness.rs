@@ -108,10 +108,11 @@ mod tokio_front {
     use super::*;
     use std::future::Future;
     use std::pin::Pin;
-    use std::task::{Context as TaskContext, Poll, Waker};
+    use std::task::Poll;
 
-    fn poll_once<F: Future + Unpin>(f: &mut F) -> Poll<F::Output> {
-        Pin::new(f).poll(&mut TaskContext::from_waker(Waker::noop()))
+    /// Polls `f` once, from the calling task.
+    async fn poll_once<F: Future + Unpin>(f: &mut F) -> Poll<F::Output> {
+        std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut *f).poll(cx))).await
     }
 
     /// An `Op` polled once (its request queued) and then forgotten: the
@@ -129,7 +130,7 @@ mod tokio_front {
             let handle = aio::tokio::Handle::new().unwrap();
             let file = aio::tokio::File::from_std_with(a, &handle);
             let mut op = file.write_at(b"forgotten".to_vec(), 0);
-            assert!(poll_once(&mut op).is_pending());
+            assert!(poll_once(&mut op).await.is_pending());
             std::mem::forget(op);
             drop(file);
             let (b, path_b) = new_file("b");

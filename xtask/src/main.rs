@@ -245,11 +245,13 @@ fn matrix_step(args: &MatrixArgs) -> Step {
 /// The test binaries that run under valgrind's memcheck, with syscall
 /// reaping (valgrind does not see the kernel write the ring): the scope
 /// that panics with reads in flight into stack buffers, dropped contexts
-/// and tickets, and the tokio futures dropped at random points.
+/// and tickets, the tokio futures dropped at random points, and the
+/// hostile-caller tests (files closed and reopened, futures forgotten,
+/// fork, shutdown with stream reads pending).
 fn valgrind_step() -> Step {
     Step::new(
         "valgrind",
-        "memcheck of aio's scope, drop and tokio-cancel tests",
+        "memcheck of aio's scope, drop, tokio-cancel and soundness tests",
         || {
             let runner_var = format!(
                 "CARGO_TARGET_{}_UNKNOWN_LINUX_GNU_RUNNER",
@@ -276,6 +278,43 @@ fn valgrind_step() -> Step {
                 "pipe_poll",
                 "--test",
                 "tokio_cancel",
+                "--test",
+                "soundness",
+            ];
+            cargo_with_env(&args, &env, Some(CARGO_STEP_LIMIT))
+        },
+    )
+}
+
+/// The loom model checks of the engine's ring publishing, wake-ups against
+/// `io_destroy`, the parking of stream transfers, and the libaio drop-in's
+/// reaping rule: the real code, built with `--cfg loom` into a target
+/// directory of its own (the flag would otherwise rebuild the workspace's
+/// usual build).
+fn loom_step() -> Step {
+    Step::new(
+        "loom",
+        "RUSTFLAGS=\"--cfg loom\" cargo test -p aio-kernel -p aio-libaio --release --lib loom",
+        || {
+            let target = match fsmatrix::target_dir() {
+                Ok(dir) => dir.join("loom"),
+                Err(e) => return Outcome::Failed(e),
+            };
+            let target = target.to_string_lossy().into_owned();
+            let env = [
+                ("RUSTFLAGS", "--cfg loom"),
+                ("CARGO_TARGET_DIR", target.as_str()),
+                ("LOOM_MAX_PREEMPTIONS", "3"),
+            ];
+            let args = [
+                "test",
+                "-p",
+                "aio-kernel",
+                "-p",
+                "aio-libaio",
+                "--release",
+                "--lib",
+                "loom",
             ];
             cargo_with_env(&args, &env, Some(CARGO_STEP_LIMIT))
         },
@@ -300,6 +339,7 @@ fn test_steps(nextest: bool, matrix: &MatrixArgs) -> Vec<Step> {
             ],
         ),
         test_step(nextest),
+        loom_step(),
         valgrind_step(),
         // The README's main command, as a newcomer runs it.
         Step::cargo(

@@ -56,10 +56,13 @@
 //! the `io_submit` calls. A batch also goes at once when it fills the
 //! room left in the ring, when its first future is dropped, when any of
 //! its futures is polled again, or when the driver task has run twice
-//! since it began: a batch wakes the driver task, which keeps coming back
-//! while the batch is owed, so a first future that is held without being
-//! polled (the loser of `futures::future::select`) or forgotten delays
-//! its batch by two passes of the driver at most. When the ring is full,
+//! since it began. In the task of a batch's first future, the second
+//! future asks to be polled again at once too, so a first future that the
+//! task holds without polling (the loser of `futures::future::select`) or
+//! forgets does not hold back the task's next requests. A first future
+//! held or forgotten while only other tasks' requests join its batch, with
+//! nothing in flight, delays them until one of the events above (the
+//! requests still hold their files and buffers). When the ring is full,
 //! the driver submits the rest, in the order queued, as completions make
 //! room.
 //!
@@ -229,6 +232,8 @@ impl Builder {
                 owed_since: 0,
                 singles: 0,
                 lone_streak: 0,
+                owner: None,
+                backed: false,
             }),
             depth: self.inner.depth(),
         });
@@ -443,6 +448,11 @@ struct State {
     singles: u32,
     /// Requests submitted one at a time in a row (see [`State::enqueue`]).
     lone_streak: u32,
+    /// The task of the owed batch's first future, and whether a second
+    /// future of that task asked to be polled again (see
+    /// [`State::enqueue`]).
+    owner: Option<Waker>,
+    backed: bool,
 }
 
 impl State {
@@ -477,8 +487,14 @@ impl State {
     }
 
     /// Queues the request of a future's first poll; returns the batch it
-    /// must flush on its next poll, if it is the batch's first request.
-    fn enqueue<O: Operation>(&mut self, op: O, waker: &Waker) -> (Key, Option<u64>) {
+    /// must flush on its next poll, if it is the batch's first request,
+    /// and whether the future must ask to be polled again at once: the
+    /// first request, which flushes the batch then, and the second one of
+    /// the same task, which flushes it if the first has not (a first
+    /// future held unpolled or forgotten by that task would otherwise hold
+    /// back the task's next requests). Futures of the same task share its
+    /// waker, and its wake-up is already due, so this costs no poll.
+    fn enqueue<O: Operation>(&mut self, op: O, waker: &Waker) -> (Key, Option<u64>, bool) {
         let key = self.core.push(|iovs| op.prepare(iovs), 0);
         if !self.owed
             && self.singles >= 2
@@ -497,7 +513,7 @@ impl State {
             if !self.core.is_done(key) {
                 self.core.set_waker(key, waker);
             }
-            return (key, None);
+            return (key, None, false);
         }
         self.core.set_waker(key, waker);
         if !self.owed {
@@ -505,20 +521,21 @@ impl State {
             self.owed = true;
             self.batch += 1;
             self.owed_since = self.driver_polls;
-            // The driver task submits the batch if its first future is not
-            // polled again (held unpolled, or forgotten): it keeps coming
-            // back while a batch is owed, and flushes it on its second
-            // pass.
-            if let Some(w) = &self.driver {
-                w.wake_by_ref();
+            match &self.owner {
+                Some(w) if w.will_wake(waker) => {}
+                _ => self.owner = Some(waker.clone()),
             }
-            (key, Some(self.batch))
+            self.backed = false;
+            (key, Some(self.batch), true)
         } else {
             if self.core.queued() >= self.core.room() {
                 // The batch cannot grow any more.
                 self.flush();
+                return (key, None, false);
             }
-            (key, None)
+            let backup = !self.backed && self.owner.as_ref().is_some_and(|w| w.will_wake(waker));
+            self.backed |= backup;
+            (key, None, backup)
         }
     }
 
@@ -652,7 +669,7 @@ impl<O: Operation + Send + 'static> Op<O> {
                     let (_, keep) = op.prepare(&mut Vec::new());
                     return TaskPoll::Ready(O::complete(Err(closed_error()), keep));
                 }
-                let (key, batch) = st.enqueue(op, cx.waker());
+                let (key, batch, poll_again) = st.enqueue(op, cx.waker());
                 // Submitted at once, and done inside io_submit?
                 let out = (batch.is_none() && st.core.is_done(key)).then(|| {
                     // SAFETY: `key` came from `push` with this `O`, and the
@@ -668,7 +685,7 @@ impl<O: Operation + Send + 'static> Op<O> {
                     return TaskPoll::Ready(out);
                 }
                 this.state = OpState::Pushed(key, batch);
-                if batch.is_some() {
+                if poll_again {
                     // Submit on the next poll, after the futures polled in
                     // the same pass have queued theirs.
                     cx.waker().wake_by_ref();
@@ -791,13 +808,10 @@ impl Future for DriverTask {
             let done = st.orphaned && st.core.in_flight() == 0 && st.core.queued() == 0;
             // Nothing will signal the completion of a quiet request that
             // missed: come back at once rather than sleep on the eventfd.
-            let quiet = st.core.quiet_pending();
-            if quiet {
+            let poll_again = st.core.quiet_pending();
+            if poll_again {
                 st.core.count_quiet_poll();
             }
-            // A batch still owed: come back to flush it if its first
-            // future does not.
-            let poll_again = quiet || st.owed;
             st.core.take_deferred(&mut this.wakers, &mut this.graveyard);
             drop(st);
             for w in this.wakers.drain(..) {
