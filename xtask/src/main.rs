@@ -261,8 +261,18 @@ fn valgrind_step() -> Step {
             // default lock let the 10 000-task test starve another test's
             // driver thread for 10 s (a_driver_whose_users_are_gone... timed
             // out once in CI).
-            let runner = "valgrind --error-exitcode=1 --trace-children=no --quiet --fair-sched=yes";
-            let env = [(runner_var.as_str(), runner), ("AIO_TEST_VALGRIND", "1")];
+            // The suppressions name the engine's deliberate probe of a
+            // guard page, which the kernel never touches.
+            let supp = proc::workspace_root().join("xtask/valgrind/engine.supp");
+            let runner = format!(
+                "valgrind --error-exitcode=1 --trace-children=no --quiet --fair-sched=yes \
+                 --suppressions={}",
+                supp.display()
+            );
+            let env = [
+                (runner_var.as_str(), runner.as_str()),
+                ("AIO_TEST_VALGRIND", "1"),
+            ];
             let args = [
                 "test",
                 "-p",
