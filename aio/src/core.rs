@@ -78,6 +78,10 @@ struct Slot {
     waker: Option<Waker>,
     /// In flight in the kernel without `IOCB_FLAG_RESFD` (see [`Quiet`]).
     quiet: bool,
+    /// Submitted to the kernel with `RWF_NOWAIT`, whose event sent the
+    /// request (or its rest) to the engine: queued again, but submitted as
+    /// far as its caller knows, so it runs whatever happens to the queue.
+    continued: bool,
 }
 
 impl Slot {
@@ -100,6 +104,7 @@ impl Slot {
             carried: 0,
             waker: None,
             quiet: false,
+            continued: false,
         }
     }
 }
@@ -584,6 +589,7 @@ impl Core {
         slot.route = Route::Unrouted;
         slot.carried = 0;
         slot.quiet = false;
+        slot.continued = false;
         slot.state = State::Queued;
         self.stats.requests += 1;
         self.queue.push_back(idx);
@@ -980,6 +986,16 @@ impl Core {
         }
     }
 
+    /// Whether a request tried with `RWF_NOWAIT` awaits its event, which
+    /// may send it on to the engine.
+    fn nowait_in_flight(&self) -> bool {
+        self.slab
+            .chunks
+            .iter()
+            .flat_map(|c| c.iter())
+            .any(|slot| slot.state == State::InFlight && slot.route == Route::KernelNowait)
+    }
+
     pub(crate) fn is_done(&self, key: Key) -> bool {
         let idx = key.idx as usize;
         let slot = &self.slab.chunks[idx / CHUNK][idx % CHUNK];
@@ -1078,7 +1094,8 @@ impl Core {
         let mut i = 0;
         while i < self.queue.len() {
             let idx = self.queue[i];
-            if self.slab.slot(idx).scope == scope {
+            let slot = self.slab.slot(idx);
+            if slot.scope == scope && !slot.continued {
                 self.queue.remove(i);
                 self.finish(idx, Errno::ECANCELED.as_res(), true);
             } else {
@@ -1195,15 +1212,20 @@ impl Core {
     /// Shutdown: finishes queued requests with `ECANCELED` (the kernel
     /// never sees them), cancels waiting polls, and waits until every
     /// request in flight has its event, so that the results are there for
-    /// futures polled later and no buffer is in the kernel's hands.
+    /// futures polled later and no buffer is in the kernel's hands. A
+    /// request that `Auto` continues on the engine was submitted: it runs.
     pub(crate) fn close(&mut self) -> Result<(), Errno> {
-        while let Some(idx) = self.queue.pop_front() {
-            self.finish(idx, Errno::ECANCELED.as_res(), true);
+        for idx in mem::take(&mut self.queue) {
+            if self.slab.slot(idx).continued {
+                self.queue.push_back(idx);
+            } else {
+                self.finish(idx, Errno::ECANCELED.as_res(), true);
+            }
         }
         for idx in 0..self.slab.len() as u32 {
             self.cancel(idx);
         }
-        self.drive(|c| c.in_flight == 0)
+        self.drive(|c| c.in_flight == 0 && c.queue.is_empty())
     }
 }
 
@@ -1213,11 +1235,26 @@ impl Drop for Core {
         // them here could block forever (a read of an empty pipe blocks
         // inside io_submit). io_destroy returns only when every submitted
         // request is done; only then may the slab drop the buffers.
-        self.queue.clear();
+        let slab = &mut self.slab;
+        self.queue.retain(|&idx| slab.slot(idx).continued);
         if self.forked() {
             // The contexts are the parent's; the buffers are this child's
             // own copies, which no driver writes.
+            self.queue.clear();
             return;
+        }
+        // But a request `Auto` tried in the kernel with `RWF_NOWAIT` was
+        // submitted: if the kernel's event sends it on to the engine (where
+        // nothing blocks io_submit), it runs. Polls and parked stream
+        // transfers, which io_destroy would cancel, are cancelled first so
+        // that they cannot hold the room it needs. If this fails,
+        // io_destroy still waits for whatever is in flight.
+        if !self.queue.is_empty() || self.nowait_in_flight() {
+            for idx in 0..self.slab.len() as u32 {
+                self.cancel(idx);
+            }
+            let _ = self.drive(|c| c.queue.is_empty() && !c.nowait_in_flight());
+            self.queue.clear();
         }
         if self.drivers.destroy().is_err() {
             // The kernel may still write the buffers: leak them.
@@ -1291,6 +1328,7 @@ fn continue_on_engine(slot: &mut Slot, res: i64) -> bool {
     iocb.aio_data = event_data(idx, slot.epoch);
     slot.route = Route::Engine;
     slot.state = State::Queued;
+    slot.continued = true;
     true
 }
 
