@@ -512,6 +512,11 @@ impl Model {
                     })
                 }
                 Io::Read { len, segs, .. } => {
+                    // As much as is sure to be there, if anything is.
+                    let len = match s.credit {
+                        c if c > 0 && !s.poisoned => len.min(c as usize),
+                        _ => len,
+                    };
                     let safe = !s.poisoned && s.credit >= len as i64;
                     if !safe {
                         // The kernel would block in io_submit (a documented
