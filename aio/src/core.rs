@@ -78,6 +78,10 @@ struct Slot {
     waker: Option<Waker>,
     /// In flight in the kernel without `IOCB_FLAG_RESFD` (see [`Quiet`]).
     quiet: bool,
+    /// Submitted to the kernel with `RWF_NOWAIT`, whose event sent the
+    /// request (or its rest) to the engine: queued again, but submitted as
+    /// far as its caller knows, so it runs whatever happens to the queue.
+    continued: bool,
 }
 
 impl Slot {
@@ -100,6 +104,7 @@ impl Slot {
             carried: 0,
             waker: None,
             quiet: false,
+            continued: false,
         }
     }
 }
@@ -584,6 +589,7 @@ impl Core {
         slot.route = Route::Unrouted;
         slot.carried = 0;
         slot.quiet = false;
+        slot.continued = false;
         slot.state = State::Queued;
         self.stats.requests += 1;
         self.queue.push_back(idx);
@@ -980,6 +986,16 @@ impl Core {
         }
     }
 
+    /// Whether a request tried with `RWF_NOWAIT` awaits its event, which
+    /// may send it on to the engine.
+    fn nowait_in_flight(&self) -> bool {
+        self.slab
+            .chunks
+            .iter()
+            .flat_map(|c| c.iter())
+            .any(|slot| slot.state == State::InFlight && slot.route == Route::KernelNowait)
+    }
+
     pub(crate) fn is_done(&self, key: Key) -> bool {
         let idx = key.idx as usize;
         let slot = &self.slab.chunks[idx / CHUNK][idx % CHUNK];
@@ -1078,7 +1094,8 @@ impl Core {
         let mut i = 0;
         while i < self.queue.len() {
             let idx = self.queue[i];
-            if self.slab.slot(idx).scope == scope {
+            let slot = self.slab.slot(idx);
+            if slot.scope == scope && !slot.continued {
                 self.queue.remove(i);
                 self.finish(idx, Errno::ECANCELED.as_res(), true);
             } else {
@@ -1195,15 +1212,20 @@ impl Core {
     /// Shutdown: finishes queued requests with `ECANCELED` (the kernel
     /// never sees them), cancels waiting polls, and waits until every
     /// request in flight has its event, so that the results are there for
-    /// futures polled later and no buffer is in the kernel's hands.
+    /// futures polled later and no buffer is in the kernel's hands. A
+    /// request that `Auto` continues on the engine was submitted: it runs.
     pub(crate) fn close(&mut self) -> Result<(), Errno> {
-        while let Some(idx) = self.queue.pop_front() {
-            self.finish(idx, Errno::ECANCELED.as_res(), true);
+        for idx in mem::take(&mut self.queue) {
+            if self.slab.slot(idx).continued {
+                self.queue.push_back(idx);
+            } else {
+                self.finish(idx, Errno::ECANCELED.as_res(), true);
+            }
         }
         for idx in 0..self.slab.len() as u32 {
             self.cancel(idx);
         }
-        self.drive(|c| c.in_flight == 0)
+        self.drive(|c| c.in_flight == 0 && c.queue.is_empty())
     }
 }
 
@@ -1213,11 +1235,26 @@ impl Drop for Core {
         // them here could block forever (a read of an empty pipe blocks
         // inside io_submit). io_destroy returns only when every submitted
         // request is done; only then may the slab drop the buffers.
-        self.queue.clear();
+        let slab = &mut self.slab;
+        self.queue.retain(|&idx| slab.slot(idx).continued);
         if self.forked() {
             // The contexts are the parent's; the buffers are this child's
             // own copies, which no driver writes.
+            self.queue.clear();
             return;
+        }
+        // But a request `Auto` tried in the kernel with `RWF_NOWAIT` was
+        // submitted: if the kernel's event sends it on to the engine (where
+        // nothing blocks io_submit), it runs. Polls and parked stream
+        // transfers, which io_destroy would cancel, are cancelled first so
+        // that they cannot hold the room it needs. If this fails,
+        // io_destroy still waits for whatever is in flight.
+        if !self.queue.is_empty() || self.nowait_in_flight() {
+            for idx in 0..self.slab.len() as u32 {
+                self.cancel(idx);
+            }
+            let _ = self.drive(|c| c.queue.is_empty() && !c.nowait_in_flight());
+            self.queue.clear();
         }
         if self.drivers.destroy().is_err() {
             // The kernel may still write the buffers: leak them.
@@ -1291,6 +1328,7 @@ fn continue_on_engine(slot: &mut Slot, res: i64) -> bool {
     iocb.aio_data = event_data(idx, slot.epoch);
     slot.route = Route::Engine;
     slot.state = State::Queued;
+    slot.continued = true;
     true
 }
 
@@ -1376,6 +1414,84 @@ mod tests {
         let (n, buf) = unsafe { core.take::<crate::op::Read<&std::fs::File, Vec<u8>>>(key) };
         assert_eq!(n.unwrap(), 4096, "100 bytes carried + 3996 from the engine");
         assert_eq!(buf[100..], data[100..4096]);
+    }
+
+    /// A write that `Auto` sent to the kernel with `RWF_NOWAIT`, whose
+    /// event (`EAGAIN`) sent it back to the queue for the engine.
+    fn requeued_write(core: &mut Core, file: &std::fs::File, scope: u64) -> Key {
+        let key = core.push(
+            |iovs| crate::op::Write::new(file, b"continued".to_vec(), 0).prepare(iovs),
+            scope,
+        );
+        let slot = core.slab.slot(key.idx);
+        slot.route = Route::KernelNowait;
+        slot.state = State::InFlight;
+        slot.iocb.aio_rw_flags |= RwFlags::NOWAIT;
+        let data = slot.iocb.aio_data;
+        core.queue.clear();
+        core.in_flight = 1;
+        core.drivers.in_flight = [1, 0];
+        core.events[0] = IoEvent {
+            data,
+            res: Errno::EAGAIN.as_res(),
+            ..IoEvent::default()
+        };
+        core.process(1);
+        assert!(core.take_requeued());
+        key
+    }
+
+    /// Takes the result of a [`requeued_write`] and reads the file back.
+    fn written(core: &mut Core, key: Key, file: &std::fs::File) -> (io::Result<usize>, Vec<u8>) {
+        assert!(core.is_done(key));
+        // SAFETY: `key` was pushed by `requeued_write` as a
+        // `Write<&File, Vec<u8>>`.
+        let (n, _) = unsafe { core.take::<crate::op::Write<&std::fs::File, Vec<u8>>>(key) };
+        let mut back = vec![0u8; 16];
+        let len = std::os::unix::fs::FileExt::read_at(file, &mut back, 0).unwrap();
+        back.truncate(len);
+        (n, back)
+    }
+
+    /// A scope that panics drops the requests it never submitted, not one
+    /// that `Auto` continues on the engine.
+    #[test]
+    fn an_abandoned_scope_runs_its_continued_requests() {
+        let mut core = core();
+        let file = tempfile::tempfile().unwrap();
+        let scope = core.open_scope();
+        let key = requeued_write(&mut core, &file, scope);
+        core.abandon_scope(scope);
+        core.drive(|c| c.scope_pending(scope) == 0).unwrap();
+        let (n, back) = written(&mut core, key, &file);
+        assert_eq!((n.unwrap(), &back[..]), (9, &b"continued"[..]));
+    }
+
+    /// Dropping the core drops what was never submitted, not a request
+    /// that `Auto` continues on the engine (on any filesystem; ext4 makes
+    /// one in `soundness.rs`).
+    #[test]
+    fn dropping_the_core_runs_continued_requests() {
+        let mut core = core();
+        let file = tempfile::tempfile().unwrap();
+        requeued_write(&mut core, &file, 0);
+        drop(core);
+        let mut back = vec![0u8; 16];
+        let len = std::os::unix::fs::FileExt::read_at(&file, &mut back, 0).unwrap();
+        assert_eq!(&back[..len], b"continued");
+    }
+
+    /// Shutdown cancels what was never submitted, not a request that
+    /// `Auto` continues on the engine.
+    #[cfg(feature = "tokio")]
+    #[test]
+    fn shutdown_runs_continued_requests() {
+        let mut core = core();
+        let file = tempfile::tempfile().unwrap();
+        let key = requeued_write(&mut core, &file, 0);
+        core.close().unwrap();
+        let (n, back) = written(&mut core, key, &file);
+        assert_eq!((n.unwrap(), &back[..]), (9, &b"continued"[..]));
     }
 
     #[test]

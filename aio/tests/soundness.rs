@@ -259,3 +259,23 @@ fn a_fork_child_cannot_use_its_parents_context() {
         assert_eq!(s.file.metadata().unwrap().len(), 0, "the child wrote");
     }
 }
+
+/// `Auto` may try a buffered write in the kernel with `RWF_NOWAIT`; when
+/// the kernel's event says no (ext4 refuses such writes), the engine must
+/// run it. The caller submitted the write and dropped its ticket: it must
+/// land before the context is gone, even if its event was never
+/// processed before the drop.
+#[test]
+fn a_submitted_write_lands_before_its_context_goes() {
+    for driver in DRIVERS {
+        let (a, path) = new_file("a");
+        let ctx = context_on(driver, 8);
+        let ticket = ctx.push(Write::new(Arc::new(a), b"submitted".to_vec(), 0));
+        assert_eq!(ctx.submit(), 1);
+        drop(ticket);
+        drop(ctx);
+        let back = fs::read(&path).unwrap();
+        let _ = fs::remove_file(path);
+        assert_eq!(back, b"submitted", "{driver:?}");
+    }
+}
