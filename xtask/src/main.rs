@@ -27,6 +27,7 @@ mod bench;
 mod fsmatrix;
 mod kernel;
 mod libaio;
+mod load;
 mod proc;
 mod sys;
 mod tools;
@@ -52,10 +53,18 @@ enum Cmd {
         #[arg(long)]
         nextest: bool,
         /// Leave out these steps (comma-separated: tools, fmt, clippy, test,
-        /// valgrind, vectest, fs-matrix); for local use while a crate is
+        /// loom, valgrind, vectest, fs-matrix); for local use while a crate is
         /// being written.
         #[arg(long, value_delimiter = ',')]
         skip: Vec<String>,
+        /// Run beside as many CPU-bound busy threads (normal priority) as
+        /// the machine has CPUs: the suite must pass on a busy machine.
+        #[arg(long)]
+        under_load: bool,
+        /// Run the whole suite this many times in a row, stopping at the
+        /// first failing run.
+        #[arg(long, default_value_t = 1)]
+        repeat: u32,
         #[command(flatten)]
         matrix: MatrixArgs,
     },
@@ -452,6 +461,8 @@ fn main() -> ExitCode {
         Cmd::Test {
             nextest,
             skip,
+            under_load,
+            repeat,
             matrix,
         } => {
             let steps = test_steps(nextest, &matrix);
@@ -462,7 +473,19 @@ fn main() -> ExitCode {
                 err!("unknown step {bad:?} in --skip");
                 return ExitCode::from(2);
             }
-            run_steps("cargo xtask test", steps, &skip)
+            let _load = under_load.then(load::Load::start);
+            for run in 1..=repeat.max(1) {
+                let title = if repeat > 1 {
+                    format!("cargo xtask test (run {run} of {repeat})")
+                } else {
+                    "cargo xtask test".to_owned()
+                };
+                let code = run_steps(&title, test_steps(nextest, &matrix), &skip);
+                if code != ExitCode::SUCCESS {
+                    return code;
+                }
+            }
+            ExitCode::SUCCESS
         }
         Cmd::Kernel(cmd) => kernel::run(cmd),
         Cmd::Conformance { cases } => {
