@@ -281,6 +281,8 @@ fn valgrind_step() -> Step {
             let env = [
                 (runner_var.as_str(), runner.as_str()),
                 ("AIO_TEST_VALGRIND", "1"),
+                // 100 random programs per driver.
+                ("AIO_HOSTILE_CASES", "100"),
             ];
             let args = [
                 "test",
@@ -299,6 +301,8 @@ fn valgrind_step() -> Step {
                 "tokio_cancel",
                 "--test",
                 "soundness",
+                "--test",
+                "hostile",
             ];
             cargo_with_env(&args, &env, Some(CARGO_STEP_LIMIT))
         },
