@@ -43,7 +43,17 @@ use proptest::prelude::*;
 /// How long one program may run before the test calls it a hang:
 /// generous, since the machine may be busy; it bounds a failure, it
 /// measures nothing.
-const HANG: Duration = Duration::from_secs(120);
+const HANG_SECS: u64 = 120;
+
+/// [`HANG_SECS`], or `AIO_HOSTILE_HANG_SECS` (to shrink a hang quickly
+/// while investigating it).
+fn hang() -> Duration {
+    let secs = std::env::var("AIO_HOSTILE_HANG_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(HANG_SECS);
+    Duration::from_secs(secs)
+}
 
 /// File slots of the pool; slot `FILES` names the stream.
 const FILES: usize = 3;
@@ -1343,7 +1353,7 @@ fn run_program(driver: Driver, program: &Program, paths: Paths) {
 }
 
 /// Runs `program` on a thread of its own; fails if it panics or has not
-/// returned after [`HANG`] (the thread is then left behind).
+/// returned after [`hang`] (the thread is then left behind).
 fn check(driver: Driver, program: Program) -> Result<(), TestCaseError> {
     quiet_planned_panics();
     let paths = Paths::default();
@@ -1353,7 +1363,7 @@ fn check(driver: Driver, program: Program) -> Result<(), TestCaseError> {
         let r = panic::catch_unwind(AssertUnwindSafe(|| run_program(driver, &program, theirs)));
         let _ = tx.send(r.map_err(|p| message(&*p)));
     });
-    match rx.recv_timeout(HANG) {
+    match rx.recv_timeout(hang()) {
         Ok(Ok(())) => Ok(()),
         Ok(Err(msg)) => Err(TestCaseError::fail(msg)),
         Err(_) => {
@@ -1361,7 +1371,8 @@ fn check(driver: Driver, program: Program) -> Result<(), TestCaseError> {
                 let _ = std::fs::remove_file(p);
             }
             Err(TestCaseError::fail(format!(
-                "{driver:?}: the program did not finish within {HANG:?} (hang)"
+                "{driver:?}: the program did not finish within {:?} (hang)",
+                hang()
             )))
         }
     }

@@ -56,13 +56,11 @@
 //! the `io_submit` calls. A batch also goes at once when it fills the
 //! room left in the ring, when its first future is dropped, when any of
 //! its futures is polled again, or when the driver task has run twice
-//! since it began. In the task of a batch's first future, the second
-//! future asks to be polled again at once too, so a first future that the
-//! task holds without polling (the loser of `futures::future::select`) or
-//! forgets does not hold back the task's next requests. A first future
-//! held or forgotten while only other tasks' requests join its batch, with
-//! nothing in flight, delays them until one of the events above (the
-//! requests still hold their files and buffers). When the ring is full,
+//! since it began and found the batch no longer growing. A request of
+//! another waker that joins a batch wakes the driver task for that, so a
+//! first future held without being polled (the loser of
+//! `futures::future::select`) or forgotten delays the requests after it by
+//! two passes of the driver at most. When the ring is full,
 //! the driver submits the rest, in the order queued, as completions make
 //! room.
 //!
@@ -233,7 +231,8 @@ impl Builder {
                 singles: 0,
                 lone_streak: 0,
                 owner: None,
-                backed: false,
+                rescue: false,
+                queued_at_pass: None,
             }),
             depth: self.inner.depth(),
         });
@@ -448,11 +447,15 @@ struct State {
     singles: u32,
     /// Requests submitted one at a time in a row (see [`State::enqueue`]).
     lone_streak: u32,
-    /// The task of the owed batch's first future, and whether a second
-    /// future of that task asked to be polled again (see
-    /// [`State::enqueue`]).
+    /// The waker of the owed batch's first future.
     owner: Option<Waker>,
-    backed: bool,
+    /// A request of another waker joined the owed batch: the driver task
+    /// submits the batch if its first future is not polled again (see
+    /// [`State::enqueue`]).
+    rescue: bool,
+    /// The queue's length at the driver task's last pass over the owed
+    /// batch: a batch still growing is not stale.
+    queued_at_pass: Option<usize>,
 }
 
 impl State {
@@ -487,14 +490,16 @@ impl State {
     }
 
     /// Queues the request of a future's first poll; returns the batch it
-    /// must flush on its next poll, if it is the batch's first request,
-    /// and whether the future must ask to be polled again at once: the
-    /// first request, which flushes the batch then, and the second one of
-    /// the same task, which flushes it if the first has not (a first
-    /// future held unpolled or forgotten by that task would otherwise hold
-    /// back the task's next requests). Futures of the same task share its
-    /// waker, and its wake-up is already due, so this costs no poll.
-    fn enqueue<O: Operation>(&mut self, op: O, waker: &Waker) -> (Key, Option<u64>, bool) {
+    /// must flush on its next poll, if it is the batch's first request.
+    ///
+    /// The first future of a batch asks to be polled again at once, and
+    /// so is every future polled with the same waker (its wake-up is the
+    /// same). A future of another waker that joins the batch wakes the
+    /// driver task (nothing else may: the requests in flight may never
+    /// complete), which submits the batch once a pass of its finds it
+    /// owed and no longer growing: a first future held without being
+    /// polled, or forgotten, does not strand the requests after it.
+    fn enqueue<O: Operation>(&mut self, op: O, waker: &Waker) -> (Key, Option<u64>) {
         let key = self.core.push(|iovs| op.prepare(iovs), 0);
         if !self.owed
             && self.singles >= 2
@@ -513,7 +518,7 @@ impl State {
             if !self.core.is_done(key) {
                 self.core.set_waker(key, waker);
             }
-            return (key, None, false);
+            return (key, None);
         }
         self.core.set_waker(key, waker);
         if !self.owed {
@@ -525,17 +530,23 @@ impl State {
                 Some(w) if w.will_wake(waker) => {}
                 _ => self.owner = Some(waker.clone()),
             }
-            self.backed = false;
-            (key, Some(self.batch), true)
+            self.rescue = false;
+            self.queued_at_pass = None;
+            (key, Some(self.batch))
         } else {
             if self.core.queued() >= self.core.room() {
                 // The batch cannot grow any more.
                 self.flush();
-                return (key, None, false);
+                return (key, None);
             }
-            let backup = !self.backed && self.owner.as_ref().is_some_and(|w| w.will_wake(waker));
-            self.backed |= backup;
-            (key, None, backup)
+            let same_waker = self.owner.as_ref().is_some_and(|w| w.will_wake(waker));
+            if !self.rescue && !same_waker {
+                self.rescue = true;
+                if let Some(w) = &self.driver {
+                    w.wake_by_ref();
+                }
+            }
+            (key, None)
         }
     }
 
@@ -669,7 +680,7 @@ impl<O: Operation + Send + 'static> Op<O> {
                     let (_, keep) = op.prepare(&mut Vec::new());
                     return TaskPoll::Ready(O::complete(Err(closed_error()), keep));
                 }
-                let (key, batch, poll_again) = st.enqueue(op, cx.waker());
+                let (key, batch) = st.enqueue(op, cx.waker());
                 // Submitted at once, and done inside io_submit?
                 let out = (batch.is_none() && st.core.is_done(key)).then(|| {
                     // SAFETY: `key` came from `push` with this `O`, and the
@@ -685,7 +696,7 @@ impl<O: Operation + Send + 'static> Op<O> {
                     return TaskPoll::Ready(out);
                 }
                 this.state = OpState::Pushed(key, batch);
-                if poll_again {
+                if batch.is_some() {
                     // Submit on the next poll, after the futures polled in
                     // the same pass have queued theirs.
                     cx.waker().wake_by_ref();
@@ -799,19 +810,25 @@ impl Future for DriverTask {
             }
             st.driver_polls += 1;
             st.core.reap_nonblocking();
-            // A batch owed since before the previous driver poll: its
-            // flusher is not being polled; submit for it.
-            let stale = st.owed && st.owed_since + 1 < st.driver_polls;
+            // A batch owed since before the previous driver poll, and no
+            // longer growing since then: its flusher is not being polled;
+            // submit for it.
+            let queued = st.core.queued();
+            let growing = st.queued_at_pass.replace(queued) != Some(queued);
+            let stale = st.owed && st.owed_since + 1 < st.driver_polls && !growing;
             if st.backlog || stale || st.core.take_requeued() {
                 st.flush();
             }
             let done = st.orphaned && st.core.in_flight() == 0 && st.core.queued() == 0;
             // Nothing will signal the completion of a quiet request that
             // missed: come back at once rather than sleep on the eventfd.
-            let poll_again = st.core.quiet_pending();
-            if poll_again {
+            let quiet = st.core.quiet_pending();
+            if quiet {
                 st.core.count_quiet_poll();
             }
+            // A batch that may have lost its flusher: come back until it is
+            // submitted.
+            let poll_again = quiet || (st.owed && st.rescue);
             st.core.take_deferred(&mut this.wakers, &mut this.graveyard);
             drop(st);
             for w in this.wakers.drain(..) {
