@@ -41,7 +41,7 @@ pub struct VectestArgs {
     #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub max_segments: u16,
     /// Largest request (default: 1M, or enough for --max-segments aligned
-    /// segments with O_DIRECT).
+    /// segments with O_DIRECT; at most 2147479552, Linux's MAX_RW_COUNT).
     #[arg(long, value_parser = parse_size)]
     pub max_request: Option<u64>,
     /// Requests in flight.

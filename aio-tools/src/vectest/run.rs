@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use aio::{AlignedBuf, Context, ReadV, Ticket, WriteV};
+use aio_abi::MAX_RW_COUNT;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::json;
 
@@ -189,6 +190,19 @@ fn open_device(path: &Path, rdev: u64, args: &VectestArgs) -> Result<Target, Fat
         unit,
         scratch: None,
     })
+}
+
+/// Refuses options beyond what one system call transfers.
+fn check_limits(args: &VectestArgs) -> Result<(), Fatal> {
+    if let Some(m) = args.max_request {
+        if m > MAX_RW_COUNT {
+            return Err(Fatal(format!(
+                "--max-request {m} is more than Linux transfers in one read or write \
+                 (MAX_RW_COUNT, {MAX_RW_COUNT} bytes); use --max-request {MAX_RW_COUNT} or less"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Counters of one run.
@@ -472,6 +486,10 @@ pub fn run(args: &VectestArgs, out: Output) -> Exit {
         super::plan::mix(now.as_nanos() as u64 ^ std::process::id() as u64)
     });
     let _ = ctrlc::set_handler(|| INTERRUPTED.store(true, Ordering::Relaxed));
+    if let Err(Fatal(msg)) = check_limits(args) {
+        eprintln!("aio-tools vectest: {msg}");
+        return Exit::Usage;
+    }
     let t = match open_target(args, seed) {
         Ok(t) => t,
         Err(Fatal(msg)) => {
