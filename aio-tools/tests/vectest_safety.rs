@@ -2,8 +2,10 @@
 //! behind loop devices, a second run on the same target, writes that fail,
 //! requests larger than Linux transfers, and its own scratch files.
 
+use std::io::{BufRead, BufReader};
+use std::os::fd::AsRawFd;
 use std::path::Path;
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
 
 use assert_cmd::cargo::CommandCargoExt;
 
@@ -44,6 +46,95 @@ fn run_in(tmpdir: Option<&Path>, args: &[&str]) -> Run {
 
 fn run(args: &[&str]) -> Run {
     run_in(None, args)
+}
+
+fn path_str(p: &Path) -> &str {
+    p.to_str().expect("UTF-8 temporary path")
+}
+
+/// A running `aio-tools vectest`, killed on drop (also on panic).
+struct Background(Child);
+
+impl Background {
+    /// Starts a long vectest with `args` and returns once it has opened its
+    /// target (it prints its summary line then).
+    fn vectest(tmpdir: Option<&Path>, args: &[&str]) -> Background {
+        let mut cmd = tool();
+        cmd.arg("vectest")
+            .args(args)
+            .args(["--passes", "255", "--iodepth", "1"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        if let Some(dir) = tmpdir {
+            cmd.env("TMPDIR", dir);
+        }
+        let mut bg = Background(cmd.spawn().expect("start aio-tools"));
+        let mut seen = String::new();
+        let mut lines = BufReader::new(bg.0.stderr.take().unwrap()).lines();
+        loop {
+            match lines.next() {
+                Some(Ok(line)) if line.starts_with("vectest: ") => break,
+                Some(Ok(line)) => seen.push_str(&line),
+                _ => panic!("vectest ended before it started testing: {seen}"),
+            }
+        }
+        // Keep draining its stderr, so that it never blocks on a full pipe.
+        std::thread::spawn(move || lines.for_each(drop));
+        bg
+    }
+
+    fn pid(&self) -> u32 {
+        self.0.id()
+    }
+
+    fn kill(mut self) {
+        self.0.kill().expect("kill vectest");
+        self.0.wait().expect("reap vectest");
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn a_second_vectest_on_the_same_file_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("shared.dat");
+    let path = path_str(&f);
+
+    let bg = Background::vectest(None, &[path, "--size", "64M"]);
+    let r = run(&["vectest", path, "--size", "1M", "--passes", "1"]);
+    assert_eq!(r.code, 2, "{r}");
+    assert!(
+        r.stderr.contains(&format!(
+            "another vectest (pid {}) is using {path}",
+            bg.pid()
+        )),
+        "{r}"
+    );
+    bg.kill();
+
+    // Any program holding the lock, with its pid.
+    let held = std::fs::File::open(&f).unwrap();
+    // SAFETY: flock on a descriptor we own; no memory is passed.
+    let locked = unsafe { libc::flock(held.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    assert_eq!(locked, 0);
+    let r = run(&["vectest", path, "--size", "1M", "--passes", "1"]);
+    assert_eq!(r.code, 2, "{r}");
+    assert!(
+        r.stderr.contains(&format!(
+            "another program (pid {}) is using {path}",
+            std::process::id()
+        )),
+        "{r}"
+    );
+    drop(held);
+    let r = run(&["vectest", path, "--size", "1M", "--passes", "1"]);
+    assert_eq!(r.code, 0, "{r}");
 }
 
 #[test]

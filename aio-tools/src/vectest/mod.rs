@@ -5,6 +5,7 @@
 //! through *different* layouts and checks every byte against a pattern in
 //! which each 8-byte word names its own offset, pass and seed.
 
+mod lock;
 mod pattern;
 mod plan;
 mod run;

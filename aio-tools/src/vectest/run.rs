@@ -15,6 +15,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::json;
 
 use super::VectestArgs;
+use super::lock::{Holder, holder, lock};
 use super::pattern::{Mismatch, Pattern};
 use super::plan::{Request, Rng, Shape, plan};
 use super::target::{Refusal, block_device_size, in_use, logical_block_size, signatures_on};
@@ -110,6 +111,7 @@ fn open_file(path: &Path, size: u64, direct: bool, create_new: bool) -> Result<T
             Fatal(format!("cannot open {}: {e}", path.display()))
         }
     })?;
+    lock(&file).map_err(|holder| using(holder, path))?;
     let unit = if direct {
         let a = aio::dio_alignment(&file)?;
         a.memory.max(a.offset) as u64
@@ -132,6 +134,14 @@ fn open_file(path: &Path, size: u64, direct: bool, create_new: bool) -> Result<T
     })
 }
 
+/// The refusal of a target that another run is using.
+fn using(holder: Holder, path: &Path) -> Fatal {
+    Fatal(format!(
+        "{holder} is using {}; wait for it to end or choose another target",
+        path.display()
+    ))
+}
+
 fn open_device(path: &Path, rdev: u64, args: &VectestArgs) -> Result<Target, Fatal> {
     if args.buffered {
         return Err(Fatal(format!(
@@ -149,13 +159,20 @@ fn open_device(path: &Path, rdev: u64, args: &VectestArgs) -> Result<Target, Fat
         .custom_flags(libc::O_DIRECT | libc::O_EXCL)
         .open(path)
         .map_err(|e| match e.raw_os_error() {
-            Some(libc::EBUSY) => refuse(in_use(rdev).unwrap_or(Refusal::Busy)),
+            Some(libc::EBUSY) => {
+                match (in_use(rdev), std::fs::metadata(path).map(|m| holder(&m))) {
+                    (Some(why), _) => refuse(why),
+                    (None, Ok(h)) if h.pid.is_some() => using(h, path),
+                    (None, _) => refuse(Refusal::Busy),
+                }
+            }
             Some(libc::EACCES) | Some(libc::EPERM) => Fatal(format!(
                 "cannot open {} for writing: {e}; run as root or get write access to the device",
                 path.display()
             )),
             _ => Fatal(format!("cannot open {}: {e}", path.display())),
         })?;
+    lock(&file).map_err(|holder| using(holder, path))?;
     let sector = logical_block_size(&file)?;
     let sigs = signatures_on(&file, sector)?;
     if !sigs.is_empty() {
