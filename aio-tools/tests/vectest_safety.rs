@@ -100,6 +100,17 @@ impl Drop for Background {
     }
 }
 
+fn scratch_files(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("aio-vectest-"))
+        .collect();
+    names.sort();
+    names
+}
+
 #[test]
 fn a_second_vectest_on_the_same_file_is_refused() {
     let dir = tempfile::tempdir().unwrap();
@@ -155,4 +166,43 @@ fn a_max_request_above_what_linux_transfers_is_refused() {
         "2147479552",
     ]);
     assert_eq!(r.code, 0, "{r}");
+}
+
+#[test]
+fn the_scratch_file_is_removed_when_vectest_fails() {
+    let tmp = tempfile::tempdir().unwrap();
+    for args in [
+        &["--size", "0"][..],
+        &["--size", "100", "--direct"],
+        &["--size", "17T"],
+    ] {
+        let mut all = vec!["vectest"];
+        all.extend_from_slice(args);
+        let r = run_in(Some(tmp.path()), &all);
+        assert_eq!(r.code, 2, "{args:?}: {r}");
+        assert_eq!(scratch_files(tmp.path()), Vec::<String>::new(), "{args:?}");
+    }
+}
+
+#[test]
+fn scratch_files_of_a_killed_run_are_removed_by_the_next_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bg = Background::vectest(Some(tmp.path()), &["--size", "64M"]);
+    let killed = bg.pid();
+    bg.kill();
+    let left = scratch_files(tmp.path());
+    assert!(
+        left.len() == 1 && left[0].starts_with(&format!("aio-vectest-{killed}-")),
+        "{left:?}"
+    );
+    // A file of a live process stays.
+    let live = format!("aio-vectest-{}-0", std::process::id());
+    std::fs::write(tmp.path().join(&live), b"").unwrap();
+
+    let r = run_in(
+        Some(tmp.path()),
+        &["vectest", "--size", "1M", "--passes", "1"],
+    );
+    assert_eq!(r.code, 0, "{r}");
+    assert_eq!(scratch_files(tmp.path()), vec![live], "{r}");
 }

@@ -9,6 +9,7 @@ mod lock;
 mod pattern;
 mod plan;
 mod run;
+mod scratch;
 mod target;
 
 use std::path::PathBuf;
@@ -28,8 +29,9 @@ pub struct VectestArgs {
     /// --force). Default: a scratch file in the temporary directory,
     /// removed afterwards.
     pub target: Option<PathBuf>,
-    /// Bytes to test (k, M, G suffixes). Default: 64M for a scratch file,
-    /// the file's size if it has one, the whole device.
+    /// Bytes to test (k, M, G, T suffixes; at most 8T, what the pattern
+    /// tells apart). Default: 64M for a scratch file, the file's size if it
+    /// has one, the whole device.
     #[arg(long, value_parser = parse_size)]
     pub size: Option<u64>,
     /// Use O_DIRECT (the default for block devices).

@@ -6,6 +6,10 @@
 const OFFSET_BITS: u32 = 40;
 const PASS_BITS: u32 = 8;
 
+/// Bytes of target the pattern tells apart (8 TiB): a word further on
+/// encodes the same as the word 8 TiB before it.
+pub const REACH: u64 = 8 << OFFSET_BITS;
+
 /// What one word of the target is expected to contain, or was found to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Word {

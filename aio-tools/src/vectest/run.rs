@@ -4,7 +4,7 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -16,8 +16,9 @@ use serde_json::json;
 
 use super::VectestArgs;
 use super::lock::{Holder, holder, lock};
-use super::pattern::{Mismatch, Pattern};
+use super::pattern::{Mismatch, Pattern, REACH};
 use super::plan::{Request, Rng, Shape, plan};
+use super::scratch::{RemoveOnDrop, remove_stale, scratch_path};
 use super::target::{Refusal, block_device_size, in_use, logical_block_size, signatures_on};
 use crate::stats::{Latencies, mib_per_s, per_s};
 use crate::{Exit, Issuer, Output};
@@ -47,26 +48,31 @@ struct Target {
     direct: bool,
     /// Alignment of lengths, offsets and memory (1 when buffered).
     unit: u64,
-    /// Removed when the run ends (the default scratch file).
-    scratch: Option<PathBuf>,
+    /// The default scratch file, removed when the run ends.
+    _scratch: Option<RemoveOnDrop>,
 }
 
-impl Drop for Target {
-    fn drop(&mut self) {
-        if let Some(path) = &self.scratch {
-            let _ = std::fs::remove_file(path);
-        }
-    }
+/// How a file target came to be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Origin {
+    /// The default scratch file, made now and removed at the end.
+    Scratch,
+    /// A path that did not exist, made now and kept.
+    New,
+    /// A file that was there.
+    Existing,
 }
 
 fn open_target(args: &VectestArgs, seed: u64) -> Result<Target, Fatal> {
     let Some(path) = &args.target else {
-        let path =
-            std::env::temp_dir().join(format!("aio-vectest-{}-{seed:x}", std::process::id()));
+        for (stale, pid) in remove_stale(&std::env::temp_dir()) {
+            eprintln!(
+                "vectest: removed {}, left by a run (pid {pid}) that ended",
+                stale.display()
+            );
+        }
         let size = args.size.unwrap_or(DEFAULT_SCRATCH_SIZE);
-        let mut t = open_file(&path, size, args.direct, true)?;
-        t.scratch = Some(path);
-        return Ok(t);
+        return open_file(&scratch_path(seed), size, args.direct, Origin::Scratch);
     };
     match std::fs::metadata(path) {
         Ok(m) if m.file_type().is_block_device() => open_device(path, m.rdev(), args),
@@ -76,7 +82,7 @@ fn open_target(args: &VectestArgs, seed: u64) -> Result<Target, Fatal> {
             } else {
                 DEFAULT_SCRATCH_SIZE
             });
-            open_file(path, size, args.direct, false)
+            open_file(path, size, args.direct, Origin::Existing)
         }
         Ok(_) => Err(Fatal(format!(
             "{} is neither a regular file nor a block device",
@@ -84,24 +90,42 @@ fn open_target(args: &VectestArgs, seed: u64) -> Result<Target, Fatal> {
         ))),
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             let size = args.size.unwrap_or(DEFAULT_SCRATCH_SIZE);
-            open_file(path, size, args.direct, false)
+            open_file(path, size, args.direct, Origin::New)
         }
         Err(e) => Err(Fatal(format!("cannot use {}: {e}", path.display()))),
     }
 }
 
-fn open_file(path: &Path, size: u64, direct: bool, create_new: bool) -> Result<Target, Fatal> {
+fn open_file(path: &Path, size: u64, direct: bool, origin: Origin) -> Result<Target, Fatal> {
+    // A file made here is removed again on every way out until the run is
+    // set up (a new file given by name is kept after that).
+    let mut created = None;
+    let mut opened = if origin == Origin::Existing {
+        None
+    } else {
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(path)
+            .map_err(|e| Fatal(format!("cannot create {}: {e}", path.display())))?;
+        created = Some(RemoveOnDrop::new(path.to_owned()));
+        Some(f)
+    };
     let mut opts = OpenOptions::new();
     opts.read(true).write(true);
-    if create_new {
-        opts.create_new(true);
-    } else {
-        opts.create(true);
-    }
     if direct {
         opts.custom_flags(libc::O_DIRECT);
     }
-    let file = opts.open(path).map_err(|e| {
+    let reopen = match &opened {
+        // O_DIRECT through the descriptor just made: open(2) creates a
+        // file before it checks O_DIRECT, and the same file is reopened.
+        Some(f) if direct => opts.open(format!("/proc/self/fd/{}", f.as_raw_fd())),
+        Some(_) => Ok(opened.take().expect("the file just made")),
+        None => opts.open(path),
+    };
+    drop(opened);
+    let file = reopen.map_err(|e| {
         if direct && e.raw_os_error() == Some(libc::EINVAL) {
             Fatal(format!(
                 "the filesystem of {} does not support O_DIRECT (EINVAL); use --buffered",
@@ -122,7 +146,20 @@ fn open_file(path: &Path, size: u64, direct: bool, create_new: bool) -> Result<T
     if size == 0 {
         return Err(Fatal(format!("--size must be at least {unit} bytes here")));
     }
-    file.set_len(file.metadata()?.len().max(size))?;
+    file.set_len(file.metadata()?.len().max(size))
+        .map_err(|e| {
+            Fatal(format!(
+                "cannot make {} {size} bytes long: {e}",
+                path.display()
+            ))
+        })?;
+    let scratch = match created {
+        Some(c) if origin != Origin::Scratch => {
+            c.keep();
+            None
+        }
+        created => created,
+    };
     Ok(Target {
         file: Arc::new(file),
         name: path.display().to_string(),
@@ -130,7 +167,7 @@ fn open_file(path: &Path, size: u64, direct: bool, create_new: bool) -> Result<T
         size,
         direct,
         unit,
-        scratch: None,
+        _scratch: scratch,
     })
 }
 
@@ -205,12 +242,20 @@ fn open_device(path: &Path, rdev: u64, args: &VectestArgs) -> Result<Target, Fat
         size,
         direct: true,
         unit,
-        scratch: None,
+        _scratch: None,
     })
 }
 
 /// Refuses options beyond what one system call transfers.
 fn check_limits(args: &VectestArgs) -> Result<(), Fatal> {
+    if let Some(size) = args.size {
+        if size > REACH {
+            return Err(Fatal(format!(
+                "--size {size} is more than the pattern tells apart ({REACH} bytes, 8 TiB); \
+                 use --size 8T or less"
+            )));
+        }
+    }
     if let Some(m) = args.max_request {
         if m > MAX_RW_COUNT {
             return Err(Fatal(format!(
