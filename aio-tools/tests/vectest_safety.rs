@@ -4,13 +4,44 @@
 
 use std::io::{BufRead, BufReader};
 use std::os::fd::AsRawFd;
-use std::path::Path;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 use assert_cmd::cargo::CommandCargoExt;
 
 fn tool() -> Command {
     Command::cargo_bin("aio-tools").expect("aio-tools binary")
+}
+
+fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+fn is_root() -> bool {
+    // SAFETY: no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn require_root(what: &str) -> bool {
+    if is_root() {
+        return true;
+    }
+    assert!(!in_ci(), "{what} needs root, and CI runs as root");
+    eprintln!("skipping {what}: needs root");
+    false
+}
+
+fn require_program(program: &str, what: &str) -> bool {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {program}")])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        assert!(!in_ci(), "{what} needs {program}, which CI installs");
+        eprintln!("skipping {what}: {program} is not installed");
+    }
+    found
 }
 
 struct Run {
@@ -48,8 +79,46 @@ fn run(args: &[&str]) -> Run {
     run_in(None, args)
 }
 
+fn sh(cmd: &str, args: &[&str]) -> String {
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
 fn path_str(p: &Path) -> &str {
     p.to_str().expect("UTF-8 temporary path")
+}
+
+/// A sparse file of `mib` MiB.
+fn sparse_image(dir: &Path, mib: u64) -> PathBuf {
+    let image = dir.join("disk.img");
+    std::fs::File::create(&image)
+        .unwrap()
+        .set_len(mib << 20)
+        .unwrap();
+    image
+}
+
+/// A loop device over `image`, detached on drop (also on panic).
+struct Loop(String);
+
+impl Loop {
+    fn over(image: &Path) -> Loop {
+        Loop(sh("losetup", &["--find", "--show", path_str(image)]))
+    }
+}
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").args(["-d", &self.0]).status();
+    }
 }
 
 /// A running `aio-tools vectest`, killed on drop (also on panic).
@@ -112,6 +181,102 @@ fn scratch_files(dir: &Path) -> Vec<String> {
 }
 
 #[test]
+fn a_file_vectest_did_not_write_is_refused_unless_forced() {
+    let dir = tempfile::tempdir().unwrap();
+    let notes = dir.path().join("notes.txt");
+    let text = "the only copy of my notes\n".repeat(200);
+    std::fs::write(&notes, &text).unwrap();
+    let r = run(&["vectest", path_str(&notes), "--size", "1M"]);
+    assert_eq!(r.code, 2, "{r}");
+    assert!(
+        r.stderr.contains(&format!(
+            "refusing to write {}: it holds {} bytes that vectest did not write",
+            notes.display(),
+            text.len()
+        )) && r.stderr.contains("--force"),
+        "{r}"
+    );
+    assert_eq!(std::fs::read_to_string(&notes).unwrap(), text);
+
+    // Told to, it writes; then the file is vectest's own and is reused.
+    let r = run(&[
+        "vectest",
+        path_str(&notes),
+        "--size",
+        "1M",
+        "--passes",
+        "1",
+        "--force",
+    ]);
+    assert_eq!(r.code, 0, "{r}");
+    assert!(r.stderr.contains("--force: overwriting"), "{r}");
+    let r = run(&["vectest", path_str(&notes), "--passes", "1", "--seed", "5"]);
+    assert_eq!(r.code, 0, "a file vectest wrote is reused: {r}");
+
+    // A new path is created, and kept.
+    let new = dir.path().join("new.dat");
+    let r = run(&["vectest", path_str(&new), "--size", "1M", "--passes", "1"]);
+    assert_eq!(r.code, 0, "{r}");
+    assert_eq!(std::fs::metadata(&new).unwrap().len(), 1 << 20);
+
+    // A read-only file, even for root, who may write it.
+    let ro = dir.path().join("read-only.txt");
+    std::fs::write(&ro, &text).unwrap();
+    std::fs::set_permissions(&ro, std::fs::Permissions::from_mode(0o444)).unwrap();
+    let r = run(&["vectest", path_str(&ro), "--size", "1M"]);
+    assert_eq!(r.code, 2, "{r}");
+    if is_root() {
+        assert!(r.stderr.contains("is read-only (mode 0444)"), "{r}");
+    }
+    assert_eq!(std::fs::read_to_string(&ro).unwrap(), text);
+}
+
+#[test]
+fn an_image_with_a_filesystem_is_refused_unless_forced() {
+    if !require_program("mkfs.ext4", "vectest on a filesystem image") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let image = sparse_image(dir.path(), 32);
+    sh("mkfs.ext4", &["-q", "-F", path_str(&image)]);
+    let r = run(&["vectest", path_str(&image)]);
+    assert_eq!(r.code, 2, "{r}");
+    assert!(
+        r.stderr
+            .contains("holds ext4 filesystem (signature at byte 1080)")
+            && r.stderr.contains("--force"),
+        "{r}"
+    );
+    let r = run(&["vectest", path_str(&image), "--passes", "1", "--force"]);
+    assert_eq!(r.code, 0, "{r}");
+    assert!(
+        r.stderr.contains("--force: overwriting") && r.stderr.contains("ext4 filesystem"),
+        "{r}"
+    );
+}
+
+#[test]
+fn the_image_behind_a_loop_device_is_refused() {
+    if !require_root("vectest on the image of a loop device") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let image = sparse_image(dir.path(), 32);
+    let lo = Loop::over(&image);
+    // Blank and attached: refused, unless forced.
+    let r = run(&["vectest", path_str(&image), "--passes", "1"]);
+    assert_eq!(r.code, 2, "{r}");
+    assert!(
+        r.stderr.contains(&format!("backs {}", lo.0))
+            && r.stderr.contains(&format!("losetup -d {}", lo.0))
+            && r.stderr.contains("--force"),
+        "{r}"
+    );
+    let r = run(&["vectest", path_str(&image), "--passes", "1", "--force"]);
+    assert_eq!(r.code, 0, "{r}");
+}
+
+#[test]
 fn a_second_vectest_on_the_same_file_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("shared.dat");
@@ -146,6 +311,22 @@ fn a_second_vectest_on_the_same_file_is_refused() {
     drop(held);
     let r = run(&["vectest", path, "--size", "1M", "--passes", "1"]);
     assert_eq!(r.code, 0, "{r}");
+}
+
+#[test]
+fn a_missing_device_under_dev_is_an_error_not_a_new_file() {
+    let path = format!("/dev/aio-vectest-no-such-disk-{}", std::process::id());
+    struct Remove<'a>(&'a str);
+    impl Drop for Remove<'_> {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(self.0);
+        }
+    }
+    let _remove = Remove(&path);
+    let r = run(&["vectest", &path, "--size", "1M", "--passes", "1"]);
+    assert_eq!(r.code, 2, "{r}");
+    assert!(r.stderr.contains(&format!("no such device: {path}")), "{r}");
+    assert!(!Path::new(&path).exists(), "nothing is created in /dev");
 }
 
 #[test]

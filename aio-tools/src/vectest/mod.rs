@@ -24,7 +24,9 @@ pub use target::{block_device_size, logical_block_size, signatures_on};
 /// The command's arguments.
 #[derive(clap::Args, Debug)]
 pub struct VectestArgs {
-    /// A regular file (created or reused) or a block device (opened with
+    /// A regular file (created, or reused: refused if it backs a loop
+    /// device, is read-only, is formatted or holds data vectest did not
+    /// write, unless --force) or a block device (opened with
     /// O_DIRECT|O_EXCL; refused if mounted, in use or formatted unless
     /// --force). Default: a scratch file in the temporary directory,
     /// removed afterwards.
@@ -58,7 +60,7 @@ pub struct VectestArgs {
     #[arg(long)]
     pub seed: Option<u64>,
     /// Write on a block device even if it holds a filesystem or partition
-    /// table.
+    /// table, or on a file whatever it holds.
     #[arg(long)]
     pub force: bool,
     /// The aio API that issues the requests.

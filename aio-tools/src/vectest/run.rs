@@ -19,7 +19,10 @@ use super::lock::{Holder, holder, lock};
 use super::pattern::{Mismatch, Pattern, REACH};
 use super::plan::{Request, Rng, Shape, plan};
 use super::scratch::{RemoveOnDrop, remove_stale, scratch_path};
-use super::target::{Refusal, block_device_size, in_use, logical_block_size, signatures_on};
+use super::target::{
+    Finding, Refusal, block_device_size, describe, file_findings, in_dev, in_use,
+    logical_block_size, loops_over, signatures_on,
+};
 use crate::stats::{Latencies, mib_per_s, per_s};
 use crate::{Exit, Issuer, Output};
 
@@ -59,8 +62,8 @@ enum Origin {
     Scratch,
     /// A path that did not exist, made now and kept.
     New,
-    /// A file that was there.
-    Existing,
+    /// A file that was there; `force`: overwrite what it holds.
+    Existing { force: bool },
 }
 
 fn open_target(args: &VectestArgs, seed: u64) -> Result<Target, Fatal> {
@@ -82,10 +85,15 @@ fn open_target(args: &VectestArgs, seed: u64) -> Result<Target, Fatal> {
             } else {
                 DEFAULT_SCRATCH_SIZE
             });
-            open_file(path, size, args.direct, Origin::Existing)
+            let origin = Origin::Existing { force: args.force };
+            open_file(path, size, args.direct, origin)
         }
         Ok(_) => Err(Fatal(format!(
             "{} is neither a regular file nor a block device",
+            path.display()
+        ))),
+        Err(e) if e.kind() == io::ErrorKind::NotFound && in_dev(path) => Err(Fatal(format!(
+            "no such device: {}; vectest makes new files only outside /dev (lsblk lists the block devices)",
             path.display()
         ))),
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -100,7 +108,7 @@ fn open_file(path: &Path, size: u64, direct: bool, origin: Origin) -> Result<Tar
     // A file made here is removed again on every way out until the run is
     // set up (a new file given by name is kept after that).
     let mut created = None;
-    let mut opened = if origin == Origin::Existing {
+    let mut opened = if matches!(origin, Origin::Existing { .. }) {
         None
     } else {
         let f = OpenOptions::new()
@@ -136,6 +144,32 @@ fn open_file(path: &Path, size: u64, direct: bool, origin: Origin) -> Result<Tar
         }
     })?;
     lock(&file).map_err(|holder| using(holder, path))?;
+    if let Origin::Existing { force } = origin {
+        let meta = file.metadata()?;
+        let loops: Vec<String> = loops_over(meta.dev(), meta.ino())
+            .into_iter()
+            .map(|(name, _)| name)
+            .collect();
+        let mut findings = Vec::new();
+        if !loops.is_empty() {
+            findings.push(Finding::BacksLoop(loops));
+        }
+        findings.extend(file_findings(&file)?);
+        if !findings.is_empty() {
+            if !force {
+                let why = Refusal::Kept(findings);
+                return Err(Fatal(format!(
+                    "refusing to write {}: {why}",
+                    path.display()
+                )));
+            }
+            eprintln!(
+                "--force: overwriting {}: {}",
+                path.display(),
+                describe(&findings)
+            );
+        }
+    }
     let unit = if direct {
         let a = aio::dio_alignment(&file)?;
         a.memory.max(a.offset) as u64
