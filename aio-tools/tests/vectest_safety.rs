@@ -121,6 +121,37 @@ impl Drop for Loop {
     }
 }
 
+/// A mount on a directory of its own, unmounted on drop (also on panic).
+struct Mount {
+    at: PathBuf,
+    // Removed after the unmount in Drop.
+    _dir: tempfile::TempDir,
+}
+
+impl Mount {
+    /// `mount ARGS... <new directory>`.
+    fn new(args: &[&str]) -> Mount {
+        let dir = tempfile::tempdir().unwrap();
+        let at = dir.path().to_path_buf();
+        let mut all = args.to_vec();
+        all.push(path_str(&at));
+        sh("mount", &all);
+        Mount { at, _dir: dir }
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let ok = Command::new("umount")
+            .arg(&self.at)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            let _ = Command::new("umount").arg("-l").arg(&self.at).status();
+        }
+    }
+}
+
 /// A running `aio-tools vectest`, killed on drop (also on panic).
 struct Background(Child);
 
@@ -274,6 +305,58 @@ fn the_image_behind_a_loop_device_is_refused() {
     );
     let r = run(&["vectest", path_str(&image), "--passes", "1", "--force"]);
     assert_eq!(r.code, 0, "{r}");
+}
+
+#[test]
+fn an_image_mounted_through_a_loop_device_is_refused_even_with_force() {
+    if !require_root("vectest on the image of a mounted loop device") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let image = sparse_image(dir.path(), 32);
+    let lo = Loop::over(&image);
+    sh("mkfs.ext4", &["-q", "-F", &lo.0]);
+    let m = Mount::new(&[&lo.0]);
+    let r = run(&["vectest", path_str(&image), "--force"]);
+    assert_eq!(r.code, 2, "{r}");
+    assert!(
+        r.stderr.contains(&format!(
+            "it backs {}, which is mounted at {}",
+            lo.0,
+            m.at.display()
+        )),
+        "{r}"
+    );
+    drop(m);
+    // The filesystem is whole.
+    sh("fsck.ext4", &["-n", "-f", &lo.0]);
+}
+
+#[test]
+fn a_second_loop_device_over_a_mounted_image_is_refused_even_with_force() {
+    if !require_root("vectest on a second loop device over an image") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let image = sparse_image(dir.path(), 32);
+    sh("mkfs.ext4", &["-q", "-F", path_str(&image)]);
+    let first = Loop::over(&image);
+    let m = Mount::new(&[&first.0]);
+    let second = Loop::over(&image);
+    let r = run(&["vectest", &second.0, "--force", "--passes", "1"]);
+    assert_eq!(r.code, 2, "{r}");
+    assert!(
+        r.stderr.contains(&format!(
+            "its backing file {} is also attached to {}, which is mounted at {}",
+            image.display(),
+            first.0,
+            m.at.display()
+        )),
+        "{r}"
+    );
+    // The filesystem is whole.
+    drop(m);
+    sh("fsck.ext4", &["-n", "-f", &first.0]);
 }
 
 #[test]

@@ -60,7 +60,8 @@ pub struct VectestArgs {
     #[arg(long)]
     pub seed: Option<u64>,
     /// Write on a block device even if it holds a filesystem or partition
-    /// table, or on a file whatever it holds.
+    /// table, or on a file whatever it holds (never on a mounted target,
+    /// nor on one whose data is mounted through a loop device).
     #[arg(long)]
     pub force: bool,
     /// The aio API that issues the requests.

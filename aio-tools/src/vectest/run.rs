@@ -20,8 +20,8 @@ use super::pattern::{Mismatch, Pattern, REACH};
 use super::plan::{Request, Rng, Shape, plan};
 use super::scratch::{RemoveOnDrop, remove_stale, scratch_path};
 use super::target::{
-    Finding, Refusal, block_device_size, describe, file_findings, in_dev, in_use,
-    logical_block_size, loops_over, signatures_on,
+    Finding, Refusal, backing_in_use, block_device_size, describe, file_findings, in_dev, in_use,
+    logical_block_size, loop_in_use, loops_over, signatures_on,
 };
 use crate::stats::{Latencies, mib_per_s, per_s};
 use crate::{Exit, Issuer, Output};
@@ -146,10 +146,21 @@ fn open_file(path: &Path, size: u64, direct: bool, origin: Origin) -> Result<Tar
     lock(&file).map_err(|holder| using(holder, path))?;
     if let Origin::Existing { force } = origin {
         let meta = file.metadata()?;
-        let loops: Vec<String> = loops_over(meta.dev(), meta.ino())
-            .into_iter()
-            .map(|(name, _)| name)
-            .collect();
+        let loops = loops_over(meta.dev(), meta.ino());
+        // Not even with --force: that would corrupt a live filesystem.
+        if let Some((via, why)) = loop_in_use(&loops) {
+            let why = Box::new(why);
+            let why = Refusal::ThroughLoop {
+                backing: None,
+                via,
+                why,
+            };
+            return Err(Fatal(format!(
+                "refusing to write {}: {why}",
+                path.display()
+            )));
+        }
+        let loops: Vec<String> = loops.into_iter().map(|(name, _)| name).collect();
         let mut findings = Vec::new();
         if !loops.is_empty() {
             findings.push(Finding::BacksLoop(loops));
@@ -221,7 +232,7 @@ fn open_device(path: &Path, rdev: u64, args: &VectestArgs) -> Result<Target, Fat
         )));
     }
     let refuse = |why: Refusal| Fatal(format!("refusing to write {}: {why}", path.display()));
-    if let Some(why) = in_use(rdev) {
+    if let Some(why) = in_use(rdev).or_else(|| backing_in_use(rdev)) {
         return Err(refuse(why));
     }
     let file = OpenOptions::new()

@@ -3,11 +3,13 @@
 //! A block device is refused when it is mounted (or a partition of it is),
 //! held by another device (device-mapper, md, bcache: `/sys/block/*/holders`),
 //! opened exclusively elsewhere, or carries a filesystem or partition-table
-//! signature — unless the user says `--force`.
+//! signature — unless the user says `--force`. A loop device is also
+//! refused when its backing file is mounted through another loop device.
 //!
 //! An existing regular file is refused, unless the user says `--force`, when
 //! it backs a loop device, is read-only, carries a signature, or holds data
-//! that vectest did not write (see [`written_by_vectest`]).
+//! that vectest did not write (see [`written_by_vectest`]); and refused
+//! even then when it backs a loop device that is mounted.
 
 use std::ffi::OsStr;
 use std::fs::{File, Metadata};
@@ -212,6 +214,17 @@ pub enum Refusal {
     Formatted(Vec<Signature>),
     /// A regular file with these findings.
     Kept(Vec<Finding>),
+    /// Its data is in use through loop device `via` (mounted, or held):
+    /// the target backs `via`, or (`backing`) the target is another loop
+    /// device over the same file.
+    ThroughLoop {
+        /// The backing file both loop devices share.
+        backing: Option<String>,
+        /// The loop device in use.
+        via: String,
+        /// How it is in use ([`Refusal::Mounted`] or [`Refusal::Held`]).
+        why: Box<Refusal>,
+    },
 }
 
 impl std::fmt::Display for Refusal {
@@ -233,6 +246,27 @@ impl std::fmt::Display for Refusal {
             }
             Refusal::Kept(findings) => {
                 write!(f, "{}; pass --force to overwrite it", describe(findings))
+            }
+            Refusal::ThroughLoop { backing, via, why } => {
+                match backing {
+                    Some(file) => write!(f, "its backing file {file} is also attached to {via}")?,
+                    None => write!(f, "it backs {via}")?,
+                }
+                match &**why {
+                    Refusal::Mounted(at) => {
+                        write!(
+                            f,
+                            ", which is mounted at {}; unmount it first",
+                            at.join(", ")
+                        )
+                    }
+                    Refusal::Held(by) => write!(
+                        f,
+                        ", which is in use by {} (device-mapper, RAID or similar); release it first",
+                        by.join(", ")
+                    ),
+                    other => write!(f, ", which is in use ({other})"),
+                }
             }
         }
     }
@@ -297,6 +331,39 @@ pub fn loops_over(dev: u64, ino: u64) -> Vec<(String, u64)> {
         .collect();
     found.sort();
     found
+}
+
+/// The first of `loops` (from [`loops_over`]) that is mounted or held, and
+/// how: writing their backing file would corrupt what is on it.
+pub fn loop_in_use(loops: &[(String, u64)]) -> Option<(String, Refusal)> {
+    loops
+        .iter()
+        .find_map(|(name, rdev)| in_use(*rdev).map(|why| (name.clone(), why)))
+}
+
+/// For a loop device (or a partition of one): another loop device over the
+/// same backing file that is mounted or held.
+pub fn backing_in_use(rdev: u64) -> Option<Refusal> {
+    let mut sys = sysfs_dir(rdev);
+    if sys.join("partition").exists() {
+        sys = sys.canonicalize().ok()?.parent()?.to_path_buf();
+    }
+    let backing = backing_file(&sys)?;
+    let meta = std::fs::metadata(&backing).ok()?;
+    let own = format!(
+        "/dev/{}",
+        sys.canonicalize().ok()?.file_name()?.to_string_lossy()
+    );
+    let others: Vec<(String, u64)> = loops_over(meta.dev(), meta.ino())
+        .into_iter()
+        .filter(|(name, _)| *name != own)
+        .collect();
+    let (via, why) = loop_in_use(&others)?;
+    Some(Refusal::ThroughLoop {
+        backing: Some(backing.display().to_string()),
+        via,
+        why: Box::new(why),
+    })
 }
 
 /// The backing file of the loop device whose sysfs directory is `sys`, when
@@ -500,6 +567,20 @@ mod tests {
             Refusal::Mounted(vec!["/mnt".into()])
                 .to_string()
                 .contains("unmount")
+        );
+        let through = |backing: Option<&str>| Refusal::ThroughLoop {
+            backing: backing.map(str::to_owned),
+            via: "/dev/loop1".into(),
+            why: Box::new(Refusal::Mounted(vec!["/mnt".into()])),
+        };
+        assert_eq!(
+            through(None).to_string(),
+            "it backs /dev/loop1, which is mounted at /mnt; unmount it first"
+        );
+        assert_eq!(
+            through(Some("/img")).to_string(),
+            "its backing file /img is also attached to /dev/loop1, which is mounted at /mnt; \
+             unmount it first"
         );
         let kept = Refusal::Kept(vec![
             Finding::BacksLoop(vec!["/dev/loop3".into()]),
