@@ -397,6 +397,57 @@ fn a_second_vectest_on_the_same_file_is_refused() {
 }
 
 #[test]
+fn failed_writes_are_reported_once_and_left_out_of_the_verification() {
+    if !require_root("vectest on a full filesystem") {
+        return;
+    }
+    let m = Mount::new(&["-t", "tmpfs", "-o", "size=1m", "tmpfs"]);
+    let f = m.at.join("fills.dat");
+    for api in ["sync", "tokio"] {
+        let r = run(&[
+            "vectest",
+            path_str(&f),
+            "--size",
+            "4M",
+            "--passes",
+            "2",
+            "--seed",
+            "9",
+            "--api",
+            api,
+            "--json",
+        ]);
+        assert_eq!(r.code, 1, "{api}: the failed writes fail the check: {r}");
+        let v: serde_json::Value = serde_json::from_str(&r.stdout).expect("JSON summary");
+        assert_eq!(v["mismatched_requests"], 0, "{api}: {v}");
+        assert_eq!(v["mismatches"].as_array().map(Vec::len), Some(0), "{api}");
+        let errors = v["errors"].as_array().unwrap();
+        assert!(!errors.is_empty(), "{api}: {v}");
+        // Each failed request once, with its errno (a short write has none)
+        // and its byte range.
+        for e in errors {
+            let e = e.as_str().unwrap();
+            assert!(
+                e.starts_with("PWRITEV")
+                    && e.contains(" at bytes ")
+                    && (e.contains("failed: ENOSPC") || e.contains("a short write")),
+                "{api}: only the writes fail: {e}"
+            );
+        }
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.as_str().unwrap().contains("ENOSPC")),
+            "{api}: {v}"
+        );
+        assert_eq!(v["failed_writes"].as_u64(), Some(errors.len() as u64));
+        assert!(v["unverified_bytes"].as_u64().unwrap() > 0, "{api}: {v}");
+        std::fs::remove_file(&f).unwrap();
+    }
+    drop(m);
+}
+
+#[test]
 fn a_missing_device_under_dev_is_an_error_not_a_new_file() {
     let path = format!("/dev/aio-vectest-no-such-disk-{}", std::process::id());
     struct Remove<'a>(&'a str);

@@ -11,6 +11,7 @@ mod plan;
 mod run;
 mod scratch;
 mod target;
+mod unwritten;
 
 use std::path::PathBuf;
 

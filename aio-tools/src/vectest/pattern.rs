@@ -97,6 +97,8 @@ impl Pattern {
                     // Decode the whole word when it is wholly in the buffer.
                     let found = if n == 8 {
                         self.decode(u64::from_le_bytes(got.try_into().unwrap()))
+                    } else if got.iter().all(|&b| b == 0) {
+                        Word::Zeros
                     } else {
                         let mut w = [0u8; 8];
                         w[skip..skip + n].copy_from_slice(got);
@@ -263,6 +265,19 @@ mod tests {
         Pattern::new(1).fill(&mut mixed[..2048], 0, 1);
         Pattern::new(2).fill(&mut mixed[2048..], 2048, 1);
         assert!(!written_by_vectest(&mixed, 0));
+    }
+
+    #[test]
+    fn zeros_in_part_of_a_word_are_reported_as_zeros() {
+        let p = Pattern::new(5);
+        // Buffered requests start anywhere: the first word is cut.
+        let m = p.verify(&[0u8; 13], 3, 1).unwrap();
+        assert_eq!((m.offset, m.found), (0, Word::Zeros));
+        assert!(m.to_string().contains("found zeros"), "{m}");
+        assert!(matches!(
+            p.verify(&[0, 0, 7, 0, 0], 3, 1).unwrap().found,
+            Word::Foreign(_)
+        ));
     }
 
     #[test]

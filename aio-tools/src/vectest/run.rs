@@ -23,6 +23,7 @@ use super::target::{
     Finding, Refusal, backing_in_use, block_device_size, describe, file_findings, in_dev, in_use,
     logical_block_size, loop_in_use, loops_over, signatures_on,
 };
+use super::unwritten::Unwritten;
 use crate::stats::{Latencies, mib_per_s, per_s};
 use crate::{Exit, Issuer, Output};
 
@@ -321,6 +322,12 @@ struct Tally {
     mismatches: Vec<Mismatch>,
     mismatched_requests: u64,
     errors: Vec<String>,
+    /// Write requests that failed or wrote only part of their range.
+    failed_writes: u64,
+    /// What the current pass failed to write.
+    unwritten: Unwritten,
+    /// Bytes left out of the verification, over all passes.
+    unverified_bytes: u64,
 }
 
 /// One request in flight.
@@ -424,8 +431,7 @@ async fn phase_tokio(
             return;
         };
         let (req, res, bufs, start) = done.expect("a vectest task panicked");
-        let what = if write { "PWRITEV" } else { "PREADV" };
-        if finish(tally, &req, res, start, what, t, bar) && !write {
+        if finish(tally, &req, res, start, write, t, bar) && !write {
             verify(tally, &req, &bufs, pattern, pass);
         }
     }
@@ -477,11 +483,11 @@ fn phase_sync(
             match pending.swap_remove(i) {
                 Pending::Write(tk, req, start) => {
                     let (res, _) = tk.wait();
-                    finish(tally, &req, res, start, "PWRITEV", t, bar);
+                    finish(tally, &req, res, start, true, t, bar);
                 }
                 Pending::Read(tk, req, start) => {
                     let (res, bufs) = tk.wait();
-                    let ok = finish(tally, &req, res, start, "PREADV", t, bar);
+                    let ok = finish(tally, &req, res, start, false, t, bar);
                     if ok {
                         verify(tally, &req, &bufs, pattern, pass);
                     }
@@ -491,56 +497,79 @@ fn phase_sync(
     }
 }
 
-/// Accounts a completed request; whether it transferred everything.
+/// Accounts a completed request; whether it transferred everything. A
+/// write that fails leaves its range (or the rest of a short one) out of
+/// this pass's verification.
 fn finish(
     tally: &mut Tally,
     req: &Request,
     res: io::Result<usize>,
     start: Instant,
-    what: &str,
+    write: bool,
     t: &Target,
     bar: &ProgressBar,
 ) -> bool {
     tally.latencies.record(start.elapsed());
     tally.requests += 1;
     bar.inc(req.len());
-    match res {
+    let end = req.offset + req.len();
+    let what = format!(
+        "{} of {} bytes in {} segments at bytes {}..{end} of {}",
+        if write { "PWRITEV" } else { "PREADV" },
+        req.len(),
+        req.segments.len(),
+        req.offset,
+        t.name
+    );
+    let missed = match res {
         Ok(n) if n as u64 == req.len() => {
             tally.bytes += n as u64;
-            true
+            return true;
         }
         Ok(n) => {
             tally.bytes += n as u64;
+            let from = req.offset + n as u64;
             tally.errors.push(format!(
-                "{what} of {} bytes in {} segments at offset {} of {} transferred only {n}",
-                req.len(),
-                req.segments.len(),
-                req.offset,
-                t.name
+                "{what} transferred only {n}: a short {}, bytes {from}..{end} not {}",
+                if write { "write" } else { "read" },
+                if write { "written" } else { "read" },
             ));
-            false
+            from..end
         }
         Err(e) => {
-            tally.errors.push(format!(
-                "{what} of {} bytes in {} segments at offset {} of {} failed: {e}",
-                req.len(),
-                req.segments.len(),
-                req.offset,
-                t.name
-            ));
-            false
+            tally
+                .errors
+                .push(format!("{what} failed: {}", errno_text(&e)));
+            req.offset..end
         }
+    };
+    if write {
+        tally.failed_writes += 1;
+        tally.unwritten.add(missed);
+    }
+    false
+}
+
+/// "ENOSPC: No space left on device", or the error as it is.
+fn errno_text(e: &io::Error) -> String {
+    match aio::errno(e).map(aio::Errno) {
+        Some(n) if n.name().is_some() => n.to_string(),
+        _ => e.to_string(),
     }
 }
 
+/// Checks what a read returned, except the ranges this pass failed to write.
 fn verify(tally: &mut Tally, req: &Request, bufs: &[AlignedBuf], pattern: &Pattern, pass: u8) {
     let mut off = req.offset;
     let mut first: Option<Mismatch> = None;
     let mut bad_bytes = 0;
     for b in bufs {
-        if let Some(m) = pattern.verify(b, off, pass) {
-            bad_bytes += m.bad_bytes;
-            first.get_or_insert(m);
+        for part in tally.unwritten.written_parts(off..off + b.len() as u64) {
+            let bytes = &b[(part.start - off) as usize..(part.end - off) as usize];
+            if let Some(m) = pattern.verify(bytes, part.start, pass) {
+                bad_bytes += m.bad_bytes;
+                first.get_or_insert(m);
+            }
         }
         off += b.len() as u64;
     }
@@ -646,6 +675,9 @@ pub fn run(args: &VectestArgs, out: Output) -> Exit {
     let started = Instant::now();
     for pass in 1..=args.passes {
         for write in [true, false] {
+            if write {
+                tally.unwritten.clear();
+            }
             let reqs = plan(t.size, shape, &mut rng);
             let bar = progress(t.size, out);
             bar.set_prefix(format!(
@@ -664,6 +696,9 @@ pub fn run(args: &VectestArgs, out: Output) -> Exit {
                 &bar,
             );
             bar.finish_and_clear();
+            if write {
+                tally.unverified_bytes += tally.unwritten.bytes();
+            }
             if INTERRUPTED.load(Ordering::Relaxed) {
                 eprintln!(
                     "aio-tools vectest: interrupted; {} requests completed",
@@ -735,6 +770,8 @@ fn report(
                     "message": m.to_string(),
                 })).collect::<Vec<_>>(),
                 "errors": tally.errors,
+                "failed_writes": tally.failed_writes,
+                "unverified_bytes": tally.unverified_bytes,
                 "syscalls": {
                     "io_submit": stats.submit_calls,
                     "io_getevents": stats.getevents_calls,
@@ -754,6 +791,12 @@ fn report(
             }
             for m in &tally.mismatches {
                 println!("MISMATCH {m}");
+            }
+            if tally.unverified_bytes > 0 {
+                println!(
+                    "not verified: {} bytes that {} failed write requests left unwritten",
+                    tally.unverified_bytes, tally.failed_writes
+                );
             }
             println!(
                 "{verdict}: {} requests, {} bytes in {:.2}s: {:.0} IOPS, {:.1} MiB/s; latency p50 {:.0} us, p99 {:.0} us, p99.9 {:.0} us; {} mismatched requests, {} errors (seed {seed})",
