@@ -146,41 +146,7 @@ fn open_file(path: &Path, size: u64, direct: bool, origin: Origin) -> Result<Tar
     })?;
     lock(&file).map_err(|holder| using(holder, path))?;
     if let Origin::Existing { force } = origin {
-        let meta = file.metadata()?;
-        let loops = loops_over(meta.dev(), meta.ino());
-        // Not even with --force: that would corrupt a live filesystem.
-        if let Some((via, why)) = loop_in_use(&loops) {
-            let why = Box::new(why);
-            let why = Refusal::ThroughLoop {
-                backing: None,
-                via,
-                why,
-            };
-            return Err(Fatal(format!(
-                "refusing to write {}: {why}",
-                path.display()
-            )));
-        }
-        let loops: Vec<String> = loops.into_iter().map(|(name, _)| name).collect();
-        let mut findings = Vec::new();
-        if !loops.is_empty() {
-            findings.push(Finding::BacksLoop(loops));
-        }
-        findings.extend(file_findings(&file)?);
-        if !findings.is_empty() {
-            if !force {
-                let why = Refusal::Kept(findings);
-                return Err(Fatal(format!(
-                    "refusing to write {}: {why}",
-                    path.display()
-                )));
-            }
-            eprintln!(
-                "--force: overwriting {}: {}",
-                path.display(),
-                describe(&findings)
-            );
-        }
+        check_existing(&file, path, force)?;
     }
     let unit = if direct {
         let a = aio::dio_alignment(&file)?;
@@ -215,6 +181,42 @@ fn open_file(path: &Path, size: u64, direct: bool, origin: Origin) -> Result<Tar
         unit,
         _scratch: scratch,
     })
+}
+
+/// Refuses an existing regular file that only `--force` may overwrite (and
+/// one mounted through a loop device, even then); says what `--force`
+/// overwrites.
+fn check_existing(file: &File, path: &Path, force: bool) -> Result<(), Fatal> {
+    let refuse = |why: Refusal| Fatal(format!("refusing to write {}: {why}", path.display()));
+    let meta = file.metadata()?;
+    let loops = loops_over(meta.dev(), meta.ino());
+    // Not even with --force: that would corrupt a live filesystem.
+    if let Some((via, why)) = loop_in_use(&loops) {
+        return Err(refuse(Refusal::ThroughLoop {
+            backing: None,
+            via,
+            why: Box::new(why),
+        }));
+    }
+    let mut findings = Vec::new();
+    if !loops.is_empty() {
+        findings.push(Finding::BacksLoop(
+            loops.into_iter().map(|(name, _)| name).collect(),
+        ));
+    }
+    findings.extend(file_findings(file)?);
+    if findings.is_empty() {
+        return Ok(());
+    }
+    if !force {
+        return Err(refuse(Refusal::Kept(findings)));
+    }
+    eprintln!(
+        "--force: overwriting {}: {}",
+        path.display(),
+        describe(&findings)
+    );
+    Ok(())
 }
 
 /// The refusal of a target that another run is using.
