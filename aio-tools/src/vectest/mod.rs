@@ -5,10 +5,13 @@
 //! through *different* layouts and checks every byte against a pattern in
 //! which each 8-byte word names its own offset, pass and seed.
 
+mod lock;
 mod pattern;
 mod plan;
 mod run;
+mod scratch;
 mod target;
+mod unwritten;
 
 use std::path::PathBuf;
 
@@ -22,13 +25,16 @@ pub use target::{block_device_size, logical_block_size, signatures_on};
 /// The command's arguments.
 #[derive(clap::Args, Debug)]
 pub struct VectestArgs {
-    /// A regular file (created or reused) or a block device (opened with
+    /// A regular file (created, or reused: refused if it backs a loop
+    /// device, is read-only, is formatted or holds data vectest did not
+    /// write, unless --force) or a block device (opened with
     /// O_DIRECT|O_EXCL; refused if mounted, in use or formatted unless
     /// --force). Default: a scratch file in the temporary directory,
     /// removed afterwards.
     pub target: Option<PathBuf>,
-    /// Bytes to test (k, M, G suffixes). Default: 64M for a scratch file,
-    /// the file's size if it has one, the whole device.
+    /// Bytes to test (k, M, G, T suffixes; at most 8T, what the pattern
+    /// tells apart). Default: 64M for a scratch file, the file's size if it
+    /// has one, the whole device.
     #[arg(long, value_parser = parse_size)]
     pub size: Option<u64>,
     /// Use O_DIRECT (the default for block devices).
@@ -41,7 +47,7 @@ pub struct VectestArgs {
     #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub max_segments: u16,
     /// Largest request (default: 1M, or enough for --max-segments aligned
-    /// segments with O_DIRECT).
+    /// segments with O_DIRECT; at most 2147479552, Linux's MAX_RW_COUNT).
     #[arg(long, value_parser = parse_size)]
     pub max_request: Option<u64>,
     /// Requests in flight.
@@ -55,7 +61,8 @@ pub struct VectestArgs {
     #[arg(long)]
     pub seed: Option<u64>,
     /// Write on a block device even if it holds a filesystem or partition
-    /// table.
+    /// table, or on a file whatever it holds (never on a mounted target,
+    /// nor on one whose data is mounted through a loop device).
     #[arg(long)]
     pub force: bool,
     /// The aio API that issues the requests.

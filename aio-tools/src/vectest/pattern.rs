@@ -6,6 +6,10 @@
 const OFFSET_BITS: u32 = 40;
 const PASS_BITS: u32 = 8;
 
+/// Bytes of target the pattern tells apart (8 TiB): a word further on
+/// encodes the same as the word 8 TiB before it.
+pub const REACH: u64 = 8 << OFFSET_BITS;
+
 /// What one word of the target is expected to contain, or was found to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Word {
@@ -93,6 +97,8 @@ impl Pattern {
                     // Decode the whole word when it is wholly in the buffer.
                     let found = if n == 8 {
                         self.decode(u64::from_le_bytes(got.try_into().unwrap()))
+                    } else if got.iter().all(|&b| b == 0) {
+                        Word::Zeros
                     } else {
                         let mut w = [0u8; 8];
                         w[skip..skip + n].copy_from_slice(got);
@@ -110,6 +116,41 @@ impl Pattern {
             bad_bytes,
         })
     }
+}
+
+/// Words a window must hold for [`written_by_vectest`] to recognise it
+/// (fewer when the window is shorter).
+const RECOGNISED_WORDS: usize = 16;
+
+/// Whether `window`, read from a target at `offset` (a multiple of 8), holds
+/// what some vectest run wrote, whatever its seed: every nonzero word carries
+/// the same tag and, relative to the others, its own offset (the pass may
+/// differ; zero words are ranges not written yet), and at least
+/// [`RECOGNISED_WORDS`] words are nonzero (all of them in a shorter window).
+pub fn written_by_vectest(window: &[u8], offset: u64) -> bool {
+    debug_assert_eq!(offset % 8, 0);
+    let head_bits = OFFSET_BITS + PASS_BITS;
+    let offset_mask = (1u64 << OFFSET_BITS) - 1;
+    let words = window.chunks_exact(8).enumerate().filter_map(|(i, b)| {
+        let w = u64::from_le_bytes(b.try_into().unwrap());
+        (w != 0).then_some(((offset >> 3) + i as u64, w))
+    });
+    let mut first = None;
+    let mut nonzero = 0;
+    for (index, w) in words {
+        // Pattern::new makes every tag odd.
+        if (w >> head_bits) & 1 == 0 {
+            return false;
+        }
+        let (index0, w0) = *first.get_or_insert((index, w));
+        if w >> head_bits != w0 >> head_bits
+            || (w ^ w0) & offset_mask != (index ^ index0) & offset_mask
+        {
+            return false;
+        }
+        nonzero += 1;
+    }
+    nonzero > 0 && nonzero >= RECOGNISED_WORDS.min(window.len() / 8)
 }
 
 /// A verification failure.
@@ -197,6 +238,46 @@ mod tests {
             "at offset 1052672 expected data of offset 1052672 pass 3, \
              found data of offset 1044480 pass 3 (4096 bytes wrong in this request)"
         );
+    }
+
+    #[test]
+    fn vectest_data_of_any_seed_and_pass_is_recognised_and_other_data_is_not() {
+        for seed in [0, 1, 42, u64::MAX] {
+            let p = Pattern::new(seed);
+            let mut buf = vec![0u8; 4096];
+            p.fill(&mut buf, 1 << 20, 1);
+            // Another pass wrote part of it, a part is not written yet.
+            p.fill(&mut buf[1000..2000], (1 << 20) + 1000, 2);
+            buf[2400..3200].fill(0);
+            assert!(written_by_vectest(&buf, 1 << 20), "seed {seed}");
+            // Shifted by a word, it names the wrong offsets.
+            assert!(!written_by_vectest(&buf[8..], 1 << 20), "seed {seed}");
+            // A short file of its own.
+            let mut short = vec![0u8; 100];
+            p.fill(&mut short, 0, 1);
+            assert!(written_by_vectest(&short[..96], 0));
+        }
+        assert!(!written_by_vectest(&[0u8; 4096], 0), "zeros are no one's");
+        let text = b"#!/bin/sh\necho hello, this is a user's script\n".repeat(40);
+        assert!(!written_by_vectest(&text[..text.len() / 8 * 8], 0));
+        // Two runs with different seeds in one window.
+        let mut mixed = vec![0u8; 4096];
+        Pattern::new(1).fill(&mut mixed[..2048], 0, 1);
+        Pattern::new(2).fill(&mut mixed[2048..], 2048, 1);
+        assert!(!written_by_vectest(&mixed, 0));
+    }
+
+    #[test]
+    fn zeros_in_part_of_a_word_are_reported_as_zeros() {
+        let p = Pattern::new(5);
+        // Buffered requests start anywhere: the first word is cut.
+        let m = p.verify(&[0u8; 13], 3, 1).unwrap();
+        assert_eq!((m.offset, m.found), (0, Word::Zeros));
+        assert!(m.to_string().contains("found zeros"), "{m}");
+        assert!(matches!(
+            p.verify(&[0, 0, 7, 0, 0], 3, 1).unwrap().found,
+            Word::Foreign(_)
+        ));
     }
 
     #[test]

@@ -4,19 +4,26 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use aio::{AlignedBuf, Context, ReadV, Ticket, WriteV};
+use aio_abi::MAX_RW_COUNT;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::json;
 
 use super::VectestArgs;
-use super::pattern::{Mismatch, Pattern};
+use super::lock::{Holder, holder, lock};
+use super::pattern::{Mismatch, Pattern, REACH};
 use super::plan::{Request, Rng, Shape, plan};
-use super::target::{Refusal, block_device_size, in_use, logical_block_size, signatures_on};
+use super::scratch::{RemoveOnDrop, remove_stale, scratch_path};
+use super::target::{
+    Finding, Refusal, backing_in_use, block_device_size, describe, file_findings, in_dev, in_use,
+    logical_block_size, loop_in_use, loops_over, signatures_on,
+};
+use super::unwritten::Unwritten;
 use crate::stats::{Latencies, mib_per_s, per_s};
 use crate::{Exit, Issuer, Output};
 
@@ -45,26 +52,31 @@ struct Target {
     direct: bool,
     /// Alignment of lengths, offsets and memory (1 when buffered).
     unit: u64,
-    /// Removed when the run ends (the default scratch file).
-    scratch: Option<PathBuf>,
+    /// The default scratch file, removed when the run ends.
+    _scratch: Option<RemoveOnDrop>,
 }
 
-impl Drop for Target {
-    fn drop(&mut self) {
-        if let Some(path) = &self.scratch {
-            let _ = std::fs::remove_file(path);
-        }
-    }
+/// How a file target came to be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Origin {
+    /// The default scratch file, made now and removed at the end.
+    Scratch,
+    /// A path that did not exist, made now and kept.
+    New,
+    /// A file that was there; `force`: overwrite what it holds.
+    Existing { force: bool },
 }
 
 fn open_target(args: &VectestArgs, seed: u64) -> Result<Target, Fatal> {
     let Some(path) = &args.target else {
-        let path =
-            std::env::temp_dir().join(format!("aio-vectest-{}-{seed:x}", std::process::id()));
+        for (stale, pid) in remove_stale(&std::env::temp_dir()) {
+            eprintln!(
+                "vectest: removed {}, left by a run (pid {pid}) that ended",
+                stale.display()
+            );
+        }
         let size = args.size.unwrap_or(DEFAULT_SCRATCH_SIZE);
-        let mut t = open_file(&path, size, args.direct, true)?;
-        t.scratch = Some(path);
-        return Ok(t);
+        return open_file(&scratch_path(seed), size, args.direct, Origin::Scratch);
     };
     match std::fs::metadata(path) {
         Ok(m) if m.file_type().is_block_device() => open_device(path, m.rdev(), args),
@@ -74,32 +86,55 @@ fn open_target(args: &VectestArgs, seed: u64) -> Result<Target, Fatal> {
             } else {
                 DEFAULT_SCRATCH_SIZE
             });
-            open_file(path, size, args.direct, false)
+            let origin = Origin::Existing { force: args.force };
+            open_file(path, size, args.direct, origin)
         }
         Ok(_) => Err(Fatal(format!(
             "{} is neither a regular file nor a block device",
             path.display()
         ))),
+        Err(e) if e.kind() == io::ErrorKind::NotFound && in_dev(path) => Err(Fatal(format!(
+            "no such device: {}; vectest makes new files only outside /dev (lsblk lists the block devices)",
+            path.display()
+        ))),
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             let size = args.size.unwrap_or(DEFAULT_SCRATCH_SIZE);
-            open_file(path, size, args.direct, false)
+            open_file(path, size, args.direct, Origin::New)
         }
         Err(e) => Err(Fatal(format!("cannot use {}: {e}", path.display()))),
     }
 }
 
-fn open_file(path: &Path, size: u64, direct: bool, create_new: bool) -> Result<Target, Fatal> {
+fn open_file(path: &Path, size: u64, direct: bool, origin: Origin) -> Result<Target, Fatal> {
+    // A file made here is removed again on every way out until the run is
+    // set up (a new file given by name is kept after that).
+    let mut created = None;
+    let mut opened = if matches!(origin, Origin::Existing { .. }) {
+        None
+    } else {
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(path)
+            .map_err(|e| Fatal(format!("cannot create {}: {e}", path.display())))?;
+        created = Some(RemoveOnDrop::new(path.to_owned()));
+        Some(f)
+    };
     let mut opts = OpenOptions::new();
     opts.read(true).write(true);
-    if create_new {
-        opts.create_new(true);
-    } else {
-        opts.create(true);
-    }
     if direct {
         opts.custom_flags(libc::O_DIRECT);
     }
-    let file = opts.open(path).map_err(|e| {
+    let reopen = match &opened {
+        // O_DIRECT through the descriptor just made: open(2) creates a
+        // file before it checks O_DIRECT, and the same file is reopened.
+        Some(f) if direct => opts.open(format!("/proc/self/fd/{}", f.as_raw_fd())),
+        Some(_) => Ok(opened.take().expect("the file just made")),
+        None => opts.open(path),
+    };
+    drop(opened);
+    let file = reopen.map_err(|e| {
         if direct && e.raw_os_error() == Some(libc::EINVAL) {
             Fatal(format!(
                 "the filesystem of {} does not support O_DIRECT (EINVAL); use --buffered",
@@ -109,6 +144,10 @@ fn open_file(path: &Path, size: u64, direct: bool, create_new: bool) -> Result<T
             Fatal(format!("cannot open {}: {e}", path.display()))
         }
     })?;
+    lock(&file).map_err(|holder| using(holder, path))?;
+    if let Origin::Existing { force } = origin {
+        check_existing(&file, path, force)?;
+    }
     let unit = if direct {
         let a = aio::dio_alignment(&file)?;
         a.memory.max(a.offset) as u64
@@ -119,7 +158,20 @@ fn open_file(path: &Path, size: u64, direct: bool, create_new: bool) -> Result<T
     if size == 0 {
         return Err(Fatal(format!("--size must be at least {unit} bytes here")));
     }
-    file.set_len(file.metadata()?.len().max(size))?;
+    file.set_len(file.metadata()?.len().max(size))
+        .map_err(|e| {
+            Fatal(format!(
+                "cannot make {} {size} bytes long: {e}",
+                path.display()
+            ))
+        })?;
+    let scratch = match created {
+        Some(c) if origin != Origin::Scratch => {
+            c.keep();
+            None
+        }
+        created => created,
+    };
     Ok(Target {
         file: Arc::new(file),
         name: path.display().to_string(),
@@ -127,8 +179,52 @@ fn open_file(path: &Path, size: u64, direct: bool, create_new: bool) -> Result<T
         size,
         direct,
         unit,
-        scratch: None,
+        _scratch: scratch,
     })
+}
+
+/// Refuses an existing regular file that only `--force` may overwrite (and
+/// one mounted through a loop device, even then); says what `--force`
+/// overwrites.
+fn check_existing(file: &File, path: &Path, force: bool) -> Result<(), Fatal> {
+    let refuse = |why: Refusal| Fatal(format!("refusing to write {}: {why}", path.display()));
+    let meta = file.metadata()?;
+    let loops = loops_over(meta.dev(), meta.ino());
+    // Not even with --force: that would corrupt a live filesystem.
+    if let Some((via, why)) = loop_in_use(&loops) {
+        return Err(refuse(Refusal::ThroughLoop {
+            backing: None,
+            via,
+            why: Box::new(why),
+        }));
+    }
+    let mut findings = Vec::new();
+    if !loops.is_empty() {
+        findings.push(Finding::BacksLoop(
+            loops.into_iter().map(|(name, _)| name).collect(),
+        ));
+    }
+    findings.extend(file_findings(file)?);
+    if findings.is_empty() {
+        return Ok(());
+    }
+    if !force {
+        return Err(refuse(Refusal::Kept(findings)));
+    }
+    eprintln!(
+        "--force: overwriting {}: {}",
+        path.display(),
+        describe(&findings)
+    );
+    Ok(())
+}
+
+/// The refusal of a target that another run is using.
+fn using(holder: Holder, path: &Path) -> Fatal {
+    Fatal(format!(
+        "{holder} is using {}; wait for it to end or choose another target",
+        path.display()
+    ))
 }
 
 fn open_device(path: &Path, rdev: u64, args: &VectestArgs) -> Result<Target, Fatal> {
@@ -139,7 +235,7 @@ fn open_device(path: &Path, rdev: u64, args: &VectestArgs) -> Result<Target, Fat
         )));
     }
     let refuse = |why: Refusal| Fatal(format!("refusing to write {}: {why}", path.display()));
-    if let Some(why) = in_use(rdev) {
+    if let Some(why) = in_use(rdev).or_else(|| backing_in_use(rdev)) {
         return Err(refuse(why));
     }
     let file = OpenOptions::new()
@@ -148,13 +244,20 @@ fn open_device(path: &Path, rdev: u64, args: &VectestArgs) -> Result<Target, Fat
         .custom_flags(libc::O_DIRECT | libc::O_EXCL)
         .open(path)
         .map_err(|e| match e.raw_os_error() {
-            Some(libc::EBUSY) => refuse(in_use(rdev).unwrap_or(Refusal::Busy)),
+            Some(libc::EBUSY) => {
+                match (in_use(rdev), std::fs::metadata(path).map(|m| holder(&m))) {
+                    (Some(why), _) => refuse(why),
+                    (None, Ok(h)) if h.pid.is_some() => using(h, path),
+                    (None, _) => refuse(Refusal::Busy),
+                }
+            }
             Some(libc::EACCES) | Some(libc::EPERM) => Fatal(format!(
                 "cannot open {} for writing: {e}; run as root or get write access to the device",
                 path.display()
             )),
             _ => Fatal(format!("cannot open {}: {e}", path.display())),
         })?;
+    lock(&file).map_err(|holder| using(holder, path))?;
     let sector = logical_block_size(&file)?;
     let sigs = signatures_on(&file, sector)?;
     if !sigs.is_empty() {
@@ -187,8 +290,29 @@ fn open_device(path: &Path, rdev: u64, args: &VectestArgs) -> Result<Target, Fat
         size,
         direct: true,
         unit,
-        scratch: None,
+        _scratch: None,
     })
+}
+
+/// Refuses options beyond what one system call transfers.
+fn check_limits(args: &VectestArgs) -> Result<(), Fatal> {
+    if let Some(size) = args.size {
+        if size > REACH {
+            return Err(Fatal(format!(
+                "--size {size} is more than the pattern tells apart ({REACH} bytes, 8 TiB); \
+                 use --size 8T or less"
+            )));
+        }
+    }
+    if let Some(m) = args.max_request {
+        if m > MAX_RW_COUNT {
+            return Err(Fatal(format!(
+                "--max-request {m} is more than Linux transfers in one read or write \
+                 (MAX_RW_COUNT, {MAX_RW_COUNT} bytes); use --max-request {MAX_RW_COUNT} or less"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Counters of one run.
@@ -200,6 +324,12 @@ struct Tally {
     mismatches: Vec<Mismatch>,
     mismatched_requests: u64,
     errors: Vec<String>,
+    /// Write requests that failed or wrote only part of their range.
+    failed_writes: u64,
+    /// What the current pass failed to write.
+    unwritten: Unwritten,
+    /// Bytes left out of the verification, over all passes.
+    unverified_bytes: u64,
 }
 
 /// One request in flight.
@@ -303,8 +433,7 @@ async fn phase_tokio(
             return;
         };
         let (req, res, bufs, start) = done.expect("a vectest task panicked");
-        let what = if write { "PWRITEV" } else { "PREADV" };
-        if finish(tally, &req, res, start, what, t, bar) && !write {
+        if finish(tally, &req, res, start, write, t, bar) && !write {
             verify(tally, &req, &bufs, pattern, pass);
         }
     }
@@ -356,11 +485,11 @@ fn phase_sync(
             match pending.swap_remove(i) {
                 Pending::Write(tk, req, start) => {
                     let (res, _) = tk.wait();
-                    finish(tally, &req, res, start, "PWRITEV", t, bar);
+                    finish(tally, &req, res, start, true, t, bar);
                 }
                 Pending::Read(tk, req, start) => {
                     let (res, bufs) = tk.wait();
-                    let ok = finish(tally, &req, res, start, "PREADV", t, bar);
+                    let ok = finish(tally, &req, res, start, false, t, bar);
                     if ok {
                         verify(tally, &req, &bufs, pattern, pass);
                     }
@@ -370,56 +499,79 @@ fn phase_sync(
     }
 }
 
-/// Accounts a completed request; whether it transferred everything.
+/// Accounts a completed request; whether it transferred everything. A
+/// write that fails leaves its range (or the rest of a short one) out of
+/// this pass's verification.
 fn finish(
     tally: &mut Tally,
     req: &Request,
     res: io::Result<usize>,
     start: Instant,
-    what: &str,
+    write: bool,
     t: &Target,
     bar: &ProgressBar,
 ) -> bool {
     tally.latencies.record(start.elapsed());
     tally.requests += 1;
     bar.inc(req.len());
-    match res {
+    let end = req.offset + req.len();
+    let what = format!(
+        "{} of {} bytes in {} segments at bytes {}..{end} of {}",
+        if write { "PWRITEV" } else { "PREADV" },
+        req.len(),
+        req.segments.len(),
+        req.offset,
+        t.name
+    );
+    let missed = match res {
         Ok(n) if n as u64 == req.len() => {
             tally.bytes += n as u64;
-            true
+            return true;
         }
         Ok(n) => {
             tally.bytes += n as u64;
+            let from = req.offset + n as u64;
             tally.errors.push(format!(
-                "{what} of {} bytes in {} segments at offset {} of {} transferred only {n}",
-                req.len(),
-                req.segments.len(),
-                req.offset,
-                t.name
+                "{what} transferred only {n}: a short {}, bytes {from}..{end} not {}",
+                if write { "write" } else { "read" },
+                if write { "written" } else { "read" },
             ));
-            false
+            from..end
         }
         Err(e) => {
-            tally.errors.push(format!(
-                "{what} of {} bytes in {} segments at offset {} of {} failed: {e}",
-                req.len(),
-                req.segments.len(),
-                req.offset,
-                t.name
-            ));
-            false
+            tally
+                .errors
+                .push(format!("{what} failed: {}", errno_text(&e)));
+            req.offset..end
         }
+    };
+    if write {
+        tally.failed_writes += 1;
+        tally.unwritten.add(missed);
+    }
+    false
+}
+
+/// "ENOSPC: No space left on device", or the error as it is.
+fn errno_text(e: &io::Error) -> String {
+    match aio::errno(e).map(aio::Errno) {
+        Some(n) if n.name().is_some() => n.to_string(),
+        _ => e.to_string(),
     }
 }
 
+/// Checks what a read returned, except the ranges this pass failed to write.
 fn verify(tally: &mut Tally, req: &Request, bufs: &[AlignedBuf], pattern: &Pattern, pass: u8) {
     let mut off = req.offset;
     let mut first: Option<Mismatch> = None;
     let mut bad_bytes = 0;
     for b in bufs {
-        if let Some(m) = pattern.verify(b, off, pass) {
-            bad_bytes += m.bad_bytes;
-            first.get_or_insert(m);
+        for part in tally.unwritten.written_parts(off..off + b.len() as u64) {
+            let bytes = &b[(part.start - off) as usize..(part.end - off) as usize];
+            if let Some(m) = pattern.verify(bytes, part.start, pass) {
+                bad_bytes += m.bad_bytes;
+                first.get_or_insert(m);
+            }
         }
         off += b.len() as u64;
     }
@@ -472,6 +624,10 @@ pub fn run(args: &VectestArgs, out: Output) -> Exit {
         super::plan::mix(now.as_nanos() as u64 ^ std::process::id() as u64)
     });
     let _ = ctrlc::set_handler(|| INTERRUPTED.store(true, Ordering::Relaxed));
+    if let Err(Fatal(msg)) = check_limits(args) {
+        eprintln!("aio-tools vectest: {msg}");
+        return Exit::Usage;
+    }
     let t = match open_target(args, seed) {
         Ok(t) => t,
         Err(Fatal(msg)) => {
@@ -521,6 +677,9 @@ pub fn run(args: &VectestArgs, out: Output) -> Exit {
     let started = Instant::now();
     for pass in 1..=args.passes {
         for write in [true, false] {
+            if write {
+                tally.unwritten.clear();
+            }
             let reqs = plan(t.size, shape, &mut rng);
             let bar = progress(t.size, out);
             bar.set_prefix(format!(
@@ -539,6 +698,9 @@ pub fn run(args: &VectestArgs, out: Output) -> Exit {
                 &bar,
             );
             bar.finish_and_clear();
+            if write {
+                tally.unverified_bytes += tally.unwritten.bytes();
+            }
             if INTERRUPTED.load(Ordering::Relaxed) {
                 eprintln!(
                     "aio-tools vectest: interrupted; {} requests completed",
@@ -610,6 +772,8 @@ fn report(
                     "message": m.to_string(),
                 })).collect::<Vec<_>>(),
                 "errors": tally.errors,
+                "failed_writes": tally.failed_writes,
+                "unverified_bytes": tally.unverified_bytes,
                 "syscalls": {
                     "io_submit": stats.submit_calls,
                     "io_getevents": stats.getevents_calls,
@@ -629,6 +793,12 @@ fn report(
             }
             for m in &tally.mismatches {
                 println!("MISMATCH {m}");
+            }
+            if tally.unverified_bytes > 0 {
+                println!(
+                    "not verified: {} bytes that {} failed write requests left unwritten",
+                    tally.unverified_bytes, tally.failed_writes
+                );
             }
             println!(
                 "{verdict}: {} requests, {} bytes in {:.2}s: {:.0} IOPS, {:.1} MiB/s; latency p50 {:.0} us, p99 {:.0} us, p99.9 {:.0} us; {} mismatched requests, {} errors (seed {seed})",
