@@ -17,6 +17,7 @@ use super::VectestArgs;
 use super::pattern::{Mismatch, Pattern};
 use super::plan::{Request, Rng, Shape, plan};
 use super::target::{Refusal, block_device_size, in_use, logical_block_size, signatures_on};
+use crate::report::{Calls, engine_json, engine_line, io_error_text, print_capped, usage_error};
 use crate::stats::{Latencies, mib_per_s, per_s};
 use crate::{Exit, Issuer, Output};
 
@@ -401,11 +402,12 @@ fn finish(
         }
         Err(e) => {
             tally.errors.push(format!(
-                "{what} of {} bytes in {} segments at offset {} of {} failed: {e}",
+                "{what} of {} bytes in {} segments at offset {} of {} failed: {}",
                 req.len(),
                 req.segments.len(),
                 req.offset,
-                t.name
+                t.name,
+                io_error_text(&e)
             ));
             false
         }
@@ -474,18 +476,19 @@ pub fn run(args: &VectestArgs, out: Output) -> Exit {
     let _ = ctrlc::set_handler(|| INTERRUPTED.store(true, Ordering::Relaxed));
     let t = match open_target(args, seed) {
         Ok(t) => t,
-        Err(Fatal(msg)) => {
-            eprintln!("aio-tools vectest: {msg}");
-            return Exit::Usage;
-        }
+        Err(Fatal(msg)) => return usage_error("vectest", out, &msg),
     };
     let issuer = match Issuer::new(args.api, args.iodepth, args.driver.into(), 0) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("aio-tools vectest: cannot create an AIO context: {e}");
-            return Exit::Usage;
+            return usage_error(
+                "vectest",
+                out,
+                &format!("cannot create an AIO context: {e}"),
+            );
         }
     };
+    let engine = issuer.kernel_unavailable();
     let max_request = args.max_request.unwrap_or_else(|| {
         let for_segments = args.max_segments as u64 * t.unit;
         (1u64 << 20).max(if t.direct { for_segments } else { 0 })
@@ -517,6 +520,9 @@ pub fn run(args: &VectestArgs, out: Output) -> Exit {
             args.api.name(),
             aio::Driver::from(args.driver).name(),
         );
+        if let Some(line) = engine_line(engine.as_ref()) {
+            eprintln!("{line}");
+        }
     }
     let started = Instant::now();
     for pass in 1..=args.passes {
@@ -544,13 +550,24 @@ pub fn run(args: &VectestArgs, out: Output) -> Exit {
                     "aio-tools vectest: interrupted; {} requests completed",
                     tally.requests
                 );
+                if out == Output::Json {
+                    crate::report::print_json(&json!({
+                        "result": "interrupted",
+                        "requests": tally.requests,
+                        "errors": tally.errors,
+                        "mismatched_requests": tally.mismatched_requests,
+                    }));
+                }
                 return Exit::Usage;
             }
             if write && pass == 1 {
                 if let Some(at) = args.inject_misplaced_block {
                     if let Err(e) = inject_misplaced_block(&t, at, &pattern, pass) {
-                        eprintln!("aio-tools vectest: cannot inject the misplaced block: {e}");
-                        return Exit::Usage;
+                        return usage_error(
+                            "vectest",
+                            out,
+                            &format!("cannot inject the misplaced block: {e}"),
+                        );
                     }
                 }
             }
@@ -559,7 +576,7 @@ pub fn run(args: &VectestArgs, out: Output) -> Exit {
     let elapsed = started.elapsed();
     let stats = issuer.stats();
     drop(issuer);
-    report(&t, args, seed, &tally, elapsed, stats, out);
+    report(&t, args, seed, &tally, elapsed, stats, engine.as_ref(), out);
     if tally.mismatches.is_empty() && tally.errors.is_empty() {
         Exit::Pass
     } else {
@@ -575,9 +592,11 @@ fn report(
     tally: &Tally,
     elapsed: Duration,
     stats: aio::Stats,
+    engine: Option<&aio::Error>,
     out: Output,
 ) {
     let lat = tally.latencies.summary_us();
+    let calls = Calls::of(&stats);
     let verdict = if tally.mismatches.is_empty() && tally.errors.is_empty() {
         "PASS"
     } else {
@@ -597,6 +616,7 @@ fn report(
                 "iodepth": args.iodepth,
                 "api": args.api.name(),
                 "driver": aio::Driver::from(args.driver).name(),
+                "kernel_unavailable": engine_json(engine),
                 "max_segments": args.max_segments,
                 "requests": tally.requests,
                 "bytes": tally.bytes,
@@ -610,11 +630,14 @@ fn report(
                     "message": m.to_string(),
                 })).collect::<Vec<_>>(),
                 "errors": tally.errors,
+                // System calls to the kernel; the engine's submissions are
+                // function calls, counted apart.
                 "syscalls": {
-                    "io_submit": stats.submit_calls,
-                    "io_getevents": stats.getevents_calls,
+                    "io_submit": calls.io_submit,
+                    "io_getevents": calls.io_getevents,
                     "ring_reaps": stats.ring_reaps,
-                    "engine_requests": stats.engine_submitted,
+                    "engine_requests": calls.engine_requests,
+                    "engine_submit_calls": calls.engine_submits,
                     "nowait_retries": stats.nowait_retries,
                 },
             });
@@ -624,9 +647,7 @@ fn report(
             );
         }
         Output::Human => {
-            for e in &tally.errors {
-                println!("error: {e}");
-            }
+            print_capped("error", &tally.errors, tally.errors.len() as u64);
             for m in &tally.mismatches {
                 println!("MISMATCH {m}");
             }
@@ -643,14 +664,7 @@ fn report(
                 tally.mismatched_requests,
                 tally.errors.len(),
             );
-            println!(
-                "syscalls: {} io_submit, {} io_getevents, {} ring reaps; {} requests on the engine, {} page-cache misses retried there",
-                stats.submit_calls,
-                stats.getevents_calls,
-                stats.ring_reaps,
-                stats.engine_submitted,
-                stats.nowait_retries
-            );
+            println!("{}", calls.text(&stats));
         }
     }
 }
