@@ -3,9 +3,11 @@
 //! run ended (signals, environment failures, usage errors, also with
 //! `--json`), and failures as sentences, capped on screen.
 
+use std::io::Read as _;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 use aio_sys::seccomp::{Refuse, refuse_aio};
 use assert_cmd::cargo::CommandCargoExt;
@@ -82,6 +84,56 @@ fn run_refused(refuse: Refuse, errno: aio::Errno, args: &[&str]) -> Run {
     output(cmd)
 }
 
+/// A child killed if the test ends before it does.
+struct Reaped(Option<Child>);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        if let Some(c) = self.0.as_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Runs `args`, sends `signal` once `ready()` (an event the command makes
+/// happen once it handles signals), and collects what it printed.
+fn interrupted(args: &[&str], signal: i32, ready: impl Fn() -> bool) -> Run {
+    let mut cmd = tool();
+    cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = Reaped(Some(cmd.spawn().expect("spawn aio-tools")));
+    // Only a guard against hanging forever, not a timing assertion.
+    let give_up = Instant::now() + Duration::from_secs(300);
+    let c = child.0.as_mut().unwrap();
+    while !ready() {
+        assert!(Instant::now() < give_up, "the command never became ready");
+        if c.try_wait().unwrap().is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // SAFETY: a signal to our own child, which has not been waited for.
+    unsafe { libc::kill(c.id() as libc::pid_t, signal) };
+    let mut c = child.0.take().unwrap();
+    let (mut stdout, mut stderr) = (String::new(), String::new());
+    let mut err = c.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        err.read_to_string(&mut stderr).unwrap();
+        stderr
+    });
+    c.stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut stdout)
+        .unwrap();
+    let status = c.wait().unwrap();
+    Run {
+        code: status.code(),
+        stdout,
+        stderr: reader.join().unwrap(),
+    }
+}
+
 fn sh(cmd: &str, args: &[&str]) -> String {
     let out = Command::new(cmd)
         .args(args)
@@ -120,6 +172,31 @@ impl Tmpfs {
 impl Drop for Tmpfs {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg(&self.at).status();
+    }
+}
+
+/// A loop device over a sparse image, detached on drop.
+struct LoopDev {
+    dev: String,
+    _dir: tempfile::TempDir,
+}
+
+impl LoopDev {
+    fn new(size_mib: u64) -> LoopDev {
+        let dir = tempfile::tempdir().unwrap();
+        let image = dir.path().join("disk.img");
+        std::fs::File::create(&image)
+            .unwrap()
+            .set_len(size_mib << 20)
+            .unwrap();
+        let dev = sh("losetup", &["--find", "--show", image.to_str().unwrap()]);
+        LoopDev { dev, _dir: dir }
+    }
+}
+
+impl Drop for LoopDev {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").args(["-d", &self.dev]).status();
     }
 }
 
@@ -163,6 +240,31 @@ fn vectest_under_seccomp_says_the_engine_serves_everything() {
     );
     assert_eq!(r.code, Some(0), "{r}");
     assert!(r.stderr.contains(SECCOMP_ENGINE), "{r}");
+    assert!(r.stdout.contains("syscalls: 0 io_submit"), "{r}");
+}
+
+#[test]
+fn bench_under_seccomp_says_the_engine_serves_everything() {
+    let dir = tempfile::tempdir_in(scratch_dir()).unwrap();
+    let f = dir.path().join("b.dat");
+    let f = f.to_str().unwrap();
+    let args = ["bench", f, "--size", "4M", "--runtime", "200ms"];
+    let r = run_refused(
+        Refuse::All,
+        aio::Errno::EPERM,
+        &[&args[..], &["--json"]].concat(),
+    );
+    assert_eq!(r.code, Some(0), "{r}");
+    let v = r.json();
+    assert_engine_json(&v);
+    assert_eq!(v["syscalls"]["io_submit"], 0, "{v}");
+    assert_eq!(
+        v["stats"]["engine_submitted"], v["stats"]["submitted"],
+        "{v}"
+    );
+    let r = run_refused(Refuse::All, aio::Errno::EPERM, &args);
+    assert_eq!(r.code, Some(0), "{r}");
+    assert!(r.stdout.contains(SECCOMP_ENGINE), "{r}");
     assert!(r.stdout.contains("syscalls: 0 io_submit"), "{r}");
 }
 
@@ -216,6 +318,33 @@ fn vectest_refuses_a_zero_max_request() {
     assert!(r.stderr.contains("--max-request"), "{r}");
 }
 
+#[test]
+fn bench_refuses_a_zero_block_size_and_runtime() {
+    let dir = tempfile::tempdir_in(scratch_dir()).unwrap();
+    let f = dir.path().join("b.dat");
+    let f = f.to_str().unwrap();
+    for (args, flag) in [
+        (&["bench", f, "--size", "1M", "--bs", "0"], "--bs"),
+        (&["bench", f, "--size", "1M", "--runtime", "0"], "--runtime"),
+    ] {
+        let r = run(args);
+        assert_eq!(r.code, Some(2), "{args:?}: {r}");
+        assert!(r.stderr.contains(flag), "{args:?}: {r}");
+    }
+}
+
+#[test]
+fn bench_refuses_a_size_larger_than_the_device() {
+    if !require_root("bench on a loop device") {
+        return;
+    }
+    let lo = LoopDev::new(8);
+    let r = run(&["bench", &lo.dev, "--size", "16M", "--runtime", "100ms"]);
+    assert_eq!(r.code, Some(2), "{r}");
+    assert!(r.stderr.contains("--size"), "{r}");
+    assert!(r.stderr.contains(&(8u64 << 20).to_string()), "{r}");
+}
+
 fn assert_json_usage_error(args: &[&str]) {
     let r = run(args);
     assert_eq!(r.code, Some(2), "{args:?}: {r}");
@@ -234,4 +363,34 @@ fn json_usage_errors_of_the_command_line_and_vectest_print_a_json_object() {
     // --help is not an error.
     let r = run(&["--json", "--help"]);
     assert_eq!(r.code, Some(0), "{r}");
+}
+
+#[test]
+fn json_usage_errors_of_bench_print_a_json_object() {
+    assert_json_usage_error(&["--json", "bench"]);
+    assert_json_usage_error(&["bench", "/no/such/dir/f", "--json"]);
+}
+
+#[test]
+fn bench_stops_on_sigint_and_reports_in_json() {
+    let dir = tempfile::tempdir_in(scratch_dir()).unwrap();
+    let f = dir.path().join("b.dat");
+    let r = interrupted(
+        &[
+            "bench",
+            f.to_str().unwrap(),
+            "--size",
+            "4M",
+            "--runtime",
+            "60s",
+            "--json",
+        ],
+        libc::SIGINT,
+        // Laid out only after the handler is in place.
+        || std::fs::metadata(&f).is_ok_and(|m| m.len() >= 4 << 20),
+    );
+    assert_eq!(r.code, Some(2), "{r}");
+    let v = r.json();
+    assert_eq!(v["result"], "interrupted", "{v}");
+    assert!(v["requests"].is_u64(), "{v}");
 }
