@@ -3,9 +3,9 @@
 //! run ended (signals, environment failures, usage errors, also with
 //! `--json`), and failures as sentences, capped on screen.
 
-use std::io::Read as _;
+use std::io::{self, Read as _};
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -132,6 +132,17 @@ fn interrupted(args: &[&str], signal: i32, ready: impl Fn() -> bool) -> Run {
         stdout,
         stderr: reader.join().unwrap(),
     }
+}
+
+/// Entries of `dir` whose name starts with `prefix`.
+fn entries(dir: &Path, prefix: &str) -> usize {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with(prefix))
+                .count()
+        })
+        .unwrap_or(0)
 }
 
 fn sh(cmd: &str, args: &[&str]) -> String {
@@ -268,6 +279,161 @@ fn bench_under_seccomp_says_the_engine_serves_everything() {
     assert!(r.stdout.contains("syscalls: 0 io_submit"), "{r}");
 }
 
+#[test]
+fn probe_under_seccomp_says_the_auto_driver_uses_the_engine() {
+    let r = run_refused(Refuse::All, aio::Errno::EPERM, &["probe", "--json"]);
+    assert_eq!(r.code, Some(1), "AIO does not work here: {r}");
+    let v = r.json();
+    assert_eq!(v["aio_works"], false);
+    assert_engine_json(&v);
+    let r = run_refused(Refuse::All, aio::Errno::EPERM, &["probe"]);
+    assert!(r.stdout.contains(SECCOMP_ENGINE), "{r}");
+}
+
+/// `AUDIT_ARCH_*` of this architecture.
+#[cfg(target_arch = "x86_64")]
+const AUDIT_ARCH: u32 = 0xc000_003e;
+#[cfg(target_arch = "aarch64")]
+const AUDIT_ARCH: u32 = 0xc000_00b7;
+
+/// Makes `openat` with `O_TMPFILE` fail with `EOPNOTSUPP`, as on FUSE:
+/// a seccomp filter for this process (installed in a child before exec).
+fn refuse_o_tmpfile() -> io::Result<()> {
+    let stmt = |code: u32, k: u32| libc::sock_filter {
+        code: code as u16,
+        jt: 0,
+        jf: 0,
+        k,
+    };
+    let jump = |code: u32, k: u32, jt: u8, jf: u8| libc::sock_filter {
+        code: code as u16,
+        jt,
+        jf,
+        k,
+    };
+    let ld = libc::BPF_LD | libc::BPF_W | libc::BPF_ABS;
+    let ret = libc::BPF_RET | libc::BPF_K;
+    let jeq = libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K;
+    let jset = libc::BPF_JMP | libc::BPF_JSET | libc::BPF_K;
+    // __O_TMPFILE without O_DIRECTORY: the bit only O_TMPFILE sets.
+    let tmpfile_bit = (libc::O_TMPFILE & !libc::O_DIRECTORY) as u32;
+    let filter = [
+        stmt(ld, 4),
+        jump(jeq, AUDIT_ARCH, 1, 0),
+        stmt(ret, libc::SECCOMP_RET_ALLOW),
+        stmt(ld, 0),
+        jump(jeq, libc::SYS_openat as u32, 0, 3),
+        // args[2], the flags: low 32 bits (little-endian).
+        stmt(ld, 16 + 2 * 8),
+        jump(jset, tmpfile_bit, 0, 1),
+        stmt(
+            ret,
+            libc::SECCOMP_RET_ERRNO | (libc::EOPNOTSUPP as u32 & libc::SECCOMP_RET_DATA),
+        ),
+        stmt(ret, libc::SECCOMP_RET_ALLOW),
+    ];
+    let prog = libc::sock_fprog {
+        len: filter.len() as u16,
+        filter: filter.as_ptr().cast_mut(),
+    };
+    // SAFETY: prctl with integer arguments, then seccomp reading `prog`,
+    // which outlives the call.
+    unsafe {
+        if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
+            || libc::syscall(
+                libc::SYS_seccomp,
+                libc::SECCOMP_SET_MODE_FILTER,
+                0,
+                &prog as *const libc::sock_fprog,
+            ) != 0
+        {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+// --- B: probe answers from the thing it names ----------------------------
+
+#[test]
+fn probe_finds_o_direct_where_o_tmpfile_is_refused() {
+    let dir = tempfile::tempdir_in(scratch_dir()).unwrap();
+    let d = dir.path().to_str().unwrap();
+    let direct = run(&["probe", "--json", d]).json()["path"]["o_direct"].clone();
+    if direct != true {
+        eprintln!("skipping: no O_DIRECT in {d} ({direct})");
+        return;
+    }
+    let mut cmd = tool();
+    cmd.args(["probe", "--json", d]);
+    // SAFETY: the closure only installs a seccomp filter.
+    unsafe { cmd.pre_exec(refuse_o_tmpfile) };
+    let r = output(cmd);
+    assert_eq!(r.code, Some(0), "{r}");
+    let v = r.json();
+    assert_eq!(v["path"]["o_direct"], true, "{v}");
+    assert_eq!(entries(dir.path(), ""), 0, "the probe removes its files");
+}
+
+#[test]
+fn probe_of_a_block_device_probes_the_device() {
+    if !require_root("probe of a loop device") {
+        return;
+    }
+    let lo = LoopDev::new(8);
+    let r = run(&["probe", "--json", &lo.dev]);
+    assert_eq!(r.code, Some(0), "{r}");
+    let v = r.json();
+    let p = &v["path"];
+    assert_eq!(p["kind"], "block device", "{v}");
+    assert!(
+        p["filesystem"].is_null(),
+        "not the devtmpfs of its node: {v}"
+    );
+    assert_eq!(p["o_direct"], true, "{v}");
+    assert!(!p["rwf_nowait"].is_null(), "{v}");
+    let r = run(&["probe", &lo.dev]);
+    assert!(r.stdout.contains("block device"), "{r}");
+    assert!(!r.stdout.contains("devtmpfs"), "{r}");
+}
+
+#[test]
+fn probe_says_what_it_could_not_test_when_io_setup_fails() {
+    // aio-max-nr reached, as io_setup reports it (EAGAIN), without
+    // touching the machine's limit.
+    let r = run_refused(Refuse::Setup, aio::Errno::EAGAIN, &["probe", "--json"]);
+    assert_eq!(r.code, Some(1), "{r}");
+    let v = r.json();
+    let why = v["io_pgetevents"]["untested"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{v}"));
+    assert!(why.contains("io_setup"), "{v}");
+    let r = run_refused(Refuse::Setup, aio::Errno::EAGAIN, &["probe"]);
+    assert!(
+        r.stdout.contains("io_pgetevents could not be tested"),
+        "{r}"
+    );
+    assert!(!r.stdout.contains("no (EAGAIN)"), "{r}");
+}
+
+#[test]
+fn probe_on_a_read_only_directory_still_probes_io_pgetevents() {
+    if !require_root("a read-only tmpfs") {
+        return;
+    }
+    let ro = Tmpfs::new("ro,size=1M");
+    let r = run(&["probe", "--json", ro.path()]);
+    assert_eq!(r.code, Some(0), "{r}");
+    let v = r.json();
+    assert_eq!(v["io_pgetevents"], true, "{v}");
+    let why = v["path"]["o_direct"]["untested"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{v}"));
+    assert!(why.contains("EROFS"), "{v}");
+    let r = run(&["probe", ro.path()]);
+    assert!(r.stdout.contains("could not be tested"), "{r}");
+}
+
 // --- D: failures as sentences, capped on screen, all in JSON -------------
 
 #[test]
@@ -369,6 +535,11 @@ fn json_usage_errors_of_the_command_line_and_vectest_print_a_json_object() {
 fn json_usage_errors_of_bench_print_a_json_object() {
     assert_json_usage_error(&["--json", "bench"]);
     assert_json_usage_error(&["bench", "/no/such/dir/f", "--json"]);
+}
+
+#[test]
+fn json_usage_errors_of_probe_print_a_json_object() {
+    assert_json_usage_error(&["probe", "--json", "/no/such/path"]);
 }
 
 #[test]
