@@ -280,6 +280,23 @@ fn bench_under_seccomp_says_the_engine_serves_everything() {
 }
 
 #[test]
+fn stress_under_seccomp_says_the_engine_serves_everything() {
+    let dir = tempfile::tempdir_in(scratch_dir()).unwrap();
+    let d = dir.path().to_str().unwrap();
+    let args = ["stress", "--duration", "1s", "--dir", d];
+    let r = run_refused(
+        Refuse::All,
+        aio::Errno::EPERM,
+        &[&args[..], &["--json"]].concat(),
+    );
+    assert_eq!(r.code, Some(0), "{r}");
+    assert_engine_json(&r.json());
+    let r = run_refused(Refuse::All, aio::Errno::EPERM, &args);
+    assert_eq!(r.code, Some(0), "{r}");
+    assert!(r.stderr.contains(SECCOMP_ENGINE), "{r}");
+}
+
+#[test]
 fn probe_under_seccomp_says_the_auto_driver_uses_the_engine() {
     let r = run_refused(Refuse::All, aio::Errno::EPERM, &["probe", "--json"]);
     assert_eq!(r.code, Some(1), "AIO does not work here: {r}");
@@ -434,7 +451,148 @@ fn probe_on_a_read_only_directory_still_probes_io_pgetevents() {
     assert!(r.stdout.contains("could not be tested"), "{r}");
 }
 
+// --- C: stress stops on signals and on environment failures --------------
+
+#[test]
+fn stress_stops_on_sigint_reports_in_json_removes_its_files_and_exits_2() {
+    let dir = tempfile::tempdir_in(scratch_dir()).unwrap();
+    let d = dir.path().to_str().unwrap();
+    let r = interrupted(
+        &["stress", "--duration", "30s", "--json", "--dir", d],
+        libc::SIGINT,
+        || entries(dir.path(), "aio-stress-") > 0,
+    );
+    assert_eq!(r.code, Some(2), "{r}");
+    let v = r.json();
+    assert_eq!(v["result"], "interrupted", "{v}");
+    assert!(v["operations"].is_u64(), "{v}");
+    assert_eq!(entries(dir.path(), "aio-stress-"), 0, "files removed: {r}");
+}
+
+#[test]
+fn stress_stops_on_sigterm_and_says_what_it_did() {
+    let dir = tempfile::tempdir_in(scratch_dir()).unwrap();
+    let d = dir.path().to_str().unwrap();
+    let r = interrupted(
+        &["stress", "--duration", "30s", "--dir", d],
+        libc::SIGTERM,
+        || entries(dir.path(), "aio-stress-") > 0,
+    );
+    assert_eq!(r.code, Some(2), "{r}");
+    assert!(r.stdout.contains("INTERRUPTED:"), "{r}");
+    assert!(r.stdout.contains("operations"), "{r}");
+    assert_eq!(entries(dir.path(), "aio-stress-"), 0, "files removed: {r}");
+}
+
+#[test]
+fn stress_rejects_a_duration_that_overflows() {
+    for d in ["307445734561825861m", "18446744073709551615s"] {
+        let r = run(&["stress", "--duration", d]);
+        assert_eq!(r.code, Some(2), "{d}: {r}");
+        assert!(r.stderr.contains("--duration"), "{d}: {r}");
+    }
+}
+
+#[test]
+fn stress_exits_2_with_the_cause_when_aio_is_refused() {
+    let dir = tempfile::tempdir_in(scratch_dir()).unwrap();
+    let d = dir.path().to_str().unwrap();
+    let r = run_refused(
+        Refuse::All,
+        aio::Errno::EPERM,
+        &[
+            "stress",
+            "--duration",
+            "2s",
+            "--driver",
+            "kernel",
+            "--json",
+            "--dir",
+            d,
+        ],
+    );
+    assert_eq!(r.code, Some(2), "{r}");
+    let v = r.json();
+    assert_eq!(v["result"], "error", "{v}");
+    assert!(v["error"].as_str().unwrap().contains("seccomp"), "{v}");
+    assert_eq!(entries(dir.path(), "aio-stress-"), 0, "files removed: {r}");
+}
+
+#[test]
+fn stress_exits_2_with_the_cause_when_aio_max_nr_is_reached() {
+    let dir = tempfile::tempdir_in(scratch_dir()).unwrap();
+    let d = dir.path().to_str().unwrap();
+    // io_setup answers EAGAIN, as when aio-nr has reached aio-max-nr.
+    let r = run_refused(
+        Refuse::Setup,
+        aio::Errno::EAGAIN,
+        &["stress", "--duration", "2s", "--dir", d],
+    );
+    assert_eq!(r.code, Some(2), "{r}");
+    assert!(r.stderr.contains("aio-max-nr"), "{r}");
+    assert!(r.stdout.lines().count() < 50, "no flood of failures: {r}");
+}
+
 // --- D: failures as sentences, capped on screen, all in JSON -------------
+
+#[test]
+fn stress_on_a_full_filesystem_reports_failed_writes_once_in_sentences() {
+    if !require_root("a small tmpfs") {
+        return;
+    }
+    let fs = Tmpfs::new("size=1M");
+    let args = [
+        "stress",
+        "--dir",
+        fs.path(),
+        "--file-size",
+        "256k",
+        "--ops",
+        "20000",
+        "--duration",
+        "5s",
+    ];
+    let r = run(&[&args[..], &["--json"]].concat());
+    assert_eq!(r.code, Some(1), "{r}");
+    let v = r.json();
+    let failures: Vec<&str> = v["failures"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f.as_str().unwrap())
+        .collect();
+    let errors = v["errors"].as_u64().unwrap();
+    assert!(errors > 0, "{v}");
+    assert_eq!(
+        failures.len() as u64,
+        errors + v["mismatches"].as_u64().unwrap(),
+        "every failure listed: {v}"
+    );
+    for f in &failures {
+        assert!(
+            !f.contains("Err(") && !f.contains("Ok(") && !f.contains("Os {"),
+            "{f}"
+        );
+    }
+    assert!(
+        failures
+            .iter()
+            .any(|f| f.contains("ENOSPC") && f.contains(fs.path()) && f.contains("bytes ")),
+        "{v}"
+    );
+    // Ranges whose write failed are not verified.
+    assert_eq!(v["workloads"]["mixed"]["mismatches"], 0, "{v}");
+
+    let r = run(&args);
+    assert_eq!(r.code, Some(1), "{r}");
+    let shown = r
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("failure: "))
+        .count();
+    assert!(shown <= 20, "{r}");
+    assert!(r.stdout.contains("more ("), "{r}");
+}
 
 #[test]
 fn vectest_caps_its_error_list_on_screen_and_lists_all_in_json() {
@@ -540,6 +698,11 @@ fn json_usage_errors_of_bench_print_a_json_object() {
 #[test]
 fn json_usage_errors_of_probe_print_a_json_object() {
     assert_json_usage_error(&["probe", "--json", "/no/such/path"]);
+}
+
+#[test]
+fn json_usage_errors_of_stress_print_a_json_object() {
+    assert_json_usage_error(&["stress", "--json", "--dir", "/no/such/dir"]);
 }
 
 #[test]
