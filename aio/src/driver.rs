@@ -29,7 +29,9 @@ pub enum Driver {
     /// writes the same way where the filesystem takes `RWF_NOWAIT` for
     /// writes (xfs, btrfs; not ext4, nor appends), else to the engine;
     /// everything on pipes, sockets and other files to the engine. When the AIO system calls are unavailable (`ENOSYS`, or
-    /// `EPERM` from a seccomp filter), everything goes to the engine.
+    /// `EPERM` from a seccomp filter), everything goes to the engine, and
+    /// [`Context::kernel_unavailable`](crate::Context::kernel_unavailable)
+    /// says why.
     ///
     /// Requests in flight together are not ordered, as with the kernel:
     /// wait for a write before reading what it wrote.
