@@ -106,7 +106,8 @@ pub struct Capabilities {
     /// Each `RWF_*` flag probed on a read (a write for `RWF_ATOMIC`) of the
     /// scratch file, with the kernel's answer.
     pub rw_flags: Vec<(RwFlags, Support)>,
-    /// Whether `io_pgetevents` can be called.
+    /// Whether `io_pgetevents` can be called; when `io_setup` failed it
+    /// could not be probed, and holds `io_setup`'s errno.
     pub pgetevents: Support,
     /// Why opcodes and flags were not probed, if they were not.
     pub incomplete: Option<String>,
@@ -391,6 +392,15 @@ pub fn probe(dir: Option<&Path>) -> Capabilities {
             return caps;
         }
     };
+    // First, as it needs only the context: no scratch file (a read-only
+    // directory) leaves it unprobed. An empty array: the call is probed
+    // without taking any event.
+    // SAFETY: no ring view of the prober's context exists.
+    let pget = unsafe { io_pgetevents(prober.ctx, 0, &mut [], Some(Duration::ZERO), None) };
+    caps.pgetevents = match pget {
+        Ok(_) => Support::Yes,
+        Err(e) => Support::No(e),
+    };
     let dir = dir.map_or_else(std::env::temp_dir, Path::to_path_buf);
     let file = match scratch_file(&dir) {
         Ok(f) => f,
@@ -461,13 +471,6 @@ pub fn probe(dir: Option<&Path>) -> Capabilities {
         }
     }
 
-    // An empty array: the call is probed without taking any event.
-    // SAFETY: no ring view of the prober's context exists.
-    let pget = unsafe { io_pgetevents(prober.ctx, 0, &mut [], Some(Duration::ZERO), None) };
-    caps.pgetevents = match pget {
-        Ok(_) => Support::Yes,
-        Err(e) => Support::No(e),
-    };
     caps
 }
 

@@ -5,14 +5,24 @@ use std::io;
 use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use aio::{AlignedBuf, Context, ReadV, Ticket, WriteV};
 use serde_json::{Value, json};
 
-use crate::stats::{Latencies, mib_per_s, parse_duration, parse_size, per_s};
+use crate::report::{Calls, engine_json, engine_line, print_json, usage_error};
+use crate::stats::{Latencies, mib_per_s, parse_duration, parse_nonzero_size, parse_size, per_s};
 use crate::vectest::{Rng, block_device_size};
 use crate::{Exit, Issuer, Output};
+
+/// Set by SIGINT and SIGTERM: the run stops, reports what it measured,
+/// and exits 2.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::Relaxed)
+}
 
 /// The I/O pattern, as fio's `--rw`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -47,7 +57,7 @@ pub struct BenchArgs {
     #[arg(long, value_enum, default_value_t = Rw::Randread)]
     pub rw: Rw,
     /// Bytes per segment (a request is --segments of them).
-    #[arg(long, default_value = "4k", value_parser = parse_size)]
+    #[arg(long, default_value = "4k", value_parser = parse_nonzero_size)]
     pub bs: u64,
     /// Segments per request: more than 1 uses PREADV/PWRITEV with that many iovecs.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=1024))]
@@ -169,6 +179,13 @@ impl Runner {
             Runner::TokioFs(_) => None,
         }
     }
+
+    fn kernel_unavailable(&self) -> Option<aio::Error> {
+        match self {
+            Runner::Aio(i) => i.kernel_unavailable(),
+            Runner::TokioFs(_) => None,
+        }
+    }
 }
 
 struct Target {
@@ -181,6 +198,15 @@ struct Target {
 }
 
 fn open(args: &BenchArgs) -> Result<Target, String> {
+    if args.runtime.is_zero() {
+        return Err("--runtime 0 measures nothing: give a time such as 10s".into());
+    }
+    if Instant::now().checked_add(args.runtime).is_none() {
+        return Err(format!(
+            "--runtime {} s is too long",
+            args.runtime.as_secs()
+        ));
+    }
     if args.batch > args.iodepth {
         // The loop would wait for completions that can never all come.
         return Err(format!(
@@ -220,7 +246,11 @@ fn open(args: &BenchArgs) -> Result<Target, String> {
         file.metadata().map_err(|e| e.to_string())?.len()
     };
     let size = args.size.unwrap_or(if have > 0 { have } else { 1 << 30 });
-    let size = if device { size.min(have) } else { size };
+    if device && size > have {
+        return Err(format!(
+            "--size {size} is larger than {name} ({have} bytes)"
+        ));
+    }
     let req = args.bs * args.segments as u64;
     if size < req {
         return Err(format!(
@@ -318,6 +348,8 @@ struct Measured {
     /// Time spent in each `Context::submit` (sync API only): what a
     /// caller that must not block pays.
     submits: Latencies,
+    /// Why the auto driver ran everything on the engine, if it did.
+    engine: Option<aio::Error>,
 }
 
 impl Measured {
@@ -336,6 +368,7 @@ impl Measured {
             (Some(a), Some(b)) => Some(a + b),
             (a, b) => a.or(b),
         };
+        self.engine = self.engine.take().or(other.engine);
     }
 }
 
@@ -415,6 +448,7 @@ fn measure(args: &BenchArgs, t: &Target, runner: &Runner, job: u32) -> Measured 
         cpu_sys: Duration::ZERO,
         stats: None,
         submits: Latencies::default(),
+        engine: runner.kernel_unavailable(),
     };
     let before = runner.stats();
     // Writes write incompressible data, as fio's do: zram stores a page of
@@ -527,7 +561,7 @@ fn run_sync(
     let mut done_since_refill = usize::MAX;
     loop {
         let now = Instant::now();
-        if now < deadline && done_since_refill >= args.batch as usize {
+        if now < deadline && !interrupted() && done_since_refill >= args.batch as usize {
             // One submit per refill; on a device the context splits it in
             // calls of --submit-batch (ContextBuilder::submit_batch).
             for p in pending.iter_mut() {
@@ -618,7 +652,7 @@ async fn run_tokio(
                 bufs = b;
                 let now = Instant::now();
                 m.borrow_mut().record(res, now - started);
-                if now >= deadline {
+                if now >= deadline || interrupted() {
                     return;
                 }
                 started = now;
@@ -685,7 +719,7 @@ async fn run_tokio_fs(
     while let Some(done) = set.join_next().await {
         let (res, bufs, started) = done.expect("a bench task panicked");
         m.record(res, started.elapsed());
-        if Instant::now() < deadline {
+        if Instant::now() < deadline && !interrupted() {
             spawn(&mut set, bufs);
         }
     }
@@ -693,32 +727,41 @@ async fn run_tokio_fs(
 
 /// Runs the benchmark and prints it.
 pub fn run(args: &BenchArgs, out: Output) -> Exit {
+    let fail = |msg: &str| usage_error("bench", out, msg);
+    if let Err(e) = ctrlc::set_handler(|| INTERRUPTED.store(true, Ordering::Relaxed)) {
+        return fail(&format!("cannot handle SIGINT and SIGTERM: {e}"));
+    }
     let t = match open(args) {
         Ok(t) => t,
-        Err(msg) => {
-            eprintln!("aio-tools bench: {msg}");
-            return Exit::Usage;
-        }
+        Err(msg) => return fail(&msg),
     };
     let m = match measure_jobs(args, &t) {
         Ok(m) => m,
-        Err(e) => {
-            eprintln!("aio-tools bench: {e}");
-            return Exit::Usage;
-        }
+        Err(e) => return fail(&e),
     };
+    let stopped = interrupted();
     let submits = (!m.submits.is_empty()).then(|| {
         let [p50, p99, _] = m.submits.summary_us();
         (p50.1, p99.1, m.submits.max().as_nanos() as f64 / 1000.0)
     });
-    let lat = m.latencies.summary_us();
+    let lat = (m.requests > 0).then(|| m.latencies.summary_us());
     let cpu = m.cpu_user + m.cpu_sys;
-    let cpu_per_req_us = cpu.as_nanos() as f64 / 1000.0 / m.requests.max(1) as f64;
+    let cpu_per_req_us =
+        (m.requests > 0).then(|| cpu.as_nanos() as f64 / 1000.0 / m.requests as f64);
     let stats = m.stats.unwrap_or_default();
-    let per_submit = stats.submitted as f64 / stats.submit_calls.max(1) as f64;
+    let calls = Calls::of(&stats);
+    let driver = aio::Driver::from(args.driver).name();
+    let verdict = if stopped {
+        "interrupted"
+    } else if m.errors == 0 {
+        "pass"
+    } else {
+        "fail"
+    };
     match out {
         Output::Json => {
             let v = json!({
+                "result": verdict,
                 "target": args.target.display().to_string(),
                 "rw": format!("{:?}", args.rw).to_lowercase(),
                 "bs": args.bs,
@@ -729,7 +772,8 @@ pub fn run(args: &BenchArgs, out: Output) -> Exit {
                 "direct": t.direct,
                 "size": t.size,
                 "api": args.api.name(),
-                "driver": if m.stats.is_some() { json!(aio::Driver::from(args.driver).name()) } else { Value::Null },
+                "driver": if m.stats.is_some() { json!(driver) } else { Value::Null },
+                "kernel_unavailable": engine_json(m.engine.as_ref()),
                 "jobs": args.jobs,
                 // Time inside each Context::submit (sync API).
                 "submit_us": submits.map(|(p50, p99, max)| json!({"p50": p50, "p99": p99, "max": max})),
@@ -740,17 +784,22 @@ pub fn run(args: &BenchArgs, out: Output) -> Exit {
                 "elapsed_s": m.elapsed.as_secs_f64(),
                 "iops": per_s(m.requests, m.elapsed),
                 "mib_per_s": mib_per_s(m.bytes, m.elapsed),
-                "latency_us": lat.iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
+                // Null when no request completed.
+                "latency_us": lat.map(|lat| lat.iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>()),
                 "cpu": {
                     "user_s": m.cpu_user.as_secs_f64(),
                     "system_s": m.cpu_sys.as_secs_f64(),
                     "per_request_us": cpu_per_req_us,
                 },
+                // System calls to the kernel; the engine's submissions are
+                // function calls, counted apart.
                 "syscalls": m.stats.map(|s| json!({
-                    "io_submit": s.submit_calls,
-                    "io_getevents": s.getevents_calls,
+                    "io_submit": calls.io_submit,
+                    "io_getevents": calls.io_getevents,
                     "ring_reaps": s.ring_reaps,
-                    "requests_per_submit": per_submit,
+                    "requests_per_submit": calls.per_io_submit(),
+                    "engine_requests": calls.engine_requests,
+                    "engine_submit_calls": calls.engine_submits,
                 })),
                 // aio's Context::stats() over the run, as counted by the
                 // context (none for tokio-fs).
@@ -762,20 +811,19 @@ pub fn run(args: &BenchArgs, out: Output) -> Exit {
                     "ring_reaps": s.ring_reaps,
                     "completions": s.completions,
                     "engine_submitted": s.engine_submitted,
+                    "engine_submit_calls": s.engine_submit_calls,
+                    "engine_getevents_calls": s.engine_getevents_calls,
                     "nowait_retries": s.nowait_retries,
                     "eventfd_waits": s.eventfd_waits,
                     "quiet_submitted": s.quiet_submitted,
                     "quiet_polls": s.quiet_polls,
                 })),
             });
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&v).expect("JSON of plain values")
-            );
+            print_json(&v);
         }
         Output::Human => {
             println!(
-                "{:?} bs={}x{} iodepth={} jobs={} {} {} API{}: {} requests in {:.2}s",
+                "{:?} bs={}x{} iodepth={} jobs={} {} {} API{}: {} requests in {:.2}s{}",
                 args.rw,
                 args.bs,
                 args.segments,
@@ -784,37 +832,42 @@ pub fn run(args: &BenchArgs, out: Output) -> Exit {
                 if t.direct { "direct" } else { "buffered" },
                 args.api.name(),
                 if m.stats.is_some() {
-                    format!(", {} driver", aio::Driver::from(args.driver).name())
+                    format!(", {driver} driver")
                 } else {
                     String::new()
                 },
                 m.requests,
-                m.elapsed.as_secs_f64()
+                m.elapsed.as_secs_f64(),
+                if stopped {
+                    " (INTERRUPTED by a signal)"
+                } else {
+                    ""
+                }
             );
-            println!(
-                "  {:.0} IOPS, {:.1} MiB/s; latency p50 {:.1} us, p99 {:.1} us, p99.9 {:.1} us",
-                per_s(m.requests, m.elapsed),
-                mib_per_s(m.bytes, m.elapsed),
-                lat[0].1,
-                lat[1].1,
-                lat[2].1
-            );
-            println!(
-                "  cpu: user {:.2}s, system {:.2}s, {:.2} us per request",
-                m.cpu_user.as_secs_f64(),
-                m.cpu_sys.as_secs_f64(),
-                cpu_per_req_us
-            );
+            if let Some(line) = engine_line(m.engine.as_ref()) {
+                println!("  {line}");
+            }
+            match (lat, cpu_per_req_us) {
+                (Some(lat), Some(per_req)) => {
+                    println!(
+                        "  {:.0} IOPS, {:.1} MiB/s; latency p50 {:.1} us, p99 {:.1} us, p99.9 {:.1} us",
+                        per_s(m.requests, m.elapsed),
+                        mib_per_s(m.bytes, m.elapsed),
+                        lat[0].1,
+                        lat[1].1,
+                        lat[2].1
+                    );
+                    println!(
+                        "  cpu: user {:.2}s, system {:.2}s, {:.2} us per request",
+                        m.cpu_user.as_secs_f64(),
+                        m.cpu_sys.as_secs_f64(),
+                        per_req
+                    );
+                }
+                _ => println!("  no request completed: nothing to measure"),
+            }
             if m.stats.is_some() {
-                println!(
-                    "  syscalls: {} io_submit ({:.1} requests each), {} io_getevents, {} ring reaps; {} requests on the engine, {} page-cache misses retried there",
-                    stats.submit_calls,
-                    per_submit,
-                    stats.getevents_calls,
-                    stats.ring_reaps,
-                    stats.engine_submitted,
-                    stats.nowait_retries
-                );
+                println!("  {}", calls.text(&stats));
                 if stats.quiet_submitted > 0 {
                     println!(
                         "  {} requests without an eventfd signal (expected to complete inside io_submit), {} driver polls for those that did not",
@@ -830,9 +883,9 @@ pub fn run(args: &BenchArgs, out: Output) -> Exit {
             }
         }
     }
-    if m.errors == 0 {
-        Exit::Pass
-    } else {
-        Exit::CheckFailed
+    match verdict {
+        "pass" => Exit::Pass,
+        "interrupted" => Exit::Usage,
+        _ => Exit::CheckFailed,
     }
 }

@@ -68,6 +68,14 @@ impl Issuer {
             Issuer::Tokio(_, h) => h.stats(),
         }
     }
+
+    /// Why the auto driver runs every request on the engine, if it does.
+    pub fn kernel_unavailable(&self) -> Option<aio::Error> {
+        match self {
+            Issuer::Sync(ctx) => ctx.kernel_unavailable(),
+            Issuer::Tokio(_, h) => h.kernel_unavailable(),
+        }
+    }
 }
 
 /// `--driver`: what executes the requests (see `aio::Driver`).

@@ -6,6 +6,7 @@
 mod bench;
 mod issuer;
 mod probe;
+mod report;
 mod stats;
 mod stress;
 mod vectest;
@@ -63,7 +64,22 @@ enum Cmd {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            // Help and the version are answers, not errors.
+            let answer = matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion);
+            if !answer && std::env::args_os().any(|a| a == "--json") {
+                report::print_json(&serde_json::json!({
+                    "result": "error",
+                    "error": e.render().to_string().trim(),
+                    "exit_code": Exit::Usage as u8,
+                }));
+            }
+            e.exit()
+        }
+    };
     let out = if cli.json {
         Output::Json
     } else {

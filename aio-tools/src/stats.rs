@@ -79,6 +79,14 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("size `{s}` is too large"))
 }
 
+/// Parses a size that must not be 0 (a block or request size).
+pub fn parse_nonzero_size(s: &str) -> Result<u64, String> {
+    match parse_size(s)? {
+        0 => Err("must be at least 1 byte".into()),
+        n => Ok(n),
+    }
+}
+
 /// Parses durations like `10s`, `500ms`, `2m`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
@@ -87,17 +95,20 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let n: u64 = num
         .parse()
         .map_err(|_| format!("`{s}` is not a duration (examples: 10s, 500ms, 2m)"))?;
-    Ok(match unit {
-        "ms" => Duration::from_millis(n),
-        "" | "s" => Duration::from_secs(n),
-        "m" | "min" => Duration::from_secs(n * 60),
-        "h" => Duration::from_secs(n * 3600),
-        _ => {
-            return Err(format!(
-                "unknown duration unit in `{s}` (use ms, s, m or h)"
-            ));
-        }
-    })
+    let secs = |per: u64| {
+        n.checked_mul(per)
+            .map(Duration::from_secs)
+            .ok_or_else(|| format!("duration `{s}` is too long"))
+    };
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "" | "s" => secs(1),
+        "m" | "min" => secs(60),
+        "h" => secs(3600),
+        _ => Err(format!(
+            "unknown duration unit in `{s}` (use ms, s, m or h)"
+        )),
+    }
 }
 
 #[cfg(test)]
@@ -111,9 +122,14 @@ mod tests {
         assert_eq!(parse_size("1GiB"), Ok(1 << 30));
         assert!(parse_size("12q").is_err());
         assert!(parse_size("99999999999T").is_err());
+        assert!(parse_nonzero_size("0").is_err());
+        assert_eq!(parse_nonzero_size("1"), Ok(1));
         assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
         assert!(parse_duration("3 weeks").is_err());
+        // Overflows are refused, not wrapped.
+        assert!(parse_duration("307445734561825861m").is_err());
+        assert!(parse_duration("5124095576030432h").is_err());
     }
 
     #[test]

@@ -13,6 +13,7 @@
 //!   still be mapped.
 
 use std::fs::{File, OpenOptions};
+use std::io;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -23,11 +24,19 @@ use std::time::{Duration, Instant};
 use aio::{AlignedBuf, Context, Fdatasync, Fsync, Read, ReadV, WriteV};
 use serde_json::json;
 
+use crate::report::{engine_json, engine_line, io_error_text, print_capped, usage_error};
 use crate::stats::{parse_duration, parse_size};
 use crate::vectest::{Pattern, Rng, Word, split};
 use crate::{Exit, Output};
 
 const BLOCK: u64 = 4096;
+
+/// Failures kept for the report (all of them are counted).
+const KEPT_FAILURES: usize = 100_000;
+
+/// Set by SIGINT, SIGTERM and SIGHUP: the workers stop, the report is
+/// printed, the files are removed, and the exit code is 2.
+static SIGNALLED: AtomicBool = AtomicBool::new(false);
 
 /// The command's arguments.
 #[derive(clap::Args, Debug)]
@@ -93,13 +102,22 @@ struct Shared {
     total_ops: AtomicU64,
     limit: u64,
     deadline: Option<Instant>,
-    /// The first few failures, for the report.
+    /// The failures, for the report: the first [`KEPT_FAILURES`] of them.
     failures: Mutex<Vec<String>>,
+    /// Failures beyond [`KEPT_FAILURES`], counted only.
+    failures_not_kept: AtomicU64,
+    /// Why the run could not go on (no AIO context could be made): the
+    /// environment's fault, not a failed check.
+    environment: Mutex<Option<String>>,
+    /// Append rounds left unverified because one of their appends failed
+    /// (which is reported as such): the file then holds a partial record.
+    unverified_rounds: AtomicU64,
 }
 
 impl Shared {
     fn running(&self) -> bool {
         !self.stop.load(Ordering::Relaxed)
+            && !SIGNALLED.load(Ordering::Relaxed)
             && self.total_ops.load(Ordering::Relaxed) < self.limit
             && self.deadline.is_none_or(|d| Instant::now() < d)
     }
@@ -112,9 +130,34 @@ impl Shared {
     fn fail(&self, counter: &AtomicU64, what: String) {
         counter.fetch_add(1, Ordering::Relaxed);
         let mut f = self.failures.lock().unwrap();
-        if f.len() < 20 {
+        if f.len() < KEPT_FAILURES {
             f.push(what);
+        } else {
+            self.failures_not_kept.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Stops the run: the environment cannot run it (`why`).
+    fn environment(&self, why: String) {
+        self.environment.lock().unwrap().get_or_insert(why);
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// What went wrong with `verb` (`writing`, `reading`) `len` bytes at
+/// `offset` of `path`, which returned `r`; `None` if every byte moved.
+fn transfer_failure(
+    verb: &str,
+    path: &str,
+    offset: u64,
+    len: u64,
+    r: &io::Result<usize>,
+) -> Option<String> {
+    let range = format!("bytes {offset}..{} of {path}", offset + len);
+    match r {
+        Ok(n) if *n as u64 == len => None,
+        Ok(n) => Some(format!("{verb} {range} stopped after {n} of {len} bytes")),
+        Err(e) => Some(format!("{verb} {range} failed: {}", io_error_text(e))),
     }
 }
 
@@ -138,10 +181,15 @@ fn segments(len: u64, align: usize, rng: &mut Rng) -> Vec<AlignedBuf> {
         .collect()
 }
 
+/// `gens` value of a block whose last write failed: its content is
+/// unknown, and it is not verified until written again.
+const UNKNOWN: u8 = u8::MAX;
+
 fn mixed_worker(
     sh: &Shared,
     args: &StressArgs,
     files: &[Arc<File>],
+    names: &[String],
     me: u64,
     patterns: &[Pattern],
 ) {
@@ -150,16 +198,18 @@ fn mixed_worker(
     let blocks = args.file_size / BLOCK;
     let region = blocks / args.threads as u64;
     let (lo, hi) = (me * region, (me + 1) * region);
-    // gens[file][block - lo]: the generation that last wrote the block (0: never).
+    // gens[file][block - lo]: the generation that last wrote the block
+    // (0: never; UNKNOWN: its last write failed).
     let mut gens = vec![vec![0u8; region as usize]; files.len()];
     let mut rng = Rng::new(args.seed ^ (me + 1).wrapping_mul(0x9e37));
     let ctx = match args.context(args.depth) {
         Ok(ctx) => ctx,
-        Err(e) => return sh.fail(&c.errors, format!("mixed: context: {e}")),
+        Err(e) => return sh.environment(format!("cannot create an AIO context: {e}")),
     };
     let mut generation = 0u8;
     while sh.running() {
-        generation = generation.wrapping_add(1).max(1);
+        // 1..UNKNOWN, round and round.
+        generation = generation % (UNKNOWN - 1) + 1;
         // Writes to disjoint ranges: one per region slice, so none overlap.
         let n = args.depth as u64;
         let slice = (region / n).max(1);
@@ -187,11 +237,14 @@ fn mixed_worker(
         for (t, f, start, len) in tickets {
             let (r, _) = t.wait();
             sh.op(c, 1);
-            if r.as_ref().ok() != Some(&((len * BLOCK) as usize)) {
-                sh.fail(
-                    &c.errors,
-                    format!("mixed: PWRITEV file {f} block {start}+{len}: {r:?}"),
-                );
+            if let Some(why) =
+                transfer_failure("writing", &names[f], start * BLOCK, len * BLOCK, &r)
+            {
+                sh.fail(&c.errors, format!("mixed: {why}"));
+                // Reported once, here; not verified until written again.
+                for blk in start..start + len {
+                    gens[f][(blk - lo) as usize] = UNKNOWN;
+                }
             }
         }
         // Read-backs through other layouts, anywhere in the region.
@@ -211,18 +264,19 @@ fn mixed_worker(
         for (t, f, start, len) in tickets {
             let (r, bufs) = t.wait();
             sh.op(c, 1);
-            if r.as_ref().ok() != Some(&((len * BLOCK) as usize)) {
-                sh.fail(
-                    &c.errors,
-                    format!("mixed: PREADV file {f} block {start}+{len}: {r:?}"),
-                );
+            if let Some(why) =
+                transfer_failure("reading", &names[f], start * BLOCK, len * BLOCK, &r)
+            {
+                sh.fail(&c.errors, format!("mixed: {why}"));
                 continue;
             }
             let data: Vec<u8> = bufs.iter().flat_map(|b| b.iter().copied()).collect();
             for (i, chunk) in data.chunks(BLOCK as usize).enumerate() {
                 let blk = start + i as u64;
                 let g = gens[f][(blk - lo) as usize];
-                let bad = if g == 0 {
+                let bad = if g == UNKNOWN {
+                    None
+                } else if g == 0 {
                     chunk
                         .iter()
                         .any(|&b| b != 0)
@@ -233,7 +287,15 @@ fn mixed_worker(
                         .map(|m| m.to_string())
                 };
                 if let Some(why) = bad {
-                    sh.fail(&c.mismatches, format!("mixed: file {f} block {blk}: {why}"));
+                    sh.fail(
+                        &c.mismatches,
+                        format!(
+                            "mixed: bytes {}..{} of {}: {why}",
+                            blk * BLOCK,
+                            (blk + 1) * BLOCK,
+                            names[f]
+                        ),
+                    );
                 }
             }
         }
@@ -246,7 +308,10 @@ fn mixed_worker(
             };
             sh.op(c, 1);
             if let Err(e) = r {
-                sh.fail(&c.errors, format!("mixed: fsync file {f}: {e}"));
+                sh.fail(
+                    &c.errors,
+                    format!("mixed: syncing {} failed: {}", names[f], io_error_text(&e)),
+                );
             }
         }
     }
@@ -269,6 +334,8 @@ struct AppendRounds {
     barrier: std::sync::Barrier,
     go_on: AtomicBool,
     written: AtomicU64,
+    /// Appends of this round that failed.
+    failed: AtomicU64,
     round: AtomicU64,
     dir: PathBuf,
 }
@@ -286,6 +353,9 @@ const APPEND_ROUND_BYTES: u64 = 16 << 20;
 fn append_worker(sh: &Shared, args: &StressArgs, rounds: &AppendRounds, me: u16) {
     let c = &sh.append;
     let ctx = args.context(args.depth);
+    if let Err(e) = &ctx {
+        sh.environment(format!("cannot create an AIO context: {e}"));
+    }
     let mut rng = Rng::new(args.seed ^ 0xa99 ^ me as u64);
     let share = APPEND_ROUND_BYTES / args.threads as u64;
     loop {
@@ -314,26 +384,45 @@ fn append_worker(sh: &Shared, args: &StressArgs, rounds: &AppendRounds, me: u16)
                         let (r, _) = t.wait();
                         sh.op(c, 1);
                         bytes += len as u64;
-                        match r {
+                        let failure = match r {
                             Ok(n) if n == len => {
                                 rounds.written.fetch_add(1, Ordering::Relaxed);
+                                continue;
                             }
-                            other => sh.fail(&c.errors, format!("append: writer {me}: {other:?}")),
-                        }
+                            Ok(n) => format!("stopped after {n} of {len} bytes"),
+                            Err(e) => format!("failed: {}", io_error_text(&e)),
+                        };
+                        rounds.failed.fetch_add(1, Ordering::Relaxed);
+                        sh.fail(
+                            &c.errors,
+                            format!(
+                                "append: writer {me}: appending a {len}-byte record to {} {failure}",
+                                rounds.path().display()
+                            ),
+                        );
                     }
                 }
             }
-            (Err(e), _) => sh.fail(&c.errors, format!("append: context: {e}")),
-            (_, Err(e)) => sh.fail(&c.errors, format!("append: open: {e}")),
+            // Reported above.
+            (Err(_), _) => {}
+            (_, Err(e)) => sh.fail(
+                &c.errors,
+                format!(
+                    "append: opening {} failed: {}",
+                    rounds.path().display(),
+                    io_error_text(&e)
+                ),
+            ),
         }
         if rounds.barrier.wait().is_leader() {
             let path = rounds.path();
-            check_appends(
-                sh,
-                &path,
-                args.threads as u16,
-                rounds.written.swap(0, Ordering::Relaxed),
-            );
+            let written = rounds.written.swap(0, Ordering::Relaxed);
+            if rounds.failed.swap(0, Ordering::Relaxed) > 0 {
+                // A failed append may have left part of a record.
+                sh.unverified_rounds.fetch_add(1, Ordering::Relaxed);
+            } else {
+                check_appends(sh, &path, args.threads as u16, written);
+            }
             let _ = std::fs::remove_file(&path);
             rounds.round.fetch_add(1, Ordering::AcqRel);
             let go_on = sh.running() && ctx.is_ok() && File::create(rounds.path()).is_ok();
@@ -349,9 +438,15 @@ fn append_worker(sh: &Shared, args: &StressArgs, rounds: &AppendRounds, me: u16)
 /// Parses the append file: every record whole, once, in order per writer.
 fn check_appends(sh: &Shared, path: &Path, writers: u16, expected: u64) {
     let c = &sh.append;
+    let name = path.display();
     let data = match std::fs::read(path) {
         Ok(d) => d,
-        Err(e) => return sh.fail(&c.errors, format!("append: read back: {e}")),
+        Err(e) => {
+            return sh.fail(
+                &c.errors,
+                format!("append: reading {name} back failed: {}", io_error_text(&e)),
+            );
+        }
     };
     let mut next = vec![0u64; writers as usize];
     let mut pos = 0;
@@ -361,20 +456,23 @@ fn check_appends(sh: &Shared, path: &Path, writers: u16, expected: u64) {
         if h.len() < HEADER || u32::from_le_bytes(h[0..4].try_into().unwrap()) != RECORD_MAGIC {
             return sh.fail(
                 &c.mismatches,
-                format!("append: no record header at byte {pos}"),
+                format!("append: no record header at byte {pos} of {name}"),
             );
         }
         let w = u16::from_le_bytes(h[4..6].try_into().unwrap());
         let len = u16::from_le_bytes(h[6..8].try_into().unwrap()) as usize;
         let seq = u64::from_le_bytes(h[8..16].try_into().unwrap());
         if w >= writers || pos + HEADER + len > data.len() {
-            return sh.fail(&c.mismatches, format!("append: bad record at byte {pos}"));
+            return sh.fail(
+                &c.mismatches,
+                format!("append: bad record at byte {pos} of {name}"),
+            );
         }
         if seq != next[w as usize] {
             sh.fail(
                 &c.mismatches,
                 format!(
-                    "append: writer {w} record {seq} at byte {pos}, expected record {}",
+                    "append: writer {w} record {seq} at byte {pos} of {name}, expected record {}",
                     next[w as usize]
                 ),
             );
@@ -383,7 +481,7 @@ fn check_appends(sh: &Shared, path: &Path, writers: u16, expected: u64) {
         if data[pos + HEADER..pos + HEADER + len] != record_payload(w, seq, len)[..] {
             sh.fail(
                 &c.mismatches,
-                format!("append: writer {w} record {seq} payload corrupt"),
+                format!("append: writer {w} record {seq} at byte {pos} of {name}: payload corrupt"),
             );
         }
         pos += HEADER + len;
@@ -392,18 +490,18 @@ fn check_appends(sh: &Shared, path: &Path, writers: u16, expected: u64) {
     if records != expected {
         sh.fail(
             &c.mismatches,
-            format!("append: {records} records in the file, {expected} written"),
+            format!("append: {records} records in {name}, {expected} written"),
         );
     }
 }
 
 /// Fills the sparse file block by block in random order, then punches it
 /// empty again and starts over (a new pass), for as long as the run lasts.
-fn sparse_writer(sh: &Shared, args: &StressArgs, file: &Arc<File>, pattern: &Pattern) {
+fn sparse_writer(sh: &Shared, args: &StressArgs, file: &Arc<File>, name: &str, pattern: &Pattern) {
     let c = &sh.sparse;
     let ctx = match args.context(args.depth) {
         Ok(ctx) => ctx,
-        Err(e) => return sh.fail(&c.errors, format!("sparse: context: {e}")),
+        Err(e) => return sh.environment(format!("cannot create an AIO context: {e}")),
     };
     let mut order: Vec<u64> = (0..args.file_size / BLOCK).collect();
     let mut rng = Rng::new(args.seed ^ 0x5ba);
@@ -420,14 +518,17 @@ fn sparse_writer(sh: &Shared, args: &StressArgs, file: &Arc<File>, pattern: &Pat
                 .map(|&blk| {
                     let mut buf = AlignedBuf::new(BLOCK as usize, 8);
                     pattern.fill(&mut buf, blk * BLOCK, pass);
-                    ctx.push(WriteV::new(file.clone(), vec![buf], blk * BLOCK))
+                    (
+                        ctx.push(WriteV::new(file.clone(), vec![buf], blk * BLOCK)),
+                        blk,
+                    )
                 })
                 .collect();
-            for t in tickets {
+            for (t, blk) in tickets {
                 let (r, _) = t.wait();
                 sh.op(c, 1);
-                if r.as_ref().ok() != Some(&(BLOCK as usize)) {
-                    sh.fail(&c.errors, format!("sparse: write: {r:?}"));
+                if let Some(why) = transfer_failure("writing", name, blk * BLOCK, BLOCK, &r) {
+                    sh.fail(&c.errors, format!("sparse: {why}"));
                 }
             }
         }
@@ -447,11 +548,18 @@ fn sparse_writer(sh: &Shared, args: &StressArgs, file: &Arc<File>, pattern: &Pat
     }
 }
 
-fn sparse_reader(sh: &Shared, args: &StressArgs, file: &Arc<File>, pattern: &Pattern, me: u64) {
+fn sparse_reader(
+    sh: &Shared,
+    args: &StressArgs,
+    file: &Arc<File>,
+    name: &str,
+    pattern: &Pattern,
+    me: u64,
+) {
     let c = &sh.sparse;
     let ctx = match args.context(args.depth) {
         Ok(ctx) => ctx,
-        Err(e) => return sh.fail(&c.errors, format!("sparse: context: {e}")),
+        Err(e) => return sh.environment(format!("cannot create an AIO context: {e}")),
     };
     let mut rng = Rng::new(args.seed ^ 0x5bad ^ me);
     let blocks = args.file_size / BLOCK;
@@ -472,8 +580,8 @@ fn sparse_reader(sh: &Shared, args: &StressArgs, file: &Arc<File>, pattern: &Pat
         for (t, blk) in tickets {
             let (r, buf) = t.wait();
             sh.op(c, 1);
-            if r.as_ref().ok() != Some(&(BLOCK as usize)) {
-                sh.fail(&c.errors, format!("sparse: read block {blk}: {r:?}"));
+            if let Some(why) = transfer_failure("reading", name, blk * BLOCK, BLOCK, &r) {
+                sh.fail(&c.errors, format!("sparse: {why}"));
                 continue;
             }
             for (i, w) in buf.chunks_exact(8).enumerate() {
@@ -485,7 +593,11 @@ fn sparse_reader(sh: &Shared, args: &StressArgs, file: &Arc<File>, pattern: &Pat
                 if !ok {
                     sh.fail(
                         &c.mismatches,
-                        format!("sparse: garbage {word:#018x} at byte {off}"),
+                        format!(
+                            "sparse: bytes {off}..{} of {name} hold {word:#018x}, \
+                             neither zeros nor their own data",
+                            off + 8
+                        ),
                     );
                     break;
                 }
@@ -494,20 +606,15 @@ fn sparse_reader(sh: &Shared, args: &StressArgs, file: &Arc<File>, pattern: &Pat
     }
 }
 
-fn contexts_worker(sh: &Shared, args: &StressArgs, file: &Arc<File>) {
+fn contexts_worker(sh: &Shared, args: &StressArgs, file: &Arc<File>, name: &str) {
     let c = &sh.contexts;
     let mut rng = Rng::new(args.seed ^ 0xc7);
     while sh.running() {
         let depth = rng.range(1, 64) as u32;
         let ctx = match args.context(depth) {
             Ok(ctx) => ctx,
-            Err(e) => {
-                sh.fail(
-                    &c.errors,
-                    format!("contexts: a context of depth {depth}: {e}"),
-                );
-                continue;
-            }
+            // Not retried: the cause does not go away by itself.
+            Err(e) => return sh.environment(format!("cannot create an AIO context: {e}")),
         };
         let n = rng.range(0, depth as u64);
         let tickets: Vec<_> = (0..n)
@@ -521,9 +628,17 @@ fn contexts_worker(sh: &Shared, args: &StressArgs, file: &Arc<File>) {
             .collect();
         ctx.submit();
         if rng.range(0, 1) == 0 {
-            for t in tickets {
+            for (i, t) in tickets.into_iter().enumerate() {
                 if let (Err(e), _) = t.wait() {
-                    sh.fail(&c.errors, format!("contexts: read: {e}"));
+                    let at = (i as u64 % 64) * 4096;
+                    sh.fail(
+                        &c.errors,
+                        format!(
+                            "contexts: reading bytes {at}..{} of {name} failed: {}",
+                            at + 4096,
+                            io_error_text(&e)
+                        ),
+                    );
                 }
             }
         } else {
@@ -537,72 +652,105 @@ fn contexts_worker(sh: &Shared, args: &StressArgs, file: &Arc<File>) {
 
 /// Runs the stress workloads and prints the report.
 pub fn run(args: &StressArgs, out: Output) -> Exit {
+    let fail = |msg: &str| usage_error("stress", out, msg);
+    // First: from here on a signal stops the run instead of the process,
+    // so the files are removed.
+    if let Err(e) = ctrlc::set_handler(|| SIGNALLED.store(true, Ordering::Relaxed)) {
+        return fail(&format!("cannot handle SIGINT and SIGTERM: {e}"));
+    }
+    if Instant::now().checked_add(args.duration).is_none() {
+        return fail(&format!(
+            "--duration {} s is too long",
+            args.duration.as_secs()
+        ));
+    }
     let base = args
         .dir
         .clone()
         .or_else(|| std::env::var_os("AIO_TEST_DIR").map(PathBuf::from))
         .unwrap_or_else(std::env::temp_dir);
+    if args.file_size < BLOCK * args.threads as u64 * args.depth as u64 {
+        return fail(&format!(
+            "--file-size must be at least {} bytes for {} threads at depth {}",
+            BLOCK * args.threads as u64 * args.depth as u64,
+            args.threads,
+            args.depth
+        ));
+    }
+    // An environment that cannot make a context cannot run the check.
+    let engine = match args.context(args.depth) {
+        Ok(ctx) => ctx.kernel_unavailable(),
+        Err(e) => return fail(&format!("cannot create an AIO context: {e}")),
+    };
     let dir = match tempfile::Builder::new()
         .prefix("aio-stress-")
         .tempdir_in(&base)
     {
         Ok(d) => d,
         Err(e) => {
-            eprintln!(
-                "aio-tools stress: cannot create a directory in {}: {e}",
+            return fail(&format!(
+                "cannot create a directory in {}: {e}",
                 base.display()
-            );
-            return Exit::Usage;
+            ));
         }
     };
-    if args.file_size < BLOCK * args.threads as u64 * args.depth as u64 {
-        eprintln!(
-            "aio-tools stress: --file-size must be at least {} bytes for {} threads at depth {}",
-            BLOCK * args.threads as u64 * args.depth as u64,
-            args.threads,
-            args.depth
-        );
-        return Exit::Usage;
-    }
     let extra = if args.direct { libc::O_DIRECT } else { 0 };
-    let open = |name: &str, flags| open_rw(&dir.path().join(name), flags);
-    let files: Result<Vec<File>, _> = (0..args.files)
-        .map(|i| open(&format!("mixed-{i}"), extra))
+    let path = |name: &str| dir.path().join(name);
+    let names: Vec<String> = (0..args.files)
+        .map(|i| path(&format!("mixed-{i}")).display().to_string())
         .collect();
-    let (files, sparse) = match (files, open("sparse", 0)) {
+    let sparse_name = path("sparse").display().to_string();
+    let files: Result<Vec<File>, _> = names.iter().map(|n| open_rw(Path::new(n), extra)).collect();
+    let (files, sparse) = match (files, open_rw(Path::new(&sparse_name), 0)) {
         (Ok(f), Ok(s)) => (f.into_iter().map(Arc::new).collect::<Vec<_>>(), Arc::new(s)),
         (Err(e), _) | (_, Err(e)) => {
-            eprintln!(
-                "aio-tools stress: cannot create the stress files in {}: {e}",
+            return fail(&format!(
+                "cannot create the stress files in {}: {e}",
                 base.display()
-            );
-            return Exit::Usage;
+            ));
         }
     };
     for f in files.iter().chain([&sparse]) {
         if let Err(e) = f.set_len(args.file_size) {
-            eprintln!("aio-tools stress: cannot size the stress files: {e}");
-            return Exit::Usage;
+            return fail(&format!("cannot size the stress files: {e}"));
         }
     }
     let rounds = AppendRounds {
         barrier: std::sync::Barrier::new(args.threads as usize),
         go_on: AtomicBool::new(true),
         written: AtomicU64::new(0),
+        failed: AtomicU64::new(0),
         round: AtomicU64::new(0),
         dir: dir.path().to_path_buf(),
     };
     if let Err(e) = File::create(rounds.path()) {
-        eprintln!("aio-tools stress: {e}");
-        return Exit::Usage;
+        return fail(&format!("cannot create {}: {e}", rounds.path().display()));
+    }
+    if out == Output::Human {
+        eprintln!(
+            "stress: {} files of {} bytes in {}, {} threads at depth {}{}, {} driver, for {} s{}, seed {}",
+            args.files,
+            args.file_size,
+            dir.path().display(),
+            args.threads,
+            args.depth,
+            if args.direct { ", O_DIRECT" } else { "" },
+            aio::Driver::from(args.driver).name(),
+            args.duration.as_secs_f64(),
+            args.ops
+                .map_or(String::new(), |n| format!(" or {n} operations")),
+            args.seed
+        );
+        if let Some(line) = engine_line(engine.as_ref()) {
+            eprintln!("{line}");
+        }
     }
     let rings_before = aio_rings_mapped();
     let sh = Shared {
         limit: args.ops.unwrap_or(u64::MAX),
-        deadline: Some(Instant::now() + args.duration),
+        deadline: Instant::now().checked_add(args.duration),
         ..Default::default()
     };
-    let _ = ctrlc::set_handler(|| {});
     let patterns: Vec<Pattern> = (0..args.files as u64)
         .map(|i| Pattern::new(args.seed ^ (i << 32)))
         .collect();
@@ -621,23 +769,23 @@ pub fn run(args: &StressArgs, out: Output) -> Exit {
     let started = Instant::now();
     thread::scope(|s| {
         for t in 0..args.threads as u64 {
-            let (sh, files, patterns) = (&sh, &files, &patterns);
-            s.spawn(move || mixed_worker(sh, args, files, t, patterns));
+            let (sh, files, names, patterns) = (&sh, &files, &names, &patterns);
+            s.spawn(move || mixed_worker(sh, args, files, names, t, patterns));
         }
         for w in 0..args.threads as u16 {
             let (sh, rounds) = (&sh, &rounds);
             s.spawn(move || append_worker(sh, args, rounds, w));
         }
         {
-            let (sh, sparse, p) = (&sh, &sparse, &sparse_pattern);
-            s.spawn(move || sparse_writer(sh, args, sparse, p));
+            let (sh, sparse, name, p) = (&sh, &sparse, &sparse_name, &sparse_pattern);
+            s.spawn(move || sparse_writer(sh, args, sparse, name, p));
             for r in 0..2 {
-                s.spawn(move || sparse_reader(sh, args, sparse, p, r));
+                s.spawn(move || sparse_reader(sh, args, sparse, name, p, r));
             }
         }
         {
-            let (sh, f) = (&sh, &files[0]);
-            s.spawn(move || contexts_worker(sh, args, f));
+            let (sh, f, name) = (&sh, &files[0], &names[0]);
+            s.spawn(move || contexts_worker(sh, args, f, name));
         }
         while sh.running() {
             bar.set_position(sh.total_ops.load(Ordering::Relaxed));
@@ -647,6 +795,9 @@ pub fn run(args: &StressArgs, out: Output) -> Exit {
     });
     bar.finish_and_clear();
     let elapsed = started.elapsed();
+    if let Some(why) = sh.environment.lock().unwrap().take() {
+        return fail(&why);
+    }
     // Every context of this process maps its ring as "[aio]"; once all
     // workers' contexts are dropped, none of theirs may remain.
     let rings_after = aio_rings_mapped();
@@ -656,7 +807,8 @@ pub fn run(args: &StressArgs, out: Output) -> Exit {
             format!("contexts: {rings_before} AIO rings mapped before, {rings_after} after: a context leaked"),
         );
     }
-    report(&sh, elapsed, out)
+    let interrupted = SIGNALLED.load(Ordering::Relaxed);
+    report(&sh, args, engine.as_ref(), elapsed, interrupted, out)
 }
 
 /// How many AIO rings this process has mapped (one per live context).
@@ -670,7 +822,14 @@ fn aio_rings_mapped() -> usize {
         .unwrap_or(0)
 }
 
-fn report(sh: &Shared, elapsed: Duration, out: Output) -> Exit {
+fn report(
+    sh: &Shared,
+    args: &StressArgs,
+    engine: Option<&aio::Error>,
+    elapsed: Duration,
+    interrupted: bool,
+    out: Output,
+) -> Exit {
     let rows = [
         ("mixed", &sh.mixed),
         ("append", &sh.append),
@@ -692,7 +851,11 @@ fn report(sh: &Shared, elapsed: Duration, out: Output) -> Exit {
         mismatches += m;
     }
     let failures = sh.failures.lock().unwrap();
-    let verdict = if errors == 0 && mismatches == 0 && ops > 0 {
+    let not_kept = sh.failures_not_kept.load(Ordering::Relaxed);
+    let unverified = sh.unverified_rounds.load(Ordering::Relaxed);
+    let verdict = if interrupted {
+        "INTERRUPTED"
+    } else if errors == 0 && mismatches == 0 && ops > 0 {
         "PASS"
     } else {
         "FAIL"
@@ -701,6 +864,8 @@ fn report(sh: &Shared, elapsed: Duration, out: Output) -> Exit {
         Output::Json => {
             let v = json!({
                 "result": verdict.to_lowercase(),
+                "driver": aio::Driver::from(args.driver).name(),
+                "kernel_unavailable": engine_json(engine),
                 "elapsed_s": elapsed.as_secs_f64(),
                 "operations": ops,
                 "errors": errors,
@@ -709,31 +874,38 @@ fn report(sh: &Shared, elapsed: Duration, out: Output) -> Exit {
                     let (o, e, m) = get(c);
                     (name.to_string(), json!({"operations": o, "errors": e, "mismatches": m}))
                 }).collect::<serde_json::Map<_, _>>(),
+                "append_rounds_not_verified": unverified,
                 "failures": *failures,
+                "failures_not_listed": not_kept,
             });
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&v).expect("JSON of plain values")
-            );
+            crate::report::print_json(&v);
         }
         Output::Human => {
-            for f in failures.iter() {
-                println!("failure: {f}");
-            }
+            print_capped("failure", &failures, failures.len() as u64 + not_kept);
             for (name, c) in &rows {
                 let (o, e, m) = get(c);
                 println!("  {name:<9} {o:>10} operations {e:>4} errors {m:>4} mismatches");
             }
+            if unverified > 0 {
+                println!(
+                    "  {unverified} append rounds not verified: one of their appends failed (listed above)"
+                );
+            }
             println!(
-                "{verdict}: {ops} operations in {:.1}s, {errors} errors, {mismatches} mismatches",
-                elapsed.as_secs_f64()
+                "{verdict}: {ops} operations in {:.1}s, {errors} errors, {mismatches} mismatches{}",
+                elapsed.as_secs_f64(),
+                if interrupted {
+                    " (stopped by a signal)"
+                } else {
+                    ""
+                }
             );
         }
     }
-    if verdict == "PASS" {
-        Exit::Pass
-    } else {
-        Exit::CheckFailed
+    match verdict {
+        "PASS" => Exit::Pass,
+        "INTERRUPTED" => Exit::Usage,
+        _ => Exit::CheckFailed,
     }
 }
 

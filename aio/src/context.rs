@@ -14,6 +14,7 @@ use aio_abi::Errno;
 use crate::buf::{IoBuf, IoBufMut, IoBufs, IoBufsMut};
 use crate::core::{Core, Key, Stats};
 use crate::driver::{Driver, Drivers, new_eventfd};
+use crate::error::Error;
 use crate::op::{Operation, Read, ReadV, Write, WriteV};
 
 /// How completions are collected.
@@ -375,6 +376,23 @@ impl Context {
     /// The driver running the requests.
     pub fn driver(&self) -> Driver {
         self.driver
+    }
+
+    /// Why this context runs every request on the userspace engine
+    /// although it was built with [`Driver::Auto`]: `io_setup` failed
+    /// with `ENOSYS` or `EPERM` (the kernel lacks AIO, or a seccomp filter
+    /// refuses it), and the error says which and why. `None` when the
+    /// kernel's AIO is in use, and for [`Driver::Kernel`] and
+    /// [`Driver::Engine`], which never fall back.
+    ///
+    /// ```
+    /// let ctx = aio::Context::new(8).unwrap();
+    /// if let Some(why) = ctx.kernel_unavailable() {
+    ///     eprintln!("engine: {}", why.message());
+    /// }
+    /// ```
+    pub fn kernel_unavailable(&self) -> Option<Error> {
+        self.core().kernel_unavailable().cloned()
     }
 
     /// Whether completions are reaped from the ring without system calls.

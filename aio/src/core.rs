@@ -178,9 +178,10 @@ pub struct Stats {
     pub requests: u64,
     /// Requests accepted by `io_submit`.
     pub submitted: u64,
-    /// `io_submit` calls.
+    /// `io_submit` calls (to either driver; see `engine_submit_calls`).
     pub submit_calls: u64,
-    /// `io_getevents` calls.
+    /// `io_getevents` calls (to either driver; see
+    /// `engine_getevents_calls`).
     pub getevents_calls: u64,
     /// Reaps that found events in the ring without a system call.
     pub ring_reaps: u64,
@@ -191,6 +192,12 @@ pub struct Stats {
     /// [`Driver::Auto`](crate::Driver::Auto) for buffered writes, pipes,
     /// sockets and page-cache misses).
     pub engine_submitted: u64,
+    /// Of `submit_calls`, the calls to the userspace engine: function
+    /// calls in this process, not system calls.
+    pub engine_submit_calls: u64,
+    /// Of `getevents_calls`, the waits on the userspace engine: function
+    /// calls in this process, not system calls.
+    pub engine_getevents_calls: u64,
     /// Buffered reads (and writes) that `Auto` tried in the kernel with
     /// `RWF_NOWAIT` and handed, in whole or in part, to the engine because
     /// the kernel would have waited (data not in the page cache, a write
@@ -226,6 +233,8 @@ impl std::ops::Sub for Stats {
             ring_reaps: self.ring_reaps - earlier.ring_reaps,
             completions: self.completions - earlier.completions,
             engine_submitted: self.engine_submitted - earlier.engine_submitted,
+            engine_submit_calls: self.engine_submit_calls - earlier.engine_submit_calls,
+            engine_getevents_calls: self.engine_getevents_calls - earlier.engine_getevents_calls,
             nowait_retries: self.nowait_retries - earlier.nowait_retries,
             eventfd_waits: self.eventfd_waits - earlier.eventfd_waits,
             quiet_submitted: self.quiet_submitted - earlier.quiet_submitted,
@@ -248,6 +257,8 @@ impl std::ops::Add for Stats {
             ring_reaps: self.ring_reaps + other.ring_reaps,
             completions: self.completions + other.completions,
             engine_submitted: self.engine_submitted + other.engine_submitted,
+            engine_submit_calls: self.engine_submit_calls + other.engine_submit_calls,
+            engine_getevents_calls: self.engine_getevents_calls + other.engine_getevents_calls,
             nowait_retries: self.nowait_retries + other.nowait_retries,
             eventfd_waits: self.eventfd_waits + other.eventfd_waits,
             quiet_submitted: self.quiet_submitted + other.quiet_submitted,
@@ -528,6 +539,10 @@ impl Core {
         self.in_flight
     }
 
+    pub(crate) fn kernel_unavailable(&self) -> Option<&crate::Error> {
+        self.drivers.kernel_unavailable()
+    }
+
     pub(crate) fn queued(&self) -> usize {
         self.queue.len()
     }
@@ -785,6 +800,9 @@ impl Core {
             }
         };
         self.stats.submit_calls += 1;
+        if side == 1 {
+            self.stats.engine_submit_calls += 1;
+        }
         // SAFETY: each pointer is the iocb of a queued slot, in a boxed
         // chunk that neither moves nor is freed while the core lives.
         // What the iocbs point at (the slot's iovec array, the buffers in
@@ -947,9 +965,7 @@ impl Core {
     pub(crate) fn reap_nonblocking(&mut self) -> usize {
         let mut total = self.reap_ring();
         if self.in_flight > 0 && !self.forked {
-            let n = self
-                .drivers
-                .poll_syscall(&mut self.events, &mut self.stats.getevents_calls);
+            let n = self.drivers.poll_syscall(&mut self.events, &mut self.stats);
             self.process(n);
             total += n;
         }

@@ -12,6 +12,7 @@ use aio_kernel::engine::{CacheGuess, Engine};
 use aio_sys::RingView;
 
 use crate::core::Stats;
+use crate::error::Error;
 
 /// Which implementation of the AIO system calls runs a [`Context`](crate::Context)'s
 /// requests.
@@ -28,7 +29,9 @@ pub enum Driver {
     /// writes the same way where the filesystem takes `RWF_NOWAIT` for
     /// writes (xfs, btrfs; not ext4, nor appends), else to the engine;
     /// everything on pipes, sockets and other files to the engine. When the AIO system calls are unavailable (`ENOSYS`, or
-    /// `EPERM` from a seccomp filter), everything goes to the engine.
+    /// `EPERM` from a seccomp filter), everything goes to the engine, and
+    /// [`Context::kernel_unavailable`](crate::Context::kernel_unavailable)
+    /// says why.
     ///
     /// Requests in flight together are not ordered, as with the kernel:
     /// wait for a write before reading what it wrote.
@@ -437,6 +440,9 @@ pub(crate) struct Drivers {
     wake_fd: Option<RawFd>,
     own_wake_fd: Option<OwnedFd>,
     pub(crate) in_flight: [usize; 2],
+    /// Under `Auto`, why the kernel is not used (`io_setup` failed with
+    /// `ENOSYS` or `EPERM`).
+    kernel_unavailable: Option<Error>,
 }
 
 impl Drivers {
@@ -460,6 +466,7 @@ impl Drivers {
             wake_fd: eventfd,
             own_wake_fd: None,
             in_flight: [0, 0],
+            kernel_unavailable: None,
         };
         match policy {
             Driver::Kernel => {
@@ -478,13 +485,19 @@ impl Drivers {
                     }
                 }
                 // No AIO in this kernel, or a seccomp filter forbids it.
-                Err(Errno::ENOSYS | Errno::EPERM) => {
+                Err(e @ (Errno::ENOSYS | Errno::EPERM)) => {
                     d.engine = Some(EngineBackend::new(depth, engine_ring).map_err(setup)?);
+                    d.kernel_unavailable = Some(crate::error::kernel_unavailable(e));
                 }
                 Err(e) => return Err(setup(e)),
             },
         }
         Ok(d)
+    }
+
+    /// Why `Auto` runs every request on the engine, if it does.
+    pub(crate) fn kernel_unavailable(&self) -> Option<&Error> {
+        self.kernel_unavailable.as_ref()
     }
 
     /// The eventfd every request must carry: the context's own, or
@@ -668,12 +681,15 @@ impl Drivers {
     }
 
     /// Events of drivers that reap only by system call, without sleeping.
-    pub(crate) fn poll_syscall(&mut self, out: &mut [IoEvent], calls: &mut u64) -> usize {
+    pub(crate) fn poll_syscall(&mut self, out: &mut [IoEvent], stats: &mut Stats) -> usize {
         let in_flight = self.in_flight;
         let mut n = 0;
         for (side, b) in self.each() {
             if in_flight[side] > 0 && !b.reaps_ring() && n < out.len() {
-                *calls += 1;
+                stats.getevents_calls += 1;
+                if side == 1 {
+                    stats.engine_getevents_calls += 1;
+                }
                 n += b.wait(0, &mut out[n..], Some(Duration::ZERO)).unwrap_or(0);
             }
         }
@@ -695,10 +711,13 @@ impl Drivers {
                     .expect("both drivers run only under Auto, with an eventfd");
                 stats.eventfd_waits += 1;
                 wait_eventfd(fd)?;
-                return Ok(self.poll_syscall(out, &mut stats.getevents_calls));
+                return Ok(self.poll_syscall(out, stats));
             }
         };
         stats.getevents_calls += 1;
+        if side == 1 {
+            stats.engine_getevents_calls += 1;
+        }
         self.backend(side)?.wait(1, out, None)
     }
 

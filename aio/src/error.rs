@@ -15,7 +15,7 @@ use crate::align;
 /// Plain errors (such as `EBADF` for a closed descriptor) are built with
 /// [`io::Error::from_raw_os_error`] instead; [`errno`] reads the errno back
 /// from either kind.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Error {
     errno: Errno,
     message: String,
@@ -99,6 +99,32 @@ pub(crate) fn setup_error(depth: u32, e: Errno) -> io::Error {
     explained(e, message)
 }
 
+/// Why [`Driver::Auto`](crate::Driver::Auto) runs every request on the
+/// engine: its `io_setup` failed with `errno` (`ENOSYS` or `EPERM`). The
+/// message names the errno and, where this process can tell, who refused:
+/// a seccomp filter, or a kernel without AIO (no `fs.aio-max-nr`).
+pub(crate) fn kernel_unavailable(errno: Errno) -> Error {
+    let filtered = seccomp_mode() == Some(2);
+    let kernel_has_aio = read_fs_sysctl("aio-max-nr").is_some();
+    Error {
+        errno,
+        message: engine_fallback_message(errno, filtered, kernel_has_aio),
+    }
+}
+
+/// The message of [`kernel_unavailable`], from what this process knows:
+/// whether it runs under a seccomp filter, and whether the kernel has AIO.
+fn engine_fallback_message(errno: Errno, filtered: bool, kernel_has_aio: bool) -> String {
+    let cause = if errno == Errno::ENOSYS && !kernel_has_aio {
+        "io_setup failed with ENOSYS: this kernel has no native AIO (CONFIG_AIO=n)".to_owned()
+    } else if filtered {
+        format!("io_setup refused with {errno:?} by a seccomp filter")
+    } else {
+        format!("io_setup refused with {errno:?}")
+    };
+    format!("{cause}: every request runs on the userspace engine")
+}
+
 fn is_directory(fd: i32) -> bool {
     let mut st = std::mem::MaybeUninit::<libc::stat>::zeroed();
     // SAFETY: fstat fills the buffer it is given; a bad fd only fails.
@@ -169,6 +195,38 @@ mod tests {
         assert!(e.starts_with("io_setup(128): aio-max-nr ("), "{e}");
         assert!(e.contains(") reached (aio-nr "), "{e}");
         assert!(e.contains("sysctl -w fs.aio-max-nr=1048576"), "{e}");
+    }
+
+    #[test]
+    fn the_engine_fallback_names_the_errno_and_who_refused() {
+        assert_eq!(kernel_unavailable(Errno::EPERM).errno(), Errno::EPERM);
+        let tail = ": every request runs on the userspace engine";
+        for (errno, filtered, has_aio, cause) in [
+            (
+                Errno::EPERM,
+                true,
+                true,
+                "io_setup refused with EPERM by a seccomp filter",
+            ),
+            (
+                Errno::ENOSYS,
+                true,
+                true,
+                "io_setup refused with ENOSYS by a seccomp filter",
+            ),
+            (Errno::EPERM, false, true, "io_setup refused with EPERM"),
+            (
+                Errno::ENOSYS,
+                true,
+                false,
+                "io_setup failed with ENOSYS: this kernel has no native AIO (CONFIG_AIO=n)",
+            ),
+        ] {
+            assert_eq!(
+                engine_fallback_message(errno, filtered, has_aio),
+                format!("{cause}{tail}")
+            );
+        }
     }
 
     #[test]

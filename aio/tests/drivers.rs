@@ -293,7 +293,38 @@ fn seccomp_child() {
     assert_eq!(write.wait().0.unwrap(), 18);
     let st = ctx.stats();
     assert_eq!(st.engine_submitted, st.submitted, "{st:?}");
+    // No call reached the kernel.
+    assert_eq!(st.engine_submit_calls, st.submit_calls, "{st:?}");
+    assert_eq!(st.engine_getevents_calls, st.getevents_calls, "{st:?}");
+    // The context says why the engine runs everything.
+    let why = ctx
+        .kernel_unavailable()
+        .expect("Auto fell back to the engine");
+    assert_eq!(why.errno(), aio::Errno::EPERM);
+    assert!(
+        why.message()
+            .starts_with("io_setup refused with EPERM by a seccomp filter"),
+        "{why}"
+    );
+    // A driver chosen explicitly never falls back.
+    assert!(context_on(Driver::Engine, 4).kernel_unavailable().is_none());
+    #[cfg(feature = "tokio")]
+    {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let why = rt.block_on(async { aio::tokio::Handle::new().unwrap().kernel_unavailable() });
+        assert_eq!(why.map(|e| e.errno()), Some(aio::Errno::EPERM));
+    }
     println!("seccomp child: {} requests on the engine", st.submitted);
+}
+
+#[test]
+fn where_the_kernel_serves_auto_has_no_fallback_reason() {
+    let ctx = context_on(Driver::Auto, 4);
+    assert!(ctx.kernel_unavailable().is_none());
+    assert!(context_on(Driver::Kernel, 4).kernel_unavailable().is_none());
 }
 
 #[test]

@@ -15,7 +15,7 @@ mod unwritten;
 
 use std::path::PathBuf;
 
-use crate::stats::parse_size;
+use crate::stats::{parse_nonzero_size, parse_size};
 
 pub use pattern::{Pattern, Word};
 pub use plan::{Rng, split};
@@ -48,7 +48,7 @@ pub struct VectestArgs {
     pub max_segments: u16,
     /// Largest request (default: 1M, or enough for --max-segments aligned
     /// segments with O_DIRECT; at most 2147479552, Linux's MAX_RW_COUNT).
-    #[arg(long, value_parser = parse_size)]
+    #[arg(long, value_parser = parse_nonzero_size)]
     pub max_request: Option<u64>,
     /// Requests in flight.
     #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=65536))]

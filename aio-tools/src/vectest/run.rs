@@ -24,6 +24,7 @@ use super::target::{
     logical_block_size, loop_in_use, loops_over, signatures_on,
 };
 use super::unwritten::Unwritten;
+use crate::report::{Calls, engine_json, engine_line, io_error_text, print_capped, usage_error};
 use crate::stats::{Latencies, mib_per_s, per_s};
 use crate::{Exit, Issuer, Output};
 
@@ -541,7 +542,7 @@ fn finish(
         Err(e) => {
             tally
                 .errors
-                .push(format!("{what} failed: {}", errno_text(&e)));
+                .push(format!("{what} failed: {}", io_error_text(&e)));
             req.offset..end
         }
     };
@@ -550,14 +551,6 @@ fn finish(
         tally.unwritten.add(missed);
     }
     false
-}
-
-/// "ENOSPC: No space left on device", or the error as it is.
-fn errno_text(e: &io::Error) -> String {
-    match aio::errno(e).map(aio::Errno) {
-        Some(n) if n.name().is_some() => n.to_string(),
-        _ => e.to_string(),
-    }
 }
 
 /// Checks what a read returned, except the ranges this pass failed to write.
@@ -630,18 +623,19 @@ pub fn run(args: &VectestArgs, out: Output) -> Exit {
     }
     let t = match open_target(args, seed) {
         Ok(t) => t,
-        Err(Fatal(msg)) => {
-            eprintln!("aio-tools vectest: {msg}");
-            return Exit::Usage;
-        }
+        Err(Fatal(msg)) => return usage_error("vectest", out, &msg),
     };
     let issuer = match Issuer::new(args.api, args.iodepth, args.driver.into(), 0) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("aio-tools vectest: cannot create an AIO context: {e}");
-            return Exit::Usage;
+            return usage_error(
+                "vectest",
+                out,
+                &format!("cannot create an AIO context: {e}"),
+            );
         }
     };
+    let engine = issuer.kernel_unavailable();
     let max_request = args.max_request.unwrap_or_else(|| {
         let for_segments = args.max_segments as u64 * t.unit;
         (1u64 << 20).max(if t.direct { for_segments } else { 0 })
@@ -673,6 +667,9 @@ pub fn run(args: &VectestArgs, out: Output) -> Exit {
             args.api.name(),
             aio::Driver::from(args.driver).name(),
         );
+        if let Some(line) = engine_line(engine.as_ref()) {
+            eprintln!("{line}");
+        }
     }
     let started = Instant::now();
     for pass in 1..=args.passes {
@@ -706,13 +703,24 @@ pub fn run(args: &VectestArgs, out: Output) -> Exit {
                     "aio-tools vectest: interrupted; {} requests completed",
                     tally.requests
                 );
+                if out == Output::Json {
+                    crate::report::print_json(&json!({
+                        "result": "interrupted",
+                        "requests": tally.requests,
+                        "errors": tally.errors,
+                        "mismatched_requests": tally.mismatched_requests,
+                    }));
+                }
                 return Exit::Usage;
             }
             if write && pass == 1 {
                 if let Some(at) = args.inject_misplaced_block {
                     if let Err(e) = inject_misplaced_block(&t, at, &pattern, pass) {
-                        eprintln!("aio-tools vectest: cannot inject the misplaced block: {e}");
-                        return Exit::Usage;
+                        return usage_error(
+                            "vectest",
+                            out,
+                            &format!("cannot inject the misplaced block: {e}"),
+                        );
                     }
                 }
             }
@@ -721,7 +729,7 @@ pub fn run(args: &VectestArgs, out: Output) -> Exit {
     let elapsed = started.elapsed();
     let stats = issuer.stats();
     drop(issuer);
-    report(&t, args, seed, &tally, elapsed, stats, out);
+    report(&t, args, seed, &tally, elapsed, stats, engine.as_ref(), out);
     if tally.mismatches.is_empty() && tally.errors.is_empty() {
         Exit::Pass
     } else {
@@ -737,9 +745,11 @@ fn report(
     tally: &Tally,
     elapsed: Duration,
     stats: aio::Stats,
+    engine: Option<&aio::Error>,
     out: Output,
 ) {
     let lat = tally.latencies.summary_us();
+    let calls = Calls::of(&stats);
     let verdict = if tally.mismatches.is_empty() && tally.errors.is_empty() {
         "PASS"
     } else {
@@ -759,6 +769,7 @@ fn report(
                 "iodepth": args.iodepth,
                 "api": args.api.name(),
                 "driver": aio::Driver::from(args.driver).name(),
+                "kernel_unavailable": engine_json(engine),
                 "max_segments": args.max_segments,
                 "requests": tally.requests,
                 "bytes": tally.bytes,
@@ -774,11 +785,14 @@ fn report(
                 "errors": tally.errors,
                 "failed_writes": tally.failed_writes,
                 "unverified_bytes": tally.unverified_bytes,
+                // System calls to the kernel; the engine's submissions are
+                // function calls, counted apart.
                 "syscalls": {
-                    "io_submit": stats.submit_calls,
-                    "io_getevents": stats.getevents_calls,
+                    "io_submit": calls.io_submit,
+                    "io_getevents": calls.io_getevents,
                     "ring_reaps": stats.ring_reaps,
-                    "engine_requests": stats.engine_submitted,
+                    "engine_requests": calls.engine_requests,
+                    "engine_submit_calls": calls.engine_submits,
                     "nowait_retries": stats.nowait_retries,
                 },
             });
@@ -788,9 +802,7 @@ fn report(
             );
         }
         Output::Human => {
-            for e in &tally.errors {
-                println!("error: {e}");
-            }
+            print_capped("error", &tally.errors, tally.errors.len() as u64);
             for m in &tally.mismatches {
                 println!("MISMATCH {m}");
             }
@@ -813,14 +825,7 @@ fn report(
                 tally.mismatched_requests,
                 tally.errors.len(),
             );
-            println!(
-                "syscalls: {} io_submit, {} io_getevents, {} ring reaps; {} requests on the engine, {} page-cache misses retried there",
-                stats.submit_calls,
-                stats.getevents_calls,
-                stats.ring_reaps,
-                stats.engine_submitted,
-                stats.nowait_retries
-            );
+            println!("{}", calls.text(&stats));
         }
     }
 }

@@ -349,6 +349,12 @@ impl Handle {
         self.user.shared.lock().core.in_flight()
     }
 
+    /// Why this driver runs every request on the userspace engine; see
+    /// [`Context::kernel_unavailable`](crate::Context::kernel_unavailable).
+    pub fn kernel_unavailable(&self) -> Option<crate::Error> {
+        self.user.shared.lock().core.kernel_unavailable().cloned()
+    }
+
     /// Requests queued for the next `io_submit`.
     pub fn queued(&self) -> usize {
         self.user.shared.lock().core.queued()
