@@ -1,35 +1,10 @@
 //! The `aio-tools` binary as a user runs it.
 
+mod common;
+
+use common::*;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-
-use assert_cmd::cargo::CommandCargoExt;
-
-fn tool() -> Command {
-    Command::cargo_bin("aio-tools").expect("aio-tools binary")
-}
-
-fn scratch_dir() -> PathBuf {
-    std::env::var_os("AIO_TEST_DIR").map_or_else(std::env::temp_dir, PathBuf::from)
-}
-
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
-}
-
-fn is_root() -> bool {
-    // SAFETY: no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
-
-fn require_root(what: &str) -> bool {
-    if is_root() {
-        return true;
-    }
-    assert!(!in_ci(), "{what} needs root, and CI runs as root");
-    eprintln!("skipping {what}: needs root");
-    false
-}
 
 struct Run {
     code: i32,
@@ -43,44 +18,6 @@ fn run(args: &[&str]) -> Run {
         code: out.status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
-
-fn sh(cmd: &str, args: &[&str]) -> String {
-    let out = Command::new(cmd)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{cmd}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd} {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
-
-/// A loop device over a sparse image, detached on drop (also on panic).
-struct LoopDev {
-    dev: String,
-    _dir: tempfile::TempDir,
-}
-
-impl LoopDev {
-    fn new(size_mib: u64) -> LoopDev {
-        let dir = tempfile::tempdir().unwrap();
-        let image = dir.path().join("disk.img");
-        std::fs::File::create(&image)
-            .unwrap()
-            .set_len(size_mib << 20)
-            .unwrap();
-        let dev = sh("losetup", &["--find", "--show", image.to_str().unwrap()]);
-        LoopDev { dev, _dir: dir }
-    }
-}
-
-impl Drop for LoopDev {
-    fn drop(&mut self) {
-        let _ = Command::new("losetup").args(["-d", &self.dev]).status();
     }
 }
 

@@ -3,6 +3,9 @@
 //! run ended (signals, environment failures, usage errors, also with
 //! `--json`), and failures as sentences, capped on screen.
 
+mod common;
+
+use common::*;
 use std::io::{self, Read as _};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -10,30 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use aio_sys::seccomp::{Refuse, refuse_aio};
-use assert_cmd::cargo::CommandCargoExt;
 use serde_json::Value;
-
-fn tool() -> Command {
-    Command::cargo_bin("aio-tools").expect("aio-tools binary")
-}
-
-fn scratch_dir() -> PathBuf {
-    std::env::var_os("AIO_TEST_DIR").map_or_else(std::env::temp_dir, PathBuf::from)
-}
-
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
-}
-
-fn require_root(what: &str) -> bool {
-    // SAFETY: no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    assert!(!in_ci(), "{what} needs root, and CI runs as root");
-    eprintln!("skipping {what}: needs root");
-    false
-}
 
 struct Run {
     code: Option<i32>,
@@ -145,19 +125,6 @@ fn entries(dir: &Path, prefix: &str) -> usize {
         .unwrap_or(0)
 }
 
-fn sh(cmd: &str, args: &[&str]) -> String {
-    let out = Command::new(cmd)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{cmd}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd} {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
-
 /// A tmpfs of `size` mounted on a fresh directory, unmounted on drop.
 struct Tmpfs {
     at: PathBuf,
@@ -183,31 +150,6 @@ impl Tmpfs {
 impl Drop for Tmpfs {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg(&self.at).status();
-    }
-}
-
-/// A loop device over a sparse image, detached on drop.
-struct LoopDev {
-    dev: String,
-    _dir: tempfile::TempDir,
-}
-
-impl LoopDev {
-    fn new(size_mib: u64) -> LoopDev {
-        let dir = tempfile::tempdir().unwrap();
-        let image = dir.path().join("disk.img");
-        std::fs::File::create(&image)
-            .unwrap()
-            .set_len(size_mib << 20)
-            .unwrap();
-        let dev = sh("losetup", &["--find", "--show", image.to_str().unwrap()]);
-        LoopDev { dev, _dir: dir }
-    }
-}
-
-impl Drop for LoopDev {
-    fn drop(&mut self) {
-        let _ = Command::new("losetup").args(["-d", &self.dev]).status();
     }
 }
 

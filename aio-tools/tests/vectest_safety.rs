@@ -2,35 +2,14 @@
 //! behind loop devices, a second run on the same target, writes that fail,
 //! requests larger than Linux transfers, and its own scratch files.
 
+mod common;
+
+use common::*;
 use std::io::{BufRead, BufReader};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-
-use assert_cmd::cargo::CommandCargoExt;
-
-fn tool() -> Command {
-    Command::cargo_bin("aio-tools").expect("aio-tools binary")
-}
-
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
-}
-
-fn is_root() -> bool {
-    // SAFETY: no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
-
-fn require_root(what: &str) -> bool {
-    if is_root() {
-        return true;
-    }
-    assert!(!in_ci(), "{what} needs root, and CI runs as root");
-    eprintln!("skipping {what}: needs root");
-    false
-}
 
 fn require_program(program: &str, what: &str) -> bool {
     let found = Command::new("sh")
@@ -77,19 +56,6 @@ fn run_in(tmpdir: Option<&Path>, args: &[&str]) -> Run {
 
 fn run(args: &[&str]) -> Run {
     run_in(None, args)
-}
-
-fn sh(cmd: &str, args: &[&str]) -> String {
-    let out = Command::new(cmd)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{cmd}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd} {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
 fn path_str(p: &Path) -> &str {
