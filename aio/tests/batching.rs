@@ -13,9 +13,10 @@ use common::{pattern, pipe, scratch_in, shm_dir};
 fn thirty_two_queued_requests_take_one_io_submit() {
     let mut s = scratch_in(&shm_dir(), false);
     s.file.write_all(&[7u8; 32 * 512]).unwrap();
+    let file = s.shared();
     let ctx = Context::new(64).unwrap();
     let tickets: Vec<_> = (0..32u64)
-        .map(|i| ctx.push(Read::new(s.shared(), vec![0u8; 512], i * 512)))
+        .map(|i| ctx.push(Read::new(file.clone(), vec![0u8; 512], i * 512)))
         .collect();
     assert_eq!(ctx.stats().submit_calls, 0, "push must not submit");
     assert_eq!(ctx.submit(), 32);
@@ -61,13 +62,14 @@ fn ten_thousand_through_depth_64(reap: Reap) {
         data.extend_from_slice(&i.to_le_bytes());
     }
     s.file.write_all_at(&data, 0).unwrap();
+    let file = s.shared();
     let ctx = Context::builder()
         .queue_depth(64)
         .reap(reap)
         .build()
         .unwrap();
     let tickets: Vec<_> = (0..N)
-        .map(|i| ctx.push(Read::new(s.shared(), vec![0u8; 8], i * 8)))
+        .map(|i| ctx.push(Read::new(file.clone(), vec![0u8; 8], i * 8)))
         .collect();
     assert_eq!(ctx.queued(), N as usize);
     let mut seen = HashSet::new();
@@ -104,9 +106,10 @@ fn ten_thousand_requests_through_depth_64_syscall() {
 #[test]
 fn dropped_tickets_still_run_and_release_their_slots() {
     let s = scratch_in(&shm_dir(), false);
+    let file = s.shared();
     let ctx = Context::new(8).unwrap();
     for i in 0..100u64 {
-        drop(ctx.push(aio::Write::new(s.shared(), vec![i as u8; 10], i * 10)));
+        drop(ctx.push(aio::Write::new(file.clone(), vec![i as u8; 10], i * 10)));
     }
     ctx.drain();
     let mut back = vec![0u8; 1000];
@@ -147,9 +150,10 @@ fn eventfd_counts_completions() {
 fn a_context_with_requests_in_flight_moves_to_another_thread() {
     let mut s = scratch_in(&shm_dir(), false);
     s.file.write_all(&[4u8; 64 * 1024]).unwrap();
+    let file = s.shared();
     let ctx = Context::new(16).unwrap();
     for i in 0..16u64 {
-        drop(ctx.push(Read::new(s.shared(), vec![0u8; 4096], i * 4096)));
+        drop(ctx.push(Read::new(file.clone(), vec![0u8; 4096], i * 4096)));
     }
     ctx.submit();
     let ctx = std::thread::spawn(move || {

@@ -32,6 +32,18 @@ fn check(results: Vec<(std::io::Result<usize>, Vec<u8>)>, data: &[u8]) {
     }
 }
 
+/// The most `io_submit` calls 32 requests queued in one pass may take. On
+/// a current-thread runtime, one. On a multi-thread runtime the driver
+/// task runs beside the queuing worker and submits a batch that stopped
+/// growing for one of its passes, which a descheduled worker can cause;
+/// the requests still go in a few calls, not one each.
+fn most_calls() -> u64 {
+    match tokio::runtime::Handle::current().runtime_flavor() {
+        tokio::runtime::RuntimeFlavor::CurrentThread => 1,
+        _ => N as u64 / 4,
+    }
+}
+
 async fn thirty_two_reads_join_all() {
     let (s, data) = data_file();
     let handle = Handle::new().unwrap();
@@ -40,7 +52,7 @@ async fn thirty_two_reads_join_all() {
     check(join_all(reads).await, &data);
     let stats = handle.stats();
     assert_eq!((stats.requests, stats.submitted), (N as u64, N as u64));
-    assert_eq!(stats.submit_calls, 1, "{stats:?}");
+    assert!(stats.submit_calls <= most_calls(), "{stats:?}");
 }
 
 async fn thirty_two_reads_futures_unordered() {
@@ -58,7 +70,11 @@ async fn thirty_two_reads_futures_unordered() {
         got[i] = Some(r);
     }
     check(got.into_iter().map(Option::unwrap).collect(), &data);
-    assert_eq!(handle.stats().submit_calls, 1, "{:?}", handle.stats());
+    assert!(
+        handle.stats().submit_calls <= most_calls(),
+        "{:?}",
+        handle.stats()
+    );
 }
 
 #[tokio::test(flavor = "current_thread")]

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use aio::tokio::{Builder, File};
 use aio::{AlignedBuf, Driver};
-use common::{BlockDevice, pattern, scratch_dir, scratch_in};
+use common::{BlockDevice, on_tmpfs, pattern, scratch_dir, scratch_in};
 use futures::future::join_all;
 
 const BATCH: usize = 32;
@@ -45,8 +45,14 @@ fn buffered_file(len: usize, seed: u64) -> (common::Scratch, Vec<u8>) {
     (s, data)
 }
 
-/// Whether the filesystem of `file` takes `RWF_NOWAIT` for buffered reads
-/// (jfs and reiserfs do not: `Auto` then sends their reads to the engine).
+/// Whether `Auto` sends buffered reads of `file` to the engine: on a
+/// filesystem that refuses `RWF_NOWAIT` for them (jfs, reiserfs), except
+/// tmpfs, whose reads `Auto` hands to the kernel as they are.
+fn auto_reads_on_engine(file: &std::fs::File) -> bool {
+    !on_tmpfs(file) && !takes_nowait_reads(file)
+}
+
+/// Whether the filesystem of `file` takes `RWF_NOWAIT` for buffered reads.
 fn takes_nowait_reads(file: &std::fs::File) -> bool {
     use std::os::fd::AsRawFd;
     let mut byte = 0u8;
@@ -66,7 +72,7 @@ async fn buffered_reads_go_quiet(driver: Driver) {
     let file = File::from_std_with(s.file.try_clone().unwrap(), &handle);
     read_rounds(&file, &data, BLOCK, 64).await;
     let stats = handle.stats();
-    if driver == Driver::Auto && !takes_nowait_reads(&s.file) {
+    if driver == Driver::Auto && auto_reads_on_engine(&s.file) {
         // Every read ran on the engine, whose completions nothing needs
         // to signal: none went quiet, and none was lost.
         assert_eq!(stats.engine_submitted, stats.submitted, "{stats:?}");
@@ -103,7 +109,7 @@ async fn late_quiet_reads_are_found(driver: Driver) {
     w.sync_all().unwrap();
     let device = File::from_std_with(dev.open(true), &handle);
     let (s, cached) = buffered_file(64 * BLOCK, 6);
-    if driver == Driver::Auto && !takes_nowait_reads(&s.file) {
+    if driver == Driver::Auto && auto_reads_on_engine(&s.file) {
         // `Auto` runs the buffered reads on the engine: they never earn the
         // trust that makes kernel reads quiet. Nothing to test here.
         eprintln!("the scratch filesystem refuses RWF_NOWAIT: no quiet reads under Auto");

@@ -60,7 +60,9 @@
 //! another waker that joins a batch wakes the driver task for that, so a
 //! first future held without being polled (the loser of
 //! `futures::future::select`) or forgotten delays the requests after it by
-//! two passes of the driver at most. When the ring is full,
+//! two passes of the driver at most. On a multi-thread runtime the driver
+//! task runs beside the worker that queues a batch, so a worker
+//! descheduled in the middle of queuing can see its batch go in parts. When the ring is full,
 //! the driver submits the rest, in the order queued, as completions make
 //! room.
 //!
