@@ -9,15 +9,17 @@
 
 mod common;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use common::{Against, assert_success, compile, have_tool, run_with_ours, scratch};
 
-/// The C test program built against our header and library (once per run).
+/// The C test program built against our header and library (once per run),
+/// in cargo's directory for test files (a temporary directory held by a
+/// static would never be removed).
 fn c_api(against: Against) -> Option<PathBuf> {
-    static OURS: OnceLock<Option<(tempfile::TempDir, PathBuf)>> = OnceLock::new();
-    static SYSTEM: OnceLock<Option<(tempfile::TempDir, PathBuf)>> = OnceLock::new();
+    static OURS: OnceLock<Option<PathBuf>> = OnceLock::new();
+    static SYSTEM: OnceLock<Option<PathBuf>> = OnceLock::new();
     let cell = match against {
         Against::Ours => &OURS,
         Against::System => &SYSTEM,
@@ -34,12 +36,11 @@ fn c_api(against: Against) -> Option<PathBuf> {
             eprintln!("SKIP: libaio-dev not installed (no /usr/include/libaio.h)");
             return None;
         }
-        let dir = scratch();
-        let exe = compile(&["c_api.c"], "c_api", dir.path(), against);
-        Some((dir, exe))
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("c_api-{against:?}"));
+        std::fs::create_dir_all(&dir).expect("a directory for the C test program");
+        Some(compile(&["c_api.c"], "c_api", &dir, against))
     })
-    .as_ref()
-    .map(|(_, exe)| exe.clone())
+    .clone()
 }
 
 /// Runs one subtest of `c_api.c` (with `env` added) and returns our log.
