@@ -94,40 +94,10 @@ const TEST_PACKAGES: &[&str] = &[
     "nfs-kernel-server",
 ];
 
-/// Whether dpkg has `pkg` installed.
-pub fn dpkg_installed(pkg: &str) -> bool {
-    Command::new("dpkg-query")
-        .args(["-W", "-f=${Status}", pkg])
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
-}
-
-/// Installs the missing ones of `pkgs` with apt-get (as root).
+/// Installs the missing ones of `pkgs` (as root), removing nothing: see
+/// [`crate::apt::install`].
 pub fn ensure_packages(pkgs: &[&str]) -> Result<(), String> {
-    let missing: Vec<&str> = pkgs
-        .iter()
-        .copied()
-        .filter(|p| !dpkg_installed(p))
-        .collect();
-    if missing.is_empty() {
-        return Ok(());
-    }
-    if !proc::is_root() {
-        return Err(format!(
-            "missing Debian packages; install with: sudo apt-get install --no-install-recommends {}",
-            missing.join(" ")
-        ));
-    }
-    out!("    installing {}", missing.join(" "));
-    let mut install = vec!["install", "-y", "--no-install-recommends"];
-    install.extend(&missing);
-    crate::tools::apt_get(&["update"]).and_then(|()| crate::tools::apt_get(&install))?;
-    let still: Vec<&str> = missing.into_iter().filter(|p| !dpkg_installed(p)).collect();
-    if still.is_empty() {
-        Ok(())
-    } else {
-        Err(format!("still missing after apt-get: {}", still.join(" ")))
-    }
+    crate::apt::install(pkgs)
 }
 
 /// `$XDG_CACHE_HOME/aio-xtask/kernels` (default `~/.cache/...`).
