@@ -132,31 +132,79 @@ fn relations(field: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-/// The `Breaks` and `Conflicts` relations of `pkg`, installed (`version`
-/// None: dpkg's record) or as apt would install it.
-fn breaks_of(pkg: &str, version: Option<&str>) -> Vec<(String, String)> {
-    let text = match version {
-        None => Command::new("dpkg-query")
-            .args(["-W", "-f=${Breaks}\n${Conflicts}\n", pkg])
-            .output(),
-        Some(v) => Command::new("apt-cache")
-            .args(["show", "--no-all-versions", &format!("{pkg}={v}")])
-            .output(),
-    }
-    .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-    .unwrap_or_default();
-    let fields: String = match version {
-        None => text.replace('\n', ","),
-        Some(_) => text
-            .lines()
-            .filter_map(|l| {
-                l.strip_prefix("Breaks:")
-                    .or_else(|| l.strip_prefix("Conflicts:"))
-            })
-            .collect::<Vec<_>>()
-            .join(","),
+/// The `Breaks` and `Conflicts` fields of one `apt-cache show` record (or
+/// of dpkg's record, printed as those two fields).
+fn breaks_field(record: &str) -> String {
+    record
+        .lines()
+        .filter_map(|l| {
+            l.strip_prefix("Breaks:")
+                .or_else(|| l.strip_prefix("Conflicts:"))
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// The `Breaks` and `Conflicts` relations of the installed `pkg`.
+fn installed_breaks(pkg: &str) -> Vec<(String, String)> {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=Breaks: ${Breaks}\nConflicts: ${Conflicts}\n", pkg])
+        .output()
+        .map(|o| relations(&breaks_field(&String::from_utf8_lossy(&o.stdout))))
+        .unwrap_or_default()
+}
+
+/// The `Breaks` and `Conflicts` relations of each package of `plan`, at the
+/// version apt would install (one `apt-cache show` for all).
+fn planned_breaks(plan: &Plan) -> Vec<(&Versioned, Vec<(String, String)>)> {
+    let args: Vec<String> = plan
+        .installs
+        .iter()
+        .map(|i| format!("{}={}", i.name, i.version))
+        .collect();
+    let text = Command::new("apt-cache")
+        .args(["show", "--no-all-versions"])
+        .args(&args)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    text.split("\n\n")
+        .filter_map(|record| {
+            let name = record
+                .lines()
+                .find_map(|l| l.strip_prefix("Package:"))?
+                .trim();
+            let i = plan.installs.iter().find(|i| i.name == name)?;
+            Some((i, relations(&breaks_field(record))))
+        })
+        .collect()
+}
+
+/// Whether `version` satisfies a relation such as `pkg (<< 1:8.0)` (one
+/// without a version constraint always does), by `dpkg --compare-versions`.
+fn relation_holds(relation: &str, version: &str) -> bool {
+    let Some(constraint) = relation
+        .split_once('(')
+        .and_then(|(_, c)| c.split_once(')'))
+        .map(|(c, _)| c.trim())
+    else {
+        return true;
     };
-    relations(&fields)
+    let Some((op, against)) = constraint.split_once(' ') else {
+        return true;
+    };
+    let op = match op {
+        "<<" => "lt",
+        "<=" => "le",
+        "=" => "eq",
+        ">=" => "ge",
+        ">>" => "gt",
+        _ => return true,
+    };
+    Command::new("dpkg")
+        .args(["--compare-versions", version, op, against.trim()])
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 /// Whether `apt-cache policy` output says that the installed version comes
@@ -180,19 +228,24 @@ pub fn explain_removals(pkgs: &[&str], plan: &Plan) -> String {
         "installing {} would REMOVE installed packages, which xtask never does:",
         pkgs.join(" ")
     )];
+    let planned = planned_breaks(plan);
     for r in &plan.removals {
         let mut why = Vec::new();
-        for (name, rel) in breaks_of(&r.name, None) {
-            if let Some(i) = plan.installs.iter().find(|i| i.name == name) {
+        for (name, rel) in installed_breaks(&r.name) {
+            if let Some(i) = plan
+                .installs
+                .iter()
+                .find(|i| i.name == name && relation_holds(&rel, &i.version))
+            {
                 why.push(format!(
                     "{} {} (installed) breaks {rel}, and apt would install {} {}",
                     r.name, r.version, i.name, i.version
                 ));
             }
         }
-        for i in &plan.installs {
-            for (name, rel) in breaks_of(&i.name, Some(&i.version)) {
-                if name == r.name {
+        for (i, breaks) in &planned {
+            for (name, rel) in breaks {
+                if *name == r.name && relation_holds(rel, &r.version) {
                     why.push(format!("{} {} breaks {rel}", i.name, i.version));
                 }
             }
@@ -312,6 +365,21 @@ Conf ipxe-qemu (1.0.0+git-20190125.36a4c85-5.1 Debian:12.15/oldstable [all])
         let names: Vec<&str> = r.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(names, ["qemu-system-common", "libfoo", "libbar"]);
         assert_eq!(r[0].1, "qemu-system-common (<< 1:8.0+dfsg-5~)");
+    }
+
+    #[test]
+    fn relations_hold_by_version() {
+        let rel = "qemu-system-common (<< 1:8.0+dfsg-5~)";
+        if proc::which("dpkg").is_none() {
+            return;
+        }
+        assert!(relation_holds(rel, "1:7.2+dfsg-7+deb12u18+b3"));
+        assert!(!relation_holds(rel, "1:10.0.2+ds-2"));
+        assert!(!relation_holds(
+            "qemu-utils (<< 1:3.1+dfsg-3~)",
+            "1:10.0.2+ds-2"
+        ));
+        assert!(relation_holds("seabios", "1.16.2-1"));
     }
 
     #[test]
