@@ -6,6 +6,8 @@
 //!   (`make defconfig kvm_guest.config` plus `xtask/kernel/aio-vm.config`,
 //!   every requested option checked afterwards), builds `bzImage` under
 //!   `nice`, and caches it by version and configuration.
+//! - [`qemu`]: finds the emulator, or installs or fetches it without
+//!   removing any package.
 //! - [`vm`]: boots it under qemu (KVM if it works, TCG otherwise) with the
 //!   host's root filesystem read-only over 9p, a results directory over 9p
 //!   and two SCSI disks, the second one (`/dev/sdb`) a blank scratch disk.
@@ -15,6 +17,7 @@
 
 mod build;
 mod guest;
+mod qemu;
 mod vm;
 
 use crate::proc::{self, Wait};
@@ -86,13 +89,9 @@ pub const GUEST_ROWS: &[&str] = &[
 ];
 
 /// Debian packages the host needs for `kernel test` beyond `cargo xtask
-/// test`'s tools (the guest runs the host's programs over 9p).
-const TEST_PACKAGES: &[&str] = &[
-    "qemu-system-x86",
-    "jfsutils",
-    "reiserfsprogs",
-    "nfs-kernel-server",
-];
+/// test`'s tools (the guest runs the host's programs over 9p); qemu is
+/// [`qemu`]'s concern.
+const TEST_PACKAGES: &[&str] = &["jfsutils", "reiserfsprogs", "nfs-kernel-server"];
 
 /// Installs the missing ones of `pkgs` (as root), removing nothing: see
 /// [`crate::apt::install`].
@@ -102,12 +101,17 @@ pub fn ensure_packages(pkgs: &[&str]) -> Result<(), String> {
 
 /// `$XDG_CACHE_HOME/aio-xtask/kernels` (default `~/.cache/...`).
 pub fn cache_root() -> PathBuf {
+    xtask_cache().join("kernels")
+}
+
+/// `$XDG_CACHE_HOME/aio-xtask` (default `~/.cache/aio-xtask`).
+pub fn xtask_cache() -> PathBuf {
     let base = std::env::var_os("XDG_CACHE_HOME")
         .filter(|v| !v.is_empty())
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
         .unwrap_or_else(|| PathBuf::from("/var/cache"));
-    base.join("aio-xtask").join("kernels")
+    base.join("aio-xtask")
 }
 
 fn valid_version(v: &str) -> bool {

@@ -16,6 +16,7 @@
 //! - console on the serial port, streamed here line by line; `-no-reboot`
 //!   and `panic=-1` so that any end of the guest ends qemu.
 
+use super::qemu::{self, Qemu};
 use super::{Accel, GUEST_ROWS, TEST_PACKAGES, TestArgs, build, cargo_build_bin, ensure_packages};
 use crate::fsmatrix;
 use crate::proc::{self, Wait};
@@ -34,7 +35,6 @@ pub const SCRATCH_SERIAL: &str = "aio-scratch";
 const SCRATCH_MIB: u64 = 256;
 /// The guest's /tmp (ext4): the fs matrix's sparse images live there.
 const SYSTEM_MIB: u64 = 4096;
-const QEMU: &str = "qemu-system-x86_64";
 
 /// Removes the VM's work directory (images included) when dropped.
 struct WorkDir(PathBuf);
@@ -56,7 +56,7 @@ fn sparse(path: &Path, mib: u64) -> Result<(), String> {
 /// Whether qemu runs with KVM here: a probe VM (firmware only, no disk)
 /// must still be running after 3 s. Some hosts have a /dev/kvm that qemu
 /// cannot use ("failed to set MSR 0x10a"), so /dev/kvm alone is not enough.
-fn kvm_works(work: &Path) -> Result<(), String> {
+fn kvm_works(qemu: &Qemu, work: &Path) -> Result<(), String> {
     fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -65,7 +65,7 @@ fn kvm_works(work: &Path) -> Result<(), String> {
     let log = work.join("kvm-probe.log");
     let f = File::create(&log).map_err(|e| e.to_string())?;
     let f2 = f.try_clone().map_err(|e| e.to_string())?;
-    let mut cmd = Command::new(QEMU);
+    let mut cmd = qemu.command();
     cmd.args([
         "-accel",
         "kvm",
@@ -99,15 +99,15 @@ fn kvm_works(work: &Path) -> Result<(), String> {
             ))
         }
         Ok(Wait::Interrupted) => Err("interrupted".into()),
-        Err(e) => Err(format!("running {QEMU}: {e}")),
+        Err(e) => Err(format!("running {}: {e}", qemu.binary.display())),
     }
 }
 
-fn choose_accel(want: Accel, work: &Path) -> Result<&'static str, String> {
+fn choose_accel(qemu: &Qemu, want: Accel, work: &Path) -> Result<&'static str, String> {
     match want {
         Accel::Tcg => Ok("tcg"),
-        Accel::Kvm => kvm_works(work).map(|()| "kvm"),
-        Accel::Auto => match kvm_works(work) {
+        Accel::Kvm => kvm_works(qemu, work).map(|()| "kvm"),
+        Accel::Auto => match kvm_works(qemu, work) {
             Ok(()) => Ok("kvm"),
             Err(why) => {
                 out!("    KVM unusable ({why}); using TCG (software emulation, slower)");
@@ -135,6 +135,7 @@ fn build_guest_programs(
 }
 
 fn qemu_command(
+    qemu: &Qemu,
     accel: &str,
     kernel: &Path,
     xtask: &Path,
@@ -151,7 +152,7 @@ fn qemu_command(
          panic=-1 oops=panic loglevel=4 scsi_mod.scan=manual init={} -- kernel guest",
         xtask.display()
     );
-    let mut cmd = Command::new(QEMU);
+    let mut cmd = qemu.command();
     cmd.args(["-machine", "q35", "-accel"]);
     if accel == "kvm" {
         cmd.args(["kvm", "-cpu", "host"]);
@@ -252,6 +253,12 @@ pub fn test(args: &TestArgs) -> ExitCode {
     if let Err(e) = ensure_packages(TEST_PACKAGES) {
         return fail(e);
     }
+    out!("==> qemu");
+    let qemu = match qemu::find(&super::xtask_cache().join("qemu")) {
+        Ok(q) => q,
+        Err(e) => return fail(e),
+    };
+    out!("    using {}: {}", qemu.binary.display(), qemu.why);
     out!("==> kernel {}", args.build.version);
     let kernel = match build::ensure(&args.build.version) {
         Ok(k) => k,
@@ -328,7 +335,7 @@ pub fn test(args: &TestArgs) -> ExitCode {
         return fail(format!("writing the plan: {e}"));
     }
 
-    let accel = match choose_accel(args.accel, &work.0) {
+    let accel = match choose_accel(&qemu, args.accel, &work.0) {
         Ok(a) => a,
         Err(e) => return fail(e),
     };
@@ -339,6 +346,7 @@ pub fn test(args: &TestArgs) -> ExitCode {
         args.vm_timeout_secs
     );
     let mut cmd = qemu_command(
+        &qemu,
         accel,
         &kernel.bzimage,
         &xtask,
@@ -369,7 +377,7 @@ pub fn test(args: &TestArgs) -> ExitCode {
             args.vm_timeout_secs
         )),
         Ok(Wait::Interrupted) => Some("interrupted".into()),
-        Err(e) => Some(format!("cannot run {QEMU}: {e}")),
+        Err(e) => Some(format!("cannot run {}: {e}", qemu.binary.display())),
     };
 
     // Keep what the guest wrote (not the images) next to the build output.
