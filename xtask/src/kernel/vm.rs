@@ -6,6 +6,12 @@
 //!   guest mounts tmpfs where it writes (see `guest`);
 //! - results: a fresh host directory, read-write over 9p (tag
 //!   `aioresults`): the plan goes in, logs and the matrix come out;
+//! - programs: the test binaries and `aio-tools`, linked (or copied) into
+//!   a fresh host directory, read-only over 9p (tag `aioprograms`), and the
+//!   workspace's source read-only (tag `aiosource`, the test binaries'
+//!   working directories): the guest finds them at its own mount points,
+//!   wherever the checkout and the target directory live on the host (the
+//!   guest mounts its own /tmp, /run and /var/tmp over the host's);
 //! - virtio-scsi with two blank sparse disks: scsi-id 0 (`sda`, serial
 //!   `aio-system`, the system disk: the guest makes it its ext4 /tmp) and
 //!   scsi-id 1 (`sdb`, serial `aio-scratch`), the scratch disk of the seed's
@@ -28,6 +34,12 @@ use std::time::{Duration, Instant};
 
 /// 9p tag of the results directory.
 pub const RESULTS_TAG: &str = "aioresults";
+/// 9p tag of the programs directory, and where the guest mounts it.
+pub const PROGRAMS_TAG: &str = "aioprograms";
+pub const GUEST_PROGRAMS: &str = "/run/aio-programs";
+/// 9p tag of the workspace's source, and where the guest mounts it.
+pub const SOURCE_TAG: &str = "aiosource";
+pub const GUEST_SOURCE: &str = "/run/aio-source";
 /// Serial number of the scratch disk (`/dev/sdb` in the guest).
 pub const SCRATCH_SERIAL: &str = "aio-scratch";
 /// vectest covers the whole device (2 passes): 256 MiB takes about a
@@ -134,6 +146,42 @@ fn build_guest_programs(
     Ok((xtask, bins, tool))
 }
 
+/// Links (or copies) `from` into `dir`; returns its path as the guest sees
+/// it, under [`GUEST_PROGRAMS`].
+fn stage(from: &Path, dir: &Path) -> Result<PathBuf, String> {
+    let name = from
+        .file_name()
+        .ok_or_else(|| format!("{} has no file name", from.display()))?;
+    let to = dir.join(name);
+    if fs::hard_link(from, &to).is_err() {
+        fs::copy(from, &to)
+            .map_err(|e| format!("copying {} to {}: {e}", from.display(), to.display()))?;
+    }
+    Ok(Path::new(GUEST_PROGRAMS).join(name))
+}
+
+/// The guest's view of the test binaries and aio-tools: staged into
+/// `programs`, run in the workspace's source under [`GUEST_SOURCE`].
+fn stage_programs(
+    bins: &[fsmatrix::TestBin],
+    tool: Option<&Path>,
+    programs: &Path,
+) -> Result<(Vec<fsmatrix::TestBin>, Option<PathBuf>), String> {
+    fs::create_dir_all(programs).map_err(|e| format!("creating {}: {e}", programs.display()))?;
+    let root = proc::workspace_root();
+    let mut staged = Vec::new();
+    for bin in bins {
+        let path = stage(bin.path(), programs)?;
+        let manifest_dir = bin.manifest_dir().strip_prefix(&root).map_or_else(
+            |_| PathBuf::from(GUEST_SOURCE),
+            |rel| Path::new(GUEST_SOURCE).join(rel),
+        );
+        staged.push(bin.at(path, manifest_dir));
+    }
+    let tool = tool.map(|t| stage(t, programs)).transpose()?;
+    Ok((staged, tool))
+}
+
 fn qemu_command(
     qemu: &Qemu,
     accel: &str,
@@ -184,8 +232,22 @@ fn qemu_command(
         .args([
             "-device",
             &format!("virtio-9p-pci,fsdev=results,mount_tag={RESULTS_TAG}"),
-        ])
-        .args(["-device", "virtio-scsi-pci,id=scsi0"]);
+        ]);
+    for (id, dir, tag) in [
+        ("programs", work.join("programs"), PROGRAMS_TAG),
+        ("source", proc::workspace_root(), SOURCE_TAG),
+    ] {
+        cmd.arg("-fsdev")
+            .arg(format!(
+                "local,id={id},path={},security_model=none,readonly=on,multidevs=remap",
+                dir.display()
+            ))
+            .args([
+                "-device",
+                &format!("virtio-9p-pci,fsdev={id},mount_tag={tag}"),
+            ]);
+    }
+    cmd.args(["-device", "virtio-scsi-pci,id=scsi0"]);
     for (id, file, serial, scsi_id) in [
         ("system", "system.img", "aio-system", 0),
         ("scratch", "scratch.img", SCRATCH_SERIAL, 1),
@@ -306,6 +368,10 @@ pub fn test(args: &TestArgs) -> ExitCode {
     if let Err(e) = fs::create_dir_all(&results) {
         return fail(format!("creating {}: {e}", results.display()));
     }
+    let (bins, tool) = match stage_programs(&bins, tool.as_deref(), &work.0.join("programs")) {
+        Ok(x) => x,
+        Err(e) => return fail(e),
+    };
     for (file, mib) in [("system.img", SYSTEM_MIB), ("scratch.img", SCRATCH_MIB)] {
         if let Err(e) = sparse(&work.0.join(file), mib) {
             return fail(e);
