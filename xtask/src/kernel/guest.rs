@@ -240,6 +240,9 @@ pub fn main() -> ExitCode {
         err!("`xtask kernel guest` is the init of the VM of `cargo xtask kernel test`");
         return ExitCode::from(2);
     }
+    // The host takes the first console line as the sign that the guest
+    // runs (the kernel prints only warnings, loglevel=4).
+    out!("guest: xtask kernel guest is PID 1");
     let (ok, summary) = match run() {
         Ok(Outcome::Passed(m)) => (true, m),
         Ok(Outcome::Skipped(m)) => (true, format!("skipped: {m}")),

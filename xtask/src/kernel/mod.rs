@@ -63,7 +63,8 @@ pub struct TestArgs {
     /// cores took 1950 s in the VM on 6.1).
     #[arg(long, default_value_t = 3600)]
     vm_timeout_secs: u64,
-    /// qemu acceleration: kvm when /dev/kvm works (auto), or force one.
+    /// qemu acceleration: auto (KVM when it boots the guest to its first
+    /// console line within 30 s, TCG otherwise), or force one.
     #[arg(long, value_enum, default_value_t = Accel::Auto)]
     accel: Accel,
     /// Guest memory in MiB.
@@ -74,7 +75,8 @@ pub struct TestArgs {
 /// qemu's accelerator.
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Accel {
-    /// KVM if a probe VM starts with it, TCG otherwise.
+    /// KVM if a probe VM starts with it and the guest then prints its
+    /// first console line in time; TCG otherwise.
     Auto,
     /// Hardware virtualisation.
     Kvm,

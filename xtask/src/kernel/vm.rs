@@ -25,7 +25,7 @@
 use super::qemu::{self, Qemu};
 use super::{Accel, GUEST_ROWS, TEST_PACKAGES, TestArgs, build, cargo_build_bin, ensure_packages};
 use crate::fsmatrix;
-use crate::proc::{self, Wait};
+use crate::proc::{self, Wait, Watched};
 use serde_json::{Value, json};
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
@@ -115,18 +115,76 @@ fn kvm_works(qemu: &Qemu, work: &Path) -> Result<(), String> {
     }
 }
 
-fn choose_accel(qemu: &Qemu, want: Accel, work: &Path) -> Result<&'static str, String> {
+/// Under KVM the guest's first console line (PID 1's greeting) comes
+/// within seconds; a host where KVM starts a VM that then never runs the
+/// guest stays silent. After this long without a line, KVM is given up.
+const KVM_FIRST_LINE: Duration = Duration::from_secs(30);
+
+/// The accelerator to boot with, and why.
+struct Choice {
+    accel: &'static str,
+    why: String,
+    /// Whether a silent guest under KVM boots again under TCG (`auto`).
+    fallback: bool,
+}
+
+fn choose_accel(qemu: &Qemu, want: Accel, work: &Path) -> Result<Choice, String> {
+    let first = KVM_FIRST_LINE.as_secs();
     match want {
-        Accel::Tcg => Ok("tcg"),
-        Accel::Kvm => kvm_works(qemu, work).map(|()| "kvm"),
-        Accel::Auto => match kvm_works(qemu, work) {
-            Ok(()) => Ok("kvm"),
-            Err(why) => {
-                out!("    KVM unusable ({why}); using TCG (software emulation, slower)");
-                Ok("tcg")
-            }
-        },
+        Accel::Tcg => Ok(Choice {
+            accel: "tcg",
+            why: "--accel tcg".into(),
+            fallback: false,
+        }),
+        Accel::Kvm => kvm_works(qemu, work).map(|()| Choice {
+            accel: "kvm",
+            why: format!("--accel kvm; the guest must print a line within {first} s"),
+            fallback: false,
+        }),
+        Accel::Auto => Ok(match kvm_works(qemu, work) {
+            Ok(()) => Choice {
+                accel: "kvm",
+                why: format!(
+                    "a probe VM ran under KVM; TCG takes over if the guest prints nothing within {first} s"
+                ),
+                fallback: true,
+            },
+            Err(why) => Choice {
+                accel: "tcg",
+                why: format!("KVM unusable ({why}); software emulation, slower"),
+                fallback: false,
+            },
+        }),
     }
+}
+
+/// Blank disk images and a results directory with only the plan: before
+/// each boot.
+fn fresh_disks(work: &Path, results: &Path) -> Result<(), String> {
+    for (file, mib) in [("system.img", SYSTEM_MIB), ("scratch.img", SCRATCH_MIB)] {
+        let path = work.join(file);
+        match fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(format!("removing {}: {e}", path.display()));
+            }
+            _ => {}
+        }
+        sparse(&path, mib)?;
+    }
+    let entries = fs::read_dir(results).map_err(|e| format!("{}: {e}", results.display()))?;
+    for e in entries.flatten() {
+        if e.file_name() == "plan.json" {
+            continue;
+        }
+        let path = e.path();
+        let removed = if path.is_dir() {
+            fs::remove_dir_all(&path)
+        } else {
+            fs::remove_file(&path)
+        };
+        removed.map_err(|e| format!("removing {}: {e}", path.display()))?;
+    }
+    Ok(())
 }
 
 /// The host-built pieces the guest runs.
@@ -372,11 +430,6 @@ pub fn test(args: &TestArgs) -> ExitCode {
         Ok(x) => x,
         Err(e) => return fail(e),
     };
-    for (file, mib) in [("system.img", SYSTEM_MIB), ("scratch.img", SCRATCH_MIB)] {
-        if let Err(e) = sparse(&work.0.join(file), mib) {
-            return fail(e);
-        }
-    }
     let only: Vec<&str> = if args.only.is_empty() {
         GUEST_ROWS.to_vec()
     } else {
@@ -401,50 +454,85 @@ pub fn test(args: &TestArgs) -> ExitCode {
         return fail(format!("writing the plan: {e}"));
     }
 
-    let accel = match choose_accel(&qemu, args.accel, &work.0) {
-        Ok(a) => a,
+    let mut choice = match choose_accel(&qemu, args.accel, &work.0) {
+        Ok(c) => c,
         Err(e) => return fail(e),
     };
-    out!(
-        "==> booting Linux {} under qemu ({accel}, {} MiB); VM timeout {} s",
-        kernel.release,
-        args.memory_mib,
-        args.vm_timeout_secs
-    );
-    let mut cmd = qemu_command(
-        &qemu,
-        accel,
-        &kernel.bzimage,
-        &xtask,
-        &work.0,
-        &results,
-        args.memory_mib,
-    );
     let console_path = out_dir.join("console.log");
     let mut console = File::create(&console_path).ok();
     let vm_started = Instant::now();
-    let waited = proc::run_streaming(
-        cmd.stdin(Stdio::null()),
-        Some(Duration::from_secs(args.vm_timeout_secs)),
-        &mut |line| {
-            use std::io::Write as _;
-            if let Some(c) = console.as_mut() {
-                let _ = writeln!(c, "{line}");
+    let waited = loop {
+        if let Err(e) = fresh_disks(&work.0, &results) {
+            return fail(e);
+        }
+        out!(
+            "==> booting Linux {} under qemu {} with {} ({}), {} MiB; VM timeout {} s",
+            kernel.release,
+            qemu.version,
+            choice.accel,
+            choice.why,
+            args.memory_mib,
+            args.vm_timeout_secs
+        );
+        let mut cmd = qemu_command(
+            &qemu,
+            choice.accel,
+            &kernel.bzimage,
+            &xtask,
+            &work.0,
+            &results,
+            args.memory_mib,
+        );
+        let waited = proc::run_watched(
+            cmd.stdin(Stdio::null()),
+            Some(Duration::from_secs(args.vm_timeout_secs)),
+            (choice.accel == "kvm").then_some(KVM_FIRST_LINE),
+            &mut |line| {
+                use std::io::Write as _;
+                if let Some(c) = console.as_mut() {
+                    let _ = writeln!(c, "{line}");
+                }
+                out!("  | {line}");
+            },
+        );
+        match waited {
+            Ok(Watched::Silent) if choice.fallback => {
+                let why = format!(
+                    "under KVM the guest printed no console line in {} s",
+                    KVM_FIRST_LINE.as_secs()
+                );
+                out!("    {why}: booting again under TCG");
+                if let Some(c) = console.as_mut() {
+                    use std::io::Write as _;
+                    let _ = writeln!(c, "xtask: {why}; booting again under TCG");
+                }
+                choice = Choice {
+                    accel: "tcg",
+                    why: format!("{why}; software emulation, slower"),
+                    fallback: false,
+                };
             }
-            out!("  | {line}");
-        },
-    );
+            other => break other,
+        }
+    };
     let vm_secs = vm_started.elapsed().as_secs_f64();
     let vm_problem = match waited {
-        Ok(Wait::Exited(s)) if s.success() => None,
-        Ok(Wait::Exited(s)) => Some(format!("qemu ended with {}", proc::describe(&s))),
-        Ok(Wait::TimedOut) => Some(format!(
+        Ok(Watched::Ended(Wait::Exited(s))) if s.success() => None,
+        Ok(Watched::Ended(Wait::Exited(s))) => {
+            Some(format!("qemu ended with {}", proc::describe(&s)))
+        }
+        Ok(Watched::Ended(Wait::TimedOut)) => Some(format!(
             "the VM was killed after {} s",
             args.vm_timeout_secs
         )),
-        Ok(Wait::Interrupted) => Some("interrupted".into()),
+        Ok(Watched::Ended(Wait::Interrupted)) => Some("interrupted".into()),
+        Ok(Watched::Silent) => Some(format!(
+            "under KVM the guest printed no console line in {} s (--accel tcg or auto run without KVM)",
+            KVM_FIRST_LINE.as_secs()
+        )),
         Err(e) => Some(format!("cannot run {}: {e}", qemu.binary.display())),
     };
+    let accel = choice.accel;
 
     // Keep what the guest wrote (not the images) next to the build output.
     if let Err(e) = copy_dir(&results, &out_dir) {
@@ -462,8 +550,10 @@ pub fn test(args: &TestArgs) -> ExitCode {
     let table = fs::read_to_string(out_dir.join("fs-matrix.txt")).unwrap_or_default();
     out!();
     out!(
-        "==> guest kernel {} ({accel}, VM {:.0} s, total {:.0} s)",
+        "==> guest kernel {} (qemu {}, {accel}: {}; VM {:.0} s, total {:.0} s)",
         kernel.release,
+        qemu.version,
+        choice.why,
         vm_secs,
         started.elapsed().as_secs_f64()
     );
