@@ -207,7 +207,9 @@ pub fn find(cache: &Path) -> Result<Qemu, String> {
             );
             return Ok(q);
         }
-        out!("    {}", apt::explain_removals(&[PACKAGE], &plan));
+        for line in apt::explain_removals(&[PACKAGE], &plan).lines() {
+            out!("    {line}");
+        }
     }
     private(cache, &problem)
 }

@@ -204,9 +204,9 @@ fn build_guest_programs(
     Ok((xtask, bins, tool))
 }
 
-/// Links (or copies) `from` into `dir`; returns its path as the guest sees
-/// it, under [`GUEST_PROGRAMS`].
-fn stage(from: &Path, dir: &Path) -> Result<PathBuf, String> {
+/// Links (or copies) `from` into `dir`; returns the copy's path on the
+/// host and as the guest sees it, under [`GUEST_PROGRAMS`].
+fn stage(from: &Path, dir: &Path) -> Result<(PathBuf, PathBuf), String> {
     let name = from
         .file_name()
         .ok_or_else(|| format!("{} has no file name", from.display()))?;
@@ -215,7 +215,7 @@ fn stage(from: &Path, dir: &Path) -> Result<PathBuf, String> {
         fs::copy(from, &to)
             .map_err(|e| format!("copying {} to {}: {e}", from.display(), to.display()))?;
     }
-    Ok(Path::new(GUEST_PROGRAMS).join(name))
+    Ok((to, Path::new(GUEST_PROGRAMS).join(name)))
 }
 
 /// The guest's view of the test binaries and aio-tools: staged into
@@ -229,14 +229,16 @@ fn stage_programs(
     let root = proc::workspace_root();
     let mut staged = Vec::new();
     for bin in bins {
-        let path = stage(bin.path(), programs)?;
+        let (_, path) = stage(bin.path(), programs)?;
         let manifest_dir = bin.manifest_dir().strip_prefix(&root).map_or_else(
             |_| PathBuf::from(GUEST_SOURCE),
             |rel| Path::new(GUEST_SOURCE).join(rel),
         );
         staged.push(bin.at(path, manifest_dir));
     }
-    let tool = tool.map(|t| stage(t, programs)).transpose()?;
+    let tool = tool
+        .map(|t| stage(t, programs).map(|(_, guest)| guest))
+        .transpose()?;
     Ok((staged, tool))
 }
 
@@ -428,6 +430,13 @@ pub fn test(args: &TestArgs) -> ExitCode {
     }
     let (bins, tool) = match stage_programs(&bins, tool.as_deref(), &work.0.join("programs")) {
         Ok(x) => x,
+        Err(e) => return fail(e),
+    };
+    // The guest's init: the kernel starts it from the host's root, before
+    // the guest mounts anything; a linked copy, so that a cargo build
+    // during the run cannot replace it.
+    let xtask = match stage(&xtask, &work.0.join("programs")) {
+        Ok((host, _)) => host,
         Err(e) => return fail(e),
     };
     let only: Vec<&str> = if args.only.is_empty() {
