@@ -698,8 +698,7 @@ pub fn run(opts: &Options) -> Outcome {
         return Outcome::Skipped("cargo xtask bench needs root (zram0, drop_caches)".into());
     }
     if proc::which("fio").is_none() {
-        if let Err(e) = crate::tools::apt_get(&["install", "-y", "--no-install-recommends", "fio"])
-        {
+        if let Err(e) = crate::apt::install(&["fio"]) {
             return Outcome::Failed(format!("fio is missing and cannot be installed: {e}"));
         }
     }

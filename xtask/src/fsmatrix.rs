@@ -722,6 +722,25 @@ impl TestBin {
         })
     }
 
+    /// The executable.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The package's directory, where it runs (as under `cargo test`).
+    pub fn manifest_dir(&self) -> &Path {
+        &self.manifest_dir
+    }
+
+    /// The same test binary, found at other paths (inside the VM).
+    pub fn at(&self, path: PathBuf, manifest_dir: PathBuf) -> TestBin {
+        TestBin {
+            label: self.label.clone(),
+            path,
+            manifest_dir,
+        }
+    }
+
     /// Back from the plan file.
     pub fn from_json(v: &Value) -> Option<TestBin> {
         Some(TestBin {

@@ -23,6 +23,7 @@ macro_rules! err {
     }};
 }
 
+mod apt;
 mod bench;
 mod fsmatrix;
 mod kernel;

@@ -163,10 +163,34 @@ pub fn run_streaming(
     timeout: Option<Duration>,
     on_line: &mut dyn FnMut(&str),
 ) -> io::Result<Wait> {
+    match run_watched(cmd, timeout, None, on_line)? {
+        Watched::Ended(w) => Ok(w),
+        // Without a first-line limit nothing is killed for silence.
+        Watched::Silent => Ok(Wait::TimedOut),
+    }
+}
+
+/// How a child run by [`run_watched`] ended.
+pub enum Watched {
+    /// As [`run_streaming`] says.
+    Ended(Wait),
+    /// It wrote no line to stdout within the first-line limit and was killed.
+    Silent,
+}
+
+/// [`run_streaming`] that also kills the child when its stdout stays
+/// silent for `first_line` from the start (stderr lines do not count: a
+/// VM's console is its stdout, the emulator's warnings its stderr).
+pub fn run_watched(
+    cmd: &mut Command,
+    timeout: Option<Duration>,
+    first_line: Option<Duration>,
+    on_line: &mut dyn FnMut(&str),
+) -> io::Result<Watched> {
     use std::io::{BufRead, BufReader, Read};
     use std::sync::mpsc;
 
-    fn pump(from: impl Read + Send + 'static, to: mpsc::Sender<String>) {
+    fn pump(from: impl Read + Send + 'static, to: mpsc::Sender<(bool, String)>, stdout: bool) {
         std::thread::spawn(move || {
             let mut reader = BufReader::new(from);
             let mut buf = Vec::new();
@@ -177,7 +201,7 @@ pub fn run_streaming(
                     Ok(_) => {
                         let line = String::from_utf8_lossy(&buf);
                         let line = line.trim_end_matches(['\n', '\r']);
-                        if to.send(line.to_string()).is_err() {
+                        if to.send((stdout, line.to_string())).is_err() {
                             break;
                         }
                     }
@@ -187,7 +211,7 @@ pub fn run_streaming(
     }
 
     if interrupted() {
-        return Ok(Wait::Interrupted);
+        return Ok(Watched::Ended(Wait::Interrupted));
     }
     cmd.process_group(0)
         .stdin(Stdio::null())
@@ -201,19 +225,24 @@ pub fn run_streaming(
     }
     let (tx, rx) = mpsc::channel();
     if let Some(out) = child.stdout.take() {
-        pump(out, tx.clone());
+        pump(out, tx.clone(), true);
     }
     if let Some(err) = child.stderr.take() {
-        pump(err, tx);
+        pump(err, tx, false);
     } else {
         drop(tx);
     }
     let started = Instant::now();
     let mut status = None;
     let mut timed_out = false;
+    let mut silent = false;
+    let mut spoke = false;
     loop {
         match rx.recv_timeout(Duration::from_millis(100)) {
-            Ok(line) => on_line(&line),
+            Ok((stdout, line)) => {
+                spoke |= stdout;
+                on_line(&line);
+            }
             // Both pipes closed: only the exit status is left.
             Err(mpsc::RecvTimeoutError::Disconnected) => {
                 if status.is_none() {
@@ -235,11 +264,16 @@ pub fn run_streaming(
             kill_group(group);
             status = Some(child.wait());
         }
+        if status.is_none() && !spoke && first_line.is_some_and(|t| started.elapsed() > t) {
+            silent = true;
+            kill_group(group);
+            status = Some(child.wait());
+        }
         // A grandchild holding the pipes must not keep us here once the
         // child is gone: drain what is buffered, then stop.
         if status.is_some() {
             kill_group(group);
-            while let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) {
+            while let Ok((_, line)) = rx.recv_timeout(Duration::from_millis(200)) {
                 on_line(&line);
             }
             break;
@@ -248,11 +282,53 @@ pub fn run_streaming(
     CHILD_GROUP.store(0, Ordering::SeqCst);
     kill_group(group);
     let status = status.unwrap_or_else(|| child.wait())?;
-    if interrupted() {
-        Ok(Wait::Interrupted)
+    Ok(if interrupted() {
+        Watched::Ended(Wait::Interrupted)
+    } else if silent {
+        Watched::Silent
     } else if timed_out {
-        Ok(Wait::TimedOut)
+        Watched::Ended(Wait::TimedOut)
     } else {
-        Ok(Wait::Exited(status))
+        Watched::Ended(Wait::Exited(status))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sh(script: &str) -> Command {
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", script]);
+        cmd
+    }
+
+    #[test]
+    fn a_silent_child_is_killed_at_the_first_line_limit() {
+        let mut lines = Vec::new();
+        let started = Instant::now();
+        let w = run_watched(
+            &mut sh("echo warning >&2; sleep 30"),
+            Some(Duration::from_secs(60)),
+            Some(Duration::from_millis(500)),
+            &mut |l| lines.push(l.to_string()),
+        )
+        .unwrap();
+        assert!(matches!(w, Watched::Silent));
+        assert!(started.elapsed() < Duration::from_secs(20));
+        // stderr is passed on but does not count as the first line.
+        assert_eq!(lines, ["warning"]);
+    }
+
+    #[test]
+    fn a_child_that_speaks_runs_on() {
+        let w = run_watched(
+            &mut sh("echo up; sleep 1; echo done"),
+            Some(Duration::from_secs(60)),
+            Some(Duration::from_millis(500)),
+            &mut |_| {},
+        )
+        .unwrap();
+        assert!(matches!(w, Watched::Ended(Wait::Exited(s)) if s.success()));
     }
 }

@@ -1,9 +1,9 @@
-//! The system tools the test suite needs, and installing them with apt-get.
+//! The system tools the test suite needs, and installing them with apt-get
+//! (through [`crate::apt`], which never removes a package).
 
 use crate::Outcome;
-use crate::proc::{self, Wait};
+use crate::proc;
 use std::path::Path;
-use std::process::Command;
 
 /// How to tell that a tool is there.
 #[derive(Clone, Copy)]
@@ -116,22 +116,6 @@ fn list(tools: &[&Tool]) -> String {
         .join(", ")
 }
 
-pub fn apt_get(args: &[&str]) -> Result<(), String> {
-    out!("    $ apt-get {}", args.join(" "));
-    let mut cmd = Command::new("apt-get");
-    cmd.args(args).env("DEBIAN_FRONTEND", "noninteractive");
-    match proc::run(&mut cmd, None) {
-        Ok(Wait::Exited(s)) if s.success() => Ok(()),
-        Ok(Wait::Exited(s)) => Err(format!(
-            "apt-get {} failed: {}",
-            args[0],
-            proc::describe(&s)
-        )),
-        Ok(_) => Err("apt-get was interrupted".into()),
-        Err(e) => Err(format!("cannot run apt-get: {e}")),
-    }
-}
-
 /// Checks every tool; as root installs the missing ones. Without root a
 /// missing tool fails in CI and is skipped (with what to install) elsewhere.
 pub fn ensure() -> Outcome {
@@ -153,9 +137,7 @@ pub fn ensure() -> Outcome {
             Outcome::Skipped(msg)
         };
     }
-    let mut install = vec!["install", "-y", "--no-install-recommends"];
-    install.extend(&pkgs);
-    if let Err(e) = apt_get(&["update"]).and_then(|()| apt_get(&install)) {
+    if let Err(e) = crate::apt::install(&pkgs) {
         return Outcome::Failed(e);
     }
     let still = missing();

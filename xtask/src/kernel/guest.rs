@@ -3,14 +3,17 @@
 //! The root filesystem is the host's, read-only over 9p. This program
 //! mounts what a system needs (proc, sysfs, devtmpfs, tmpfs where programs
 //! write: /run, /var/tmp, /var/lib/nfs; an ext4 on `sda` for /tmp), the
-//! results directory,
+//! results directory, the programs and the source (the host's paths of
+//! those may lie under the guest's own /tmp or /run),
 //! brings up the loopback interface (for NFS), reads the plan the host
 //! wrote, runs the fs matrix with the extra rows (jfs, reiserfs, nfs, plain,
 //! vectest) and powers the VM off. Whatever happens, it ends in a power-off
 //! (or a panic, which `panic=-1` and qemu's `-no-reboot` also turn into the
 //! end of qemu), so the host never waits for a guest that is stuck here.
 
-use super::vm::{RESULTS_TAG, SCRATCH_SERIAL};
+use super::vm::{
+    GUEST_PROGRAMS, GUEST_SOURCE, PROGRAMS_TAG, RESULTS_TAG, SCRATCH_SERIAL, SOURCE_TAG,
+};
 use crate::fsmatrix::{self, TestBin, Vectest};
 use crate::{Outcome, sys};
 use serde_json::{Value, json};
@@ -119,12 +122,18 @@ fn setup() -> Result<(), String> {
     ] {
         fs::create_dir_all(dir).map_err(|e| format!("mkdir {dir}: {e}"))?;
     }
-    mount(
-        RESULTS_TAG,
-        RESULTS,
-        "9p",
-        Some("trans=virtio,version=9p2000.L,msize=262144,access=any"),
-    )?;
+    for (tag, dir) in [
+        (RESULTS_TAG, RESULTS),
+        (PROGRAMS_TAG, GUEST_PROGRAMS),
+        (SOURCE_TAG, GUEST_SOURCE),
+    ] {
+        mount(
+            tag,
+            dir,
+            "9p",
+            Some("trans=virtio,version=9p2000.L,msize=262144,access=any"),
+        )?;
+    }
     loopback_up().map_err(|e| format!("bringing up lo: {e}"))?;
     scan_disks()?;
     system_disk()?;
@@ -231,6 +240,9 @@ pub fn main() -> ExitCode {
         err!("`xtask kernel guest` is the init of the VM of `cargo xtask kernel test`");
         return ExitCode::from(2);
     }
+    // The host takes the first console line as the sign that the guest
+    // runs (the kernel prints only warnings, loglevel=4).
+    out!("guest: xtask kernel guest is PID 1");
     let (ok, summary) = match run() {
         Ok(Outcome::Passed(m)) => (true, m),
         Ok(Outcome::Skipped(m)) => (true, format!("skipped: {m}")),

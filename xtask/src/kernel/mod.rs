@@ -6,6 +6,8 @@
 //!   (`make defconfig kvm_guest.config` plus `xtask/kernel/aio-vm.config`,
 //!   every requested option checked afterwards), builds `bzImage` under
 //!   `nice`, and caches it by version and configuration.
+//! - [`qemu`]: finds the emulator, or installs or fetches it without
+//!   removing any package.
 //! - [`vm`]: boots it under qemu (KVM if it works, TCG otherwise) with the
 //!   host's root filesystem read-only over 9p, a results directory over 9p
 //!   and two SCSI disks, the second one (`/dev/sdb`) a blank scratch disk.
@@ -15,6 +17,7 @@
 
 mod build;
 mod guest;
+mod qemu;
 mod vm;
 
 use crate::proc::{self, Wait};
@@ -60,7 +63,8 @@ pub struct TestArgs {
     /// cores took 1950 s in the VM on 6.1).
     #[arg(long, default_value_t = 3600)]
     vm_timeout_secs: u64,
-    /// qemu acceleration: kvm when /dev/kvm works (auto), or force one.
+    /// qemu acceleration: auto (KVM when it boots the guest to its first
+    /// console line within 30 s, TCG otherwise), or force one.
     #[arg(long, value_enum, default_value_t = Accel::Auto)]
     accel: Accel,
     /// Guest memory in MiB.
@@ -71,7 +75,8 @@ pub struct TestArgs {
 /// qemu's accelerator.
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Accel {
-    /// KVM if a probe VM starts with it, TCG otherwise.
+    /// KVM if a probe VM starts with it and the guest then prints its
+    /// first console line in time; TCG otherwise.
     Auto,
     /// Hardware virtualisation.
     Kvm,
@@ -86,58 +91,29 @@ pub const GUEST_ROWS: &[&str] = &[
 ];
 
 /// Debian packages the host needs for `kernel test` beyond `cargo xtask
-/// test`'s tools (the guest runs the host's programs over 9p).
-const TEST_PACKAGES: &[&str] = &[
-    "qemu-system-x86",
-    "jfsutils",
-    "reiserfsprogs",
-    "nfs-kernel-server",
-];
+/// test`'s tools (the guest runs the host's programs over 9p); qemu is
+/// [`qemu`]'s concern.
+const TEST_PACKAGES: &[&str] = &["jfsutils", "reiserfsprogs", "nfs-kernel-server"];
 
-/// Whether dpkg has `pkg` installed.
-pub fn dpkg_installed(pkg: &str) -> bool {
-    Command::new("dpkg-query")
-        .args(["-W", "-f=${Status}", pkg])
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
-}
-
-/// Installs the missing ones of `pkgs` with apt-get (as root).
+/// Installs the missing ones of `pkgs` (as root), removing nothing: see
+/// [`crate::apt::install`].
 pub fn ensure_packages(pkgs: &[&str]) -> Result<(), String> {
-    let missing: Vec<&str> = pkgs
-        .iter()
-        .copied()
-        .filter(|p| !dpkg_installed(p))
-        .collect();
-    if missing.is_empty() {
-        return Ok(());
-    }
-    if !proc::is_root() {
-        return Err(format!(
-            "missing Debian packages; install with: sudo apt-get install --no-install-recommends {}",
-            missing.join(" ")
-        ));
-    }
-    out!("    installing {}", missing.join(" "));
-    let mut install = vec!["install", "-y", "--no-install-recommends"];
-    install.extend(&missing);
-    crate::tools::apt_get(&["update"]).and_then(|()| crate::tools::apt_get(&install))?;
-    let still: Vec<&str> = missing.into_iter().filter(|p| !dpkg_installed(p)).collect();
-    if still.is_empty() {
-        Ok(())
-    } else {
-        Err(format!("still missing after apt-get: {}", still.join(" ")))
-    }
+    crate::apt::install(pkgs)
 }
 
 /// `$XDG_CACHE_HOME/aio-xtask/kernels` (default `~/.cache/...`).
 pub fn cache_root() -> PathBuf {
+    xtask_cache().join("kernels")
+}
+
+/// `$XDG_CACHE_HOME/aio-xtask` (default `~/.cache/aio-xtask`).
+pub fn xtask_cache() -> PathBuf {
     let base = std::env::var_os("XDG_CACHE_HOME")
         .filter(|v| !v.is_empty())
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
         .unwrap_or_else(|| PathBuf::from("/var/cache"));
-    base.join("aio-xtask").join("kernels")
+    base.join("aio-xtask")
 }
 
 fn valid_version(v: &str) -> bool {

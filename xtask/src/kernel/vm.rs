@@ -6,6 +6,12 @@
 //!   guest mounts tmpfs where it writes (see `guest`);
 //! - results: a fresh host directory, read-write over 9p (tag
 //!   `aioresults`): the plan goes in, logs and the matrix come out;
+//! - programs: the test binaries and `aio-tools`, linked (or copied) into
+//!   a fresh host directory, read-only over 9p (tag `aioprograms`), and the
+//!   workspace's source read-only (tag `aiosource`, the test binaries'
+//!   working directories): the guest finds them at its own mount points,
+//!   wherever the checkout and the target directory live on the host (the
+//!   guest mounts its own /tmp, /run and /var/tmp over the host's);
 //! - virtio-scsi with two blank sparse disks: scsi-id 0 (`sda`, serial
 //!   `aio-system`, the system disk: the guest makes it its ext4 /tmp) and
 //!   scsi-id 1 (`sdb`, serial `aio-scratch`), the scratch disk of the seed's
@@ -16,9 +22,10 @@
 //! - console on the serial port, streamed here line by line; `-no-reboot`
 //!   and `panic=-1` so that any end of the guest ends qemu.
 
+use super::qemu::{self, Qemu};
 use super::{Accel, GUEST_ROWS, TEST_PACKAGES, TestArgs, build, cargo_build_bin, ensure_packages};
 use crate::fsmatrix;
-use crate::proc::{self, Wait};
+use crate::proc::{self, Wait, Watched};
 use serde_json::{Value, json};
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
@@ -27,6 +34,12 @@ use std::time::{Duration, Instant};
 
 /// 9p tag of the results directory.
 pub const RESULTS_TAG: &str = "aioresults";
+/// 9p tag of the programs directory, and where the guest mounts it.
+pub const PROGRAMS_TAG: &str = "aioprograms";
+pub const GUEST_PROGRAMS: &str = "/run/aio-programs";
+/// 9p tag of the workspace's source, and where the guest mounts it.
+pub const SOURCE_TAG: &str = "aiosource";
+pub const GUEST_SOURCE: &str = "/run/aio-source";
 /// Serial number of the scratch disk (`/dev/sdb` in the guest).
 pub const SCRATCH_SERIAL: &str = "aio-scratch";
 /// vectest covers the whole device (2 passes): 256 MiB takes about a
@@ -34,7 +47,6 @@ pub const SCRATCH_SERIAL: &str = "aio-scratch";
 const SCRATCH_MIB: u64 = 256;
 /// The guest's /tmp (ext4): the fs matrix's sparse images live there.
 const SYSTEM_MIB: u64 = 4096;
-const QEMU: &str = "qemu-system-x86_64";
 
 /// Removes the VM's work directory (images included) when dropped.
 struct WorkDir(PathBuf);
@@ -56,7 +68,7 @@ fn sparse(path: &Path, mib: u64) -> Result<(), String> {
 /// Whether qemu runs with KVM here: a probe VM (firmware only, no disk)
 /// must still be running after 3 s. Some hosts have a /dev/kvm that qemu
 /// cannot use ("failed to set MSR 0x10a"), so /dev/kvm alone is not enough.
-fn kvm_works(work: &Path) -> Result<(), String> {
+fn kvm_works(qemu: &Qemu, work: &Path) -> Result<(), String> {
     fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -65,7 +77,7 @@ fn kvm_works(work: &Path) -> Result<(), String> {
     let log = work.join("kvm-probe.log");
     let f = File::create(&log).map_err(|e| e.to_string())?;
     let f2 = f.try_clone().map_err(|e| e.to_string())?;
-    let mut cmd = Command::new(QEMU);
+    let mut cmd = qemu.command();
     cmd.args([
         "-accel",
         "kvm",
@@ -99,22 +111,80 @@ fn kvm_works(work: &Path) -> Result<(), String> {
             ))
         }
         Ok(Wait::Interrupted) => Err("interrupted".into()),
-        Err(e) => Err(format!("running {QEMU}: {e}")),
+        Err(e) => Err(format!("running {}: {e}", qemu.binary.display())),
     }
 }
 
-fn choose_accel(want: Accel, work: &Path) -> Result<&'static str, String> {
+/// Under KVM the guest's first console line (PID 1's greeting) comes
+/// within seconds; a host where KVM starts a VM that then never runs the
+/// guest stays silent. After this long without a line, KVM is given up.
+const KVM_FIRST_LINE: Duration = Duration::from_secs(30);
+
+/// The accelerator to boot with, and why.
+struct Choice {
+    accel: &'static str,
+    why: String,
+    /// Whether a silent guest under KVM boots again under TCG (`auto`).
+    fallback: bool,
+}
+
+fn choose_accel(qemu: &Qemu, want: Accel, work: &Path) -> Result<Choice, String> {
+    let first = KVM_FIRST_LINE.as_secs();
     match want {
-        Accel::Tcg => Ok("tcg"),
-        Accel::Kvm => kvm_works(work).map(|()| "kvm"),
-        Accel::Auto => match kvm_works(work) {
-            Ok(()) => Ok("kvm"),
-            Err(why) => {
-                out!("    KVM unusable ({why}); using TCG (software emulation, slower)");
-                Ok("tcg")
-            }
-        },
+        Accel::Tcg => Ok(Choice {
+            accel: "tcg",
+            why: "--accel tcg".into(),
+            fallback: false,
+        }),
+        Accel::Kvm => kvm_works(qemu, work).map(|()| Choice {
+            accel: "kvm",
+            why: format!("--accel kvm; the guest must print a line within {first} s"),
+            fallback: false,
+        }),
+        Accel::Auto => Ok(match kvm_works(qemu, work) {
+            Ok(()) => Choice {
+                accel: "kvm",
+                why: format!(
+                    "a probe VM ran under KVM; TCG takes over if the guest prints nothing within {first} s"
+                ),
+                fallback: true,
+            },
+            Err(why) => Choice {
+                accel: "tcg",
+                why: format!("KVM unusable ({why}); software emulation, slower"),
+                fallback: false,
+            },
+        }),
     }
+}
+
+/// Blank disk images and a results directory with only the plan: before
+/// each boot.
+fn fresh_disks(work: &Path, results: &Path) -> Result<(), String> {
+    for (file, mib) in [("system.img", SYSTEM_MIB), ("scratch.img", SCRATCH_MIB)] {
+        let path = work.join(file);
+        match fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(format!("removing {}: {e}", path.display()));
+            }
+            _ => {}
+        }
+        sparse(&path, mib)?;
+    }
+    let entries = fs::read_dir(results).map_err(|e| format!("{}: {e}", results.display()))?;
+    for e in entries.flatten() {
+        if e.file_name() == "plan.json" {
+            continue;
+        }
+        let path = e.path();
+        let removed = if path.is_dir() {
+            fs::remove_dir_all(&path)
+        } else {
+            fs::remove_file(&path)
+        };
+        removed.map_err(|e| format!("removing {}: {e}", path.display()))?;
+    }
+    Ok(())
 }
 
 /// The host-built pieces the guest runs.
@@ -134,7 +204,46 @@ fn build_guest_programs(
     Ok((xtask, bins, tool))
 }
 
+/// Links (or copies) `from` into `dir`; returns the copy's path on the
+/// host and as the guest sees it, under [`GUEST_PROGRAMS`].
+fn stage(from: &Path, dir: &Path) -> Result<(PathBuf, PathBuf), String> {
+    let name = from
+        .file_name()
+        .ok_or_else(|| format!("{} has no file name", from.display()))?;
+    let to = dir.join(name);
+    if fs::hard_link(from, &to).is_err() {
+        fs::copy(from, &to)
+            .map_err(|e| format!("copying {} to {}: {e}", from.display(), to.display()))?;
+    }
+    Ok((to, Path::new(GUEST_PROGRAMS).join(name)))
+}
+
+/// The guest's view of the test binaries and aio-tools: staged into
+/// `programs`, run in the workspace's source under [`GUEST_SOURCE`].
+fn stage_programs(
+    bins: &[fsmatrix::TestBin],
+    tool: Option<&Path>,
+    programs: &Path,
+) -> Result<(Vec<fsmatrix::TestBin>, Option<PathBuf>), String> {
+    fs::create_dir_all(programs).map_err(|e| format!("creating {}: {e}", programs.display()))?;
+    let root = proc::workspace_root();
+    let mut staged = Vec::new();
+    for bin in bins {
+        let (_, path) = stage(bin.path(), programs)?;
+        let manifest_dir = bin.manifest_dir().strip_prefix(&root).map_or_else(
+            |_| PathBuf::from(GUEST_SOURCE),
+            |rel| Path::new(GUEST_SOURCE).join(rel),
+        );
+        staged.push(bin.at(path, manifest_dir));
+    }
+    let tool = tool
+        .map(|t| stage(t, programs).map(|(_, guest)| guest))
+        .transpose()?;
+    Ok((staged, tool))
+}
+
 fn qemu_command(
+    qemu: &Qemu,
     accel: &str,
     kernel: &Path,
     xtask: &Path,
@@ -151,7 +260,7 @@ fn qemu_command(
          panic=-1 oops=panic loglevel=4 scsi_mod.scan=manual init={} -- kernel guest",
         xtask.display()
     );
-    let mut cmd = Command::new(QEMU);
+    let mut cmd = qemu.command();
     cmd.args(["-machine", "q35", "-accel"]);
     if accel == "kvm" {
         cmd.args(["kvm", "-cpu", "host"]);
@@ -183,8 +292,22 @@ fn qemu_command(
         .args([
             "-device",
             &format!("virtio-9p-pci,fsdev=results,mount_tag={RESULTS_TAG}"),
-        ])
-        .args(["-device", "virtio-scsi-pci,id=scsi0"]);
+        ]);
+    for (id, dir, tag) in [
+        ("programs", work.join("programs"), PROGRAMS_TAG),
+        ("source", proc::workspace_root(), SOURCE_TAG),
+    ] {
+        cmd.arg("-fsdev")
+            .arg(format!(
+                "local,id={id},path={},security_model=none,readonly=on,multidevs=remap",
+                dir.display()
+            ))
+            .args([
+                "-device",
+                &format!("virtio-9p-pci,fsdev={id},mount_tag={tag}"),
+            ]);
+    }
+    cmd.args(["-device", "virtio-scsi-pci,id=scsi0"]);
     for (id, file, serial, scsi_id) in [
         ("system", "system.img", "aio-system", 0),
         ("scratch", "scratch.img", SCRATCH_SERIAL, 1),
@@ -252,6 +375,12 @@ pub fn test(args: &TestArgs) -> ExitCode {
     if let Err(e) = ensure_packages(TEST_PACKAGES) {
         return fail(e);
     }
+    out!("==> qemu");
+    let qemu = match qemu::find(&super::xtask_cache().join("qemu")) {
+        Ok(q) => q,
+        Err(e) => return fail(e),
+    };
+    out!("    using {}: {}", qemu.binary.display(), qemu.why);
     out!("==> kernel {}", args.build.version);
     let kernel = match build::ensure(&args.build.version) {
         Ok(k) => k,
@@ -299,11 +428,17 @@ pub fn test(args: &TestArgs) -> ExitCode {
     if let Err(e) = fs::create_dir_all(&results) {
         return fail(format!("creating {}: {e}", results.display()));
     }
-    for (file, mib) in [("system.img", SYSTEM_MIB), ("scratch.img", SCRATCH_MIB)] {
-        if let Err(e) = sparse(&work.0.join(file), mib) {
-            return fail(e);
-        }
-    }
+    let (bins, tool) = match stage_programs(&bins, tool.as_deref(), &work.0.join("programs")) {
+        Ok(x) => x,
+        Err(e) => return fail(e),
+    };
+    // The guest's init: the kernel starts it from the host's root, before
+    // the guest mounts anything; a linked copy, so that a cargo build
+    // during the run cannot replace it.
+    let xtask = match stage(&xtask, &work.0.join("programs")) {
+        Ok((host, _)) => host,
+        Err(e) => return fail(e),
+    };
     let only: Vec<&str> = if args.only.is_empty() {
         GUEST_ROWS.to_vec()
     } else {
@@ -328,49 +463,85 @@ pub fn test(args: &TestArgs) -> ExitCode {
         return fail(format!("writing the plan: {e}"));
     }
 
-    let accel = match choose_accel(args.accel, &work.0) {
-        Ok(a) => a,
+    let mut choice = match choose_accel(&qemu, args.accel, &work.0) {
+        Ok(c) => c,
         Err(e) => return fail(e),
     };
-    out!(
-        "==> booting Linux {} under qemu ({accel}, {} MiB); VM timeout {} s",
-        kernel.release,
-        args.memory_mib,
-        args.vm_timeout_secs
-    );
-    let mut cmd = qemu_command(
-        accel,
-        &kernel.bzimage,
-        &xtask,
-        &work.0,
-        &results,
-        args.memory_mib,
-    );
     let console_path = out_dir.join("console.log");
     let mut console = File::create(&console_path).ok();
     let vm_started = Instant::now();
-    let waited = proc::run_streaming(
-        cmd.stdin(Stdio::null()),
-        Some(Duration::from_secs(args.vm_timeout_secs)),
-        &mut |line| {
-            use std::io::Write as _;
-            if let Some(c) = console.as_mut() {
-                let _ = writeln!(c, "{line}");
+    let waited = loop {
+        if let Err(e) = fresh_disks(&work.0, &results) {
+            return fail(e);
+        }
+        out!(
+            "==> booting Linux {} under qemu {} with {} ({}), {} MiB; VM timeout {} s",
+            kernel.release,
+            qemu.version,
+            choice.accel,
+            choice.why,
+            args.memory_mib,
+            args.vm_timeout_secs
+        );
+        let mut cmd = qemu_command(
+            &qemu,
+            choice.accel,
+            &kernel.bzimage,
+            &xtask,
+            &work.0,
+            &results,
+            args.memory_mib,
+        );
+        let waited = proc::run_watched(
+            cmd.stdin(Stdio::null()),
+            Some(Duration::from_secs(args.vm_timeout_secs)),
+            (choice.accel == "kvm").then_some(KVM_FIRST_LINE),
+            &mut |line| {
+                use std::io::Write as _;
+                if let Some(c) = console.as_mut() {
+                    let _ = writeln!(c, "{line}");
+                }
+                out!("  | {line}");
+            },
+        );
+        match waited {
+            Ok(Watched::Silent) if choice.fallback => {
+                let why = format!(
+                    "under KVM the guest printed no console line in {} s",
+                    KVM_FIRST_LINE.as_secs()
+                );
+                out!("    {why}: booting again under TCG");
+                if let Some(c) = console.as_mut() {
+                    use std::io::Write as _;
+                    let _ = writeln!(c, "xtask: {why}; booting again under TCG");
+                }
+                choice = Choice {
+                    accel: "tcg",
+                    why: format!("{why}; software emulation, slower"),
+                    fallback: false,
+                };
             }
-            out!("  | {line}");
-        },
-    );
+            other => break other,
+        }
+    };
     let vm_secs = vm_started.elapsed().as_secs_f64();
     let vm_problem = match waited {
-        Ok(Wait::Exited(s)) if s.success() => None,
-        Ok(Wait::Exited(s)) => Some(format!("qemu ended with {}", proc::describe(&s))),
-        Ok(Wait::TimedOut) => Some(format!(
+        Ok(Watched::Ended(Wait::Exited(s))) if s.success() => None,
+        Ok(Watched::Ended(Wait::Exited(s))) => {
+            Some(format!("qemu ended with {}", proc::describe(&s)))
+        }
+        Ok(Watched::Ended(Wait::TimedOut)) => Some(format!(
             "the VM was killed after {} s",
             args.vm_timeout_secs
         )),
-        Ok(Wait::Interrupted) => Some("interrupted".into()),
-        Err(e) => Some(format!("cannot run {QEMU}: {e}")),
+        Ok(Watched::Ended(Wait::Interrupted)) => Some("interrupted".into()),
+        Ok(Watched::Silent) => Some(format!(
+            "under KVM the guest printed no console line in {} s (--accel tcg or auto run without KVM)",
+            KVM_FIRST_LINE.as_secs()
+        )),
+        Err(e) => Some(format!("cannot run {}: {e}", qemu.binary.display())),
     };
+    let accel = choice.accel;
 
     // Keep what the guest wrote (not the images) next to the build output.
     if let Err(e) = copy_dir(&results, &out_dir) {
@@ -388,8 +559,10 @@ pub fn test(args: &TestArgs) -> ExitCode {
     let table = fs::read_to_string(out_dir.join("fs-matrix.txt")).unwrap_or_default();
     out!();
     out!(
-        "==> guest kernel {} ({accel}, VM {:.0} s, total {:.0} s)",
+        "==> guest kernel {} (qemu {}, {accel}: {}; VM {:.0} s, total {:.0} s)",
         kernel.release,
+        qemu.version,
+        choice.why,
         vm_secs,
         started.elapsed().as_secs_f64()
     );
