@@ -186,7 +186,8 @@ const TARGETS: &[Target] = &[
             package: "jfsutils",
             args: &["-q"],
             fstype: "jfs",
-            mib: 64,
+            // drop_inflight's four tests write 16 MiB each at once.
+            mib: 256,
         },
         default: false,
     },

@@ -147,6 +147,10 @@ fn setup() -> Result<(), String> {
         std::env::set_var("HOME", "/tmp");
         std::env::set_var("TMPDIR", "/tmp");
         std::env::remove_var("CI");
+        // Software emulation runs the hostile-caller programs tens of
+        // times slower: fewer of them, and a hang bound to match.
+        std::env::set_var("AIO_HOSTILE_CASES", "8");
+        std::env::set_var("AIO_HOSTILE_HANG_SECS", "900");
     }
     Ok(())
 }
