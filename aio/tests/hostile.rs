@@ -37,7 +37,7 @@ use std::task::{Context as TaskContext, Poll, Waker};
 use std::time::Duration;
 
 use aio::{Context, Driver, Fsync, Operation, Read, ReadV, Reap, Ticket, Write, WriteV};
-use common::{pipe, scratch_dir};
+use common::{layout_of, pipe, scratch_dir};
 use proptest::prelude::*;
 
 /// How long one program may run before the test calls it a hang:
@@ -281,17 +281,6 @@ fn split(len: usize, segs: u8) -> Vec<usize> {
     out
 }
 
-fn cut(bytes: &[u8], lens: &[usize]) -> Vec<Vec<u8>> {
-    let mut rest = bytes;
-    lens.iter()
-        .map(|&l| {
-            let (a, b) = rest.split_at(l);
-            rest = b;
-            a.to_vec()
-        })
-        .collect()
-}
-
 // ---------------------------------------------------------------------------
 // The model
 
@@ -515,7 +504,7 @@ impl Model {
                     });
                     Some(Planned {
                         at: 0,
-                        what: Bufs::Write(cut(&pattern(id, len, true), &split(len, segs))),
+                        what: Bufs::Write(layout_of(&pattern(id, len, true), &split(len, segs))),
                         check: Check::StreamWrite {
                             index: s.writes.len() - 1,
                         },
@@ -553,7 +542,7 @@ impl Model {
             Io::Write { len, gap, segs } => {
                 let at = t.next + gap as u64;
                 let bytes = pattern(id, len, false);
-                let what = Bufs::Write(cut(&bytes, &split(len, segs)));
+                let what = Bufs::Write(layout_of(&bytes, &split(len, segs)));
                 t.next = at + len as u64;
                 t.regions.push(Region {
                     at,
